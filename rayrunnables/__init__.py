@@ -1,0 +1,67 @@
+"""rayrunnables: write a LangChain-style chain once; run it in-process, on local Ray, or on a Ray cluster.
+
+``import rayrunnables`` never imports Ray; the Ray backend loads it on first use.
+"""
+
+from .backends import Backend, available_backends, get_backend, register_backend
+from .config import RunnableConfig, use
+from .errors import (
+    BackendError,
+    ConfigError,
+    InputTypeError,
+    OptionsError,
+    RayRunnablesError,
+    StepRecursionError,
+    UnpicklableStepError,
+    item_index_of,
+    step_path_of,
+)
+from .runnables import (
+    Runnable,
+    RunnableAssign,
+    RunnableBinding,
+    RunnableBranch,
+    RunnableEach,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnablePick,
+    RunnableRetry,
+    RunnableSequence,
+    RunnableWithFallbacks,
+    chain,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ConfigError",
+    "InputTypeError",
+    "OptionsError",
+    "RayRunnablesError",
+    "Runnable",
+    "RunnableAssign",
+    "RunnableBinding",
+    "RunnableBranch",
+    "RunnableConfig",
+    "RunnableEach",
+    "RunnableLambda",
+    "RunnableParallel",
+    "RunnablePassthrough",
+    "RunnablePick",
+    "RunnableRetry",
+    "RunnableSequence",
+    "RunnableWithFallbacks",
+    "StepRecursionError",
+    "UnpicklableStepError",
+    "__version__",
+    "available_backends",
+    "chain",
+    "get_backend",
+    "item_index_of",
+    "register_backend",
+    "step_path_of",
+    "use",
+]

@@ -1,0 +1,135 @@
+"""The one scheduler behind ``batch``, ``.map()``, ``batch_as_completed`` and ``imap``, for every backend.
+
+It cuts a (possibly endless) iterable into chunks, keeps a bounded window of chunks in flight, sizes
+chunks adaptively from the measured cost per item (slow start: single items first, then chunks big
+enough to amortise the backend's hand-off cost), and yields results in order or as completed. A
+backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cancel``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .context import RunContext
+from .errors import RemoteTraceback, attach_step
+
+if TYPE_CHECKING:
+    from .fanout import ChunkResult
+    from .runnables.base import Runnable
+
+__all__ = ["ChunkRunner", "iter_batch", "MAX_CHUNK"]
+
+MAX_CHUNK = 10_000
+GROWTH = 4
+
+
+class ChunkRunner(Protocol):
+    target_chunk_seconds: float
+    default_window: int
+
+    def submit(
+        self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
+    ) -> Any: ...
+
+    def wait(self, handles: list[Any]) -> list[Any]: ...
+
+    def result(self, handle: Any) -> ChunkResult: ...
+
+    def cancel(self, handles: list[Any]) -> None: ...
+
+
+class _Sizer:
+    """Chooses the next chunk size from the measured seconds per item."""
+
+    def __init__(self, target: float, window: int, fixed: int | None, total: int | None) -> None:
+        self.target, self.window, self.fixed, self.remaining = target, window, fixed, total
+        self.per_item: float | None = None
+        self.last = 1
+
+    def observe(self, result: ChunkResult) -> None:
+        if result.outcomes:
+            sample = result.seconds / len(result.outcomes)
+            self.per_item = sample if self.per_item is None else 0.5 * self.per_item + 0.5 * sample
+
+    def next(self) -> int:
+        if self.fixed:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        size = int(self.target / max(self.per_item, 1e-9))
+        size = min(size, self.last * GROWTH, MAX_CHUNK)
+        if self.remaining is not None:  # keep the tail balanced over the window
+            size = min(size, math.ceil(self.remaining / self.window))
+        self.last = max(1, size)
+        return self.last
+
+    def took(self, n: int) -> None:
+        if self.remaining is not None:
+            self.remaining -= n
+
+
+def iter_batch(
+    runner: ChunkRunner,
+    node: Runnable[Any, Any],
+    inputs: Iterable[Any],
+    ctx: RunContext,
+    *,
+    return_exceptions: bool,
+    ordered: bool,
+    chunk_size: int | None = None,
+    max_in_flight: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, output)``; the first item failure in time is raised unless ``return_exceptions``."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    ctx = ctx.fork()  # cancelling our in-flight work must not cancel the caller
+    cap = ctx.config.get("max_concurrency")
+    window = max_in_flight or runner.default_window
+    if cap:
+        window = min(window, cap)
+    total = len(inputs) if hasattr(inputs, "__len__") else None
+    sizer = _Sizer(runner.target_chunk_seconds, window, chunk_size, total)
+    source = enumerate(inputs)
+    in_flight: dict[Any, int] = {}
+    pending: dict[int, Any] = {}
+    next_index = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < window:
+                items = list(itertools.islice(source, sizer.next()))
+                if not items:
+                    exhausted = True
+                    break
+                sizer.took(len(items))
+                in_flight[runner.submit(node, items, ctx, return_exceptions)] = len(items)
+            if not in_flight:
+                break
+            for handle in runner.wait(list(in_flight)):
+                del in_flight[handle]
+                result = runner.result(handle)
+                sizer.observe(result)
+                for index, ok, value, tb in result.outcomes:
+                    if not ok:
+                        if tb is not None:
+                            value.__cause__ = RemoteTraceback(tb)
+                        attach_step(value, node.label(), index)
+                        if not return_exceptions:
+                            raise value
+                    if ordered:
+                        pending[index] = value
+                    else:
+                        yield index, value
+                if ordered:
+                    while next_index in pending:
+                        yield next_index, pending.pop(next_index)
+                        next_index += 1
+    finally:
+        if in_flight:
+            ctx.cancel.cancel()
+            runner.cancel(list(in_flight))

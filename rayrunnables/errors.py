@@ -1,0 +1,99 @@
+"""One small error hierarchy, and the helpers that tag a user's exception with the step it came from.
+
+The user's exception type is never replaced: a ``ValueError`` raised inside ``parallel['a'] > step 2``
+stays catchable as ``ValueError``. We only *annotate* it (an attribute, and a note on Python >= 3.11),
+so ``except ValueError`` keeps working on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "RayRunnablesError",
+    "InputTypeError",
+    "ConfigError",
+    "OptionsError",
+    "StepRecursionError",
+    "UnpicklableStepError",
+    "BackendError",
+    "RemoteTraceback",
+    "attach_step",
+    "step_path_of",
+    "item_index_of",
+]
+
+
+class RayRunnablesError(Exception):
+    """Base of every error rayrunnables raises on its own account (never of the user's errors)."""
+
+
+class InputTypeError(RayRunnablesError, TypeError):
+    """A step received an input of a type it cannot take (e.g. ``pick`` given a list)."""
+
+
+class ConfigError(RayRunnablesError, ValueError):
+    """A config dict has an unknown key or a value of the wrong type."""
+
+
+class OptionsError(RayRunnablesError, ValueError):
+    """``with_options`` got an unknown option name or a bad value."""
+
+
+class StepRecursionError(RayRunnablesError, RecursionError):
+    """Runnables returning runnables went deeper than ``recursion_limit``."""
+
+
+class UnpicklableStepError(RayRunnablesError, TypeError):
+    """A step cannot be sent to another process; raised before anything is submitted."""
+
+
+class BackendError(RayRunnablesError, RuntimeError):
+    """The backend itself failed (cannot connect, worker lost beyond retries...)."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of a failure in another process; set as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+_PATH_ATTR = "rayrunnables_step"
+_INDEX_ATTR = "rayrunnables_index"
+
+
+def attach_step(exc: BaseException, path: str, index: int | None = None) -> BaseException:
+    """Record the innermost step path (and item index) on ``exc`` once; outer frames keep it."""
+    if getattr(exc, _PATH_ATTR, None) is None:
+        try:
+            setattr(exc, _PATH_ATTR, path)
+        except (AttributeError, TypeError):  # exceptions with __slots__: nothing to attach to
+            return exc
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"in step: {path}")
+    if index is not None and getattr(exc, _INDEX_ATTR, None) is None:
+        try:
+            setattr(exc, _INDEX_ATTR, index)
+        except (AttributeError, TypeError):
+            pass
+        else:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"for item index: {index}")
+    return exc
+
+
+def step_path_of(exc: BaseException) -> str | None:
+    """The path of the step that raised ``exc``, e.g. ``parallel['context'] > step 2 'embed'``."""
+    value: Any = getattr(exc, _PATH_ATTR, None)
+    return value
+
+
+def item_index_of(exc: BaseException) -> int | None:
+    """The index of the batch/map item whose run raised ``exc``, when known."""
+    value: Any = getattr(exc, _INDEX_ATTR, None)
+    return value

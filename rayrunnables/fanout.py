@@ -1,0 +1,113 @@
+"""In-process concurrency: parallel branches and chunks of mapped items on threads.
+
+This is the machinery of the local backend, and also what runs *inside* a Ray task when a fused unit
+contains a parallel or a map. One elastic thread pool serves every invocation: an idle thread is
+reused, and a new one is started only when none is idle, so a branch waiting on its own nested map
+never starves it (no deadlock), while ``max_concurrency`` is enforced on user calls, not on threads.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .context import Cancelled, RunContext, isolate
+from .errors import attach_step
+
+if TYPE_CHECKING:
+    from .runnables.base import Runnable
+
+__all__ = ["run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL"]
+
+POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
+
+
+def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable[Any, Any]]]) -> list[Any]:
+    """Run every branch on its own copy of ``input``; the first failure in time is raised at once."""
+    if not branches:
+        return []
+    forked = ctx.fork()
+    futures: list[Future[Any]] = [
+        POOL.submit(step._invoke, isolate(input), forked.child(segment)) for segment, step in branches
+    ]
+    try:
+        for future in as_completed(futures):
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, Cancelled):
+                raise exc
+            if isinstance(exc, Cancelled):  # our parent was cancelled: stop quietly
+                raise exc
+    except BaseException:
+        forked.cancel.cancel()
+        for future in futures:
+            future.cancel()
+        raise
+    return [future.result() for future in futures]
+
+
+@dataclass
+class ChunkResult:
+    """Outcomes of one chunk: ``(index, ok, value, remote_traceback)`` per item run, and compute time."""
+
+    outcomes: list[tuple[int, bool, Any, str | None]]
+    seconds: float
+
+
+def run_chunk(
+    node: Runnable[Any, Any],
+    items: list[tuple[int, Any]],
+    ctx: RunContext,
+    return_exceptions: bool,
+    remote: bool = False,
+) -> ChunkResult:
+    """Run ``node`` on each item in turn. Without ``return_exceptions`` stop at the first failure.
+
+    Item errors are returned, not raised, so one bad item never loses the chunk's other results;
+    the scheduler above decides whether to raise. ``remote`` adds the traceback text, which a pickled
+    exception would otherwise lose.
+    """
+    outcomes: list[tuple[int, bool, Any, str | None]] = []
+    start = time.perf_counter()
+    for index, value in items:
+        try:
+            outcomes.append((index, True, node._invoke(isolate(value), ctx), None))
+        except Exception as exc:
+            attach_step(exc, ctx.path_str if ctx.path else node.label(), index)
+            tb = _format(exc) if remote else None
+            outcomes.append((index, False, exc, tb))
+            if not return_exceptions:
+                break
+    return ChunkResult(outcomes, time.perf_counter() - start)
+
+
+def _format(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class ThreadChunkRunner:
+    """Chunk primitives on the shared thread pool, for the scheduler in ``batching``."""
+
+    target_chunk_seconds = 0.001
+
+    def __init__(self, window: int = 32) -> None:
+        self.default_window = window
+
+    def submit(
+        self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
+    ) -> Future[ChunkResult]:
+        return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
+
+    def wait(self, handles: list[Future[ChunkResult]]) -> list[Future[ChunkResult]]:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [h for h in handles if h in done]
+
+    def result(self, handle: Future[ChunkResult]) -> ChunkResult:
+        return handle.result()
+
+    def cancel(self, handles: list[Future[ChunkResult]]) -> None:
+        for handle in handles:
+            handle.cancel()

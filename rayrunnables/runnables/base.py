@@ -1,0 +1,290 @@
+"""The ``Runnable`` base: composition (``|``, ``map``, ``pick``...) and the calls that hand a node to a backend.
+
+A node is frozen data. It knows its own in-process meaning (``_invoke``), which is the reference
+semantics every backend must reproduce; *where* it runs is decided by a backend, never by the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..config import resolve_backend, validate_config
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+    from .each import RunnableEach
+    from .wrappers import RunnableBinding, RunnableRetry, RunnableWithFallbacks
+
+__all__ = ["Runnable", "coerce_to_runnable", "Input", "Output"]
+
+Input = TypeVar("Input")
+Output = TypeVar("Output")
+Other = TypeVar("Other")
+
+
+class Runnable(ABC, Generic[Input, Output]):
+    """A unit of work that can be invoked, batched, streamed, mapped and composed."""
+
+    name: str | None
+
+    # ---- what a node is ------------------------------------------------------------------------
+    def get_name(self) -> str:
+        return self.name or type(self).__name__
+
+    def label(self) -> str:
+        """How the node appears as the last segment of a step path."""
+        return f"'{self.name}'" if self.name else type(self).__name__
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        """(path segment, child) pairs, in order; leaves have none."""
+        return []
+
+    @abstractmethod
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        """The in-process meaning of this node: the reference every backend reproduces."""
+
+    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
+        yield self._invoke(input, ctx)
+
+    # ---- running ---------------------------------------------------------------------------------
+    def invoke(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Output:
+        cfg = _call_config(config, kwargs, "invoke")
+        result: Output = resolve_backend(cfg).invoke(self, input, cfg)
+        return result
+
+    async def ainvoke(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Output:
+        cfg = _call_config(config, kwargs, "ainvoke")
+        result: Output = await resolve_backend(cfg).ainvoke(self, input, cfg)
+        return result
+
+    def batch(
+        self,
+        inputs: Sequence[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Output]:
+        cfg = _call_config(config, kwargs, "batch")
+        items = list(inputs)
+        out: list[Any] = [None] * len(items)
+        for index, value in resolve_backend(cfg).iter_batch(
+            self, items, cfg, return_exceptions=return_exceptions, ordered=False
+        ):
+            out[index] = value
+        return out
+
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Output | Exception]]:
+        cfg = _call_config(config, kwargs, "batch_as_completed")
+        yield from resolve_backend(cfg).iter_batch(
+            self, list(inputs), cfg, return_exceptions=return_exceptions, ordered=False
+        )
+
+    async def abatch(
+        self,
+        inputs: Sequence[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Output]:
+        return await asyncio.to_thread(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch_as_completed(
+        self,
+        inputs: Sequence[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[int, Output | Exception]]:
+        iterator = self.batch_as_completed(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]
+
+    def imap(
+        self,
+        inputs: Iterable[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        chunk_size: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> Iterator[Output | Exception]:
+        """Outputs in input order, consuming ``inputs`` lazily with a bounded window in flight."""
+        cfg = _call_config(config, {}, "imap")
+        for _, value in resolve_backend(cfg).iter_batch(
+            self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
+            chunk_size=chunk_size, max_in_flight=max_in_flight,
+        ):
+            yield value
+
+    def imap_as_completed(
+        self,
+        inputs: Iterable[Input],
+        config: Mapping[str, Any] | None = None,
+        *,
+        return_exceptions: bool = False,
+        chunk_size: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> Iterator[tuple[int, Output | Exception]]:
+        """``(index, output)`` pairs as they finish, consuming ``inputs`` lazily."""
+        cfg = _call_config(config, {}, "imap_as_completed")
+        yield from resolve_backend(cfg).iter_batch(
+            self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
+            chunk_size=chunk_size, max_in_flight=max_in_flight,
+        )
+
+    def stream(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Output]:
+        cfg = _call_config(config, kwargs, "stream")
+        yield from resolve_backend(cfg).stream(self, input, cfg)
+
+    async def astream(
+        self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> AsyncIterator[Output]:
+        iterator = self.stream(input, config, **kwargs)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]
+
+    def explain(self, backend: Any = None) -> str:
+        """A readable plan: every step, its path, its options and (for ``backend='ray'``) its tasks."""
+        from ..plan import explain
+
+        return explain(self, backend=backend)
+
+    # ---- composition -----------------------------------------------------------------------------
+    def __or__(self, other: Any) -> Runnable[Input, Any]:
+        from .sequence import RunnableSequence
+
+        return RunnableSequence.of(self, coerce_to_runnable(other))
+
+    def __ror__(self, other: Any) -> Runnable[Any, Output]:
+        from .sequence import RunnableSequence
+
+        return RunnableSequence.of(coerce_to_runnable(other), self)
+
+    def pipe(self, *others: Any, name: str | None = None) -> Runnable[Input, Any]:
+        from .sequence import RunnableSequence
+
+        return RunnableSequence.of(self, *(coerce_to_runnable(o) for o in others), name=name)
+
+    def map(self) -> RunnableEach[Input, Output]:
+        from .each import RunnableEach
+
+        return RunnableEach(bound=self)
+
+    def pick(self, keys: str | list[str]) -> Runnable[Input, Any]:
+        from .passthrough import RunnablePick
+
+        return self | RunnablePick(keys)
+
+    def assign(self, **kwargs: Any) -> Runnable[Input, dict[str, Any]]:
+        from .passthrough import RunnableAssign
+
+        return self | RunnableAssign.of(kwargs)
+
+    def with_retry(
+        self,
+        *,
+        retry_if_exception_type: tuple[type[BaseException], ...] = (Exception,),
+        stop_after_attempt: int = 3,
+        wait_exponential_jitter: bool = True,
+        exponential_jitter_params: Mapping[str, float] | None = None,
+    ) -> RunnableRetry[Input, Output]:
+        from .wrappers import RunnableRetry
+
+        return RunnableRetry.create(
+            self,
+            retry_if_exception_type=retry_if_exception_type,
+            stop_after_attempt=stop_after_attempt,
+            wait_exponential_jitter=wait_exponential_jitter,
+            exponential_jitter_params=exponential_jitter_params,
+        )
+
+    def with_fallbacks(
+        self,
+        fallbacks: Sequence[Runnable[Input, Output]],
+        *,
+        exceptions_to_handle: tuple[type[BaseException], ...] = (Exception,),
+        exception_key: str | None = None,
+    ) -> RunnableWithFallbacks[Input, Output]:
+        from .wrappers import RunnableWithFallbacks
+
+        return RunnableWithFallbacks(
+            runnable=self,
+            fallbacks=tuple(coerce_to_runnable(f) for f in fallbacks),
+            exceptions_to_handle=tuple(exceptions_to_handle),
+            exception_key=exception_key,
+        )
+
+    def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> RunnableBinding[Input, Output]:
+        from .wrappers import RunnableBinding
+
+        cfg = validate_config({**(config or {}), **kwargs}, f"{self.label()}.with_config")
+        return RunnableBinding.wrap(self, config=cfg)
+
+    def with_listeners(
+        self,
+        *,
+        on_start: Callable[..., Any] | None = None,
+        on_end: Callable[..., Any] | None = None,
+        on_error: Callable[..., Any] | None = None,
+    ) -> RunnableBinding[Input, Output]:
+        from .wrappers import Listeners, RunnableBinding
+
+        return RunnableBinding.wrap(self, listeners=Listeners(on_start, on_end, on_error))
+
+    def with_options(self, **options: Any) -> RunnableBinding[Input, Output]:
+        """Ray options for the tasks that run this step (``num_cpus``, ``resources``, ``max_retries``...)."""
+        from ..options import validate_options
+        from .wrappers import RunnableBinding
+
+        return RunnableBinding.wrap(self, options=validate_options(options, self.label()))
+
+    def with_name(self, name: str) -> Runnable[Input, Output]:
+        import dataclasses
+
+        return dataclasses.replace(self, name=name)  # type: ignore[type-var]
+
+
+def _call_config(config: Mapping[str, Any] | None, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    if kwargs:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {sorted(kwargs)}")
+    return validate_config(config, where)
+
+
+def coerce_to_runnable(thing: Any) -> Runnable[Any, Any]:
+    """A runnable as it is; a dict becomes a ``RunnableParallel``; a callable a ``RunnableLambda``."""
+    if isinstance(thing, Runnable):
+        return thing
+    if isinstance(thing, Mapping):
+        from .parallel import RunnableParallel
+
+        return RunnableParallel(thing)
+    if callable(thing):
+        from .lambda_ import RunnableLambda
+
+        return RunnableLambda(thing)
+    from ..errors import InputTypeError
+
+    raise InputTypeError(
+        f"cannot turn a {type(thing).__name__} ({thing!r:.80}) into a step: expected a Runnable, a callable or a dict"
+    )

@@ -1,0 +1,47 @@
+"""``RunnableEach`` (what ``.map()`` returns): the bound step over every item of a list, order kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..batching import iter_batch
+from ..context import RunContext
+from ..errors import InputTypeError, attach_step
+from ..fanout import ThreadChunkRunner
+from .base import Input, Output, Runnable
+
+__all__ = ["RunnableEach"]
+
+_RUNNER = ThreadChunkRunner()
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableEach(Runnable[Sequence[Input], list[Output]]):
+    bound: Runnable[Input, Output]
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "map"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("map", self.bound)]
+
+    def check_input(self, input: Any, ctx: RunContext) -> list[Any]:
+        if isinstance(input, (str, bytes)) or not isinstance(input, (Sequence, set, frozenset)):
+            path = ctx.child(self.label()).path_str
+            raise attach_step(
+                InputTypeError(f"{path}: .map() needs a list input, got {type(input).__name__}: {input!r:.100}"),
+                path,
+            )  # type: ignore[misc]
+        return list(input)
+
+    def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:
+        items = self.check_input(input, ctx)
+        out: list[Any] = [None] * len(items)
+        for index, value in iter_batch(
+            _RUNNER, self.bound, items, ctx.child("map"), return_exceptions=False, ordered=False
+        ):
+            out[index] = value
+        return out

@@ -1,0 +1,113 @@
+"""``RunnableLambda``: a plain, async or generator function as a step; and the ``@chain`` decorator."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._aio import run_coro_sync
+from ..context import RunContext
+from ..errors import attach_step
+from .base import Input, Output, Runnable
+
+__all__ = ["RunnableLambda", "chain"]
+
+
+def _accepts_config(func: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    return "config" in params
+
+
+@dataclass(frozen=True, eq=False, init=False)
+class RunnableLambda(Runnable[Input, Output]):
+    """Wraps ``func(input)`` (or ``func(input, config)``). Async and generator functions work too.
+
+    A function that returns a Runnable has that runnable invoked on the same input, as in LangChain.
+    """
+
+    func: Callable[..., Any]
+    afunc: Callable[..., Any] | None = None
+    name: str | None = None
+    is_async: bool = field(default=False, compare=False)
+    is_generator: bool = field(default=False, compare=False)
+    wants_config: bool = field(default=False, compare=False)
+
+    def __init__(
+        self,
+        func: Callable[..., Any] | None = None,
+        afunc: Callable[..., Any] | None = None,
+        name: str | None = None,
+        *,
+        is_async: bool = False,
+        is_generator: bool = False,
+        wants_config: bool = False,
+    ) -> None:
+        target = func if func is not None else afunc
+        if target is None or not callable(target):
+            raise TypeError(f"RunnableLambda needs a callable, got {target!r}")
+        set_ = object.__setattr__
+        set_(self, "func", target)
+        set_(self, "afunc", afunc)
+        fname = getattr(target, "__name__", None) or type(target).__name__
+        set_(self, "name", name if name is not None else ("lambda" if fname == "<lambda>" else fname))
+        set_(self, "is_async", inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)))
+        set_(self, "is_generator", inspect.isgeneratorfunction(target))
+        set_(self, "wants_config", _accepts_config(target))
+
+    def label(self) -> str:
+        return f"lambda '{self.name}'"
+
+    def _call(self, input: Any, ctx: RunContext) -> Any:
+        kwargs = {"config": ctx.config} if self.wants_config else {}
+        if self.is_async:
+            return run_coro_sync(self.func(input, **kwargs))
+        if self.is_generator:
+            output: Any = None
+            for chunk in self.func(input, **kwargs):
+                if output is None:
+                    output = chunk
+                else:
+                    try:
+                        output = output + chunk
+                    except TypeError:
+                        output = chunk
+            return output
+        return self.func(input, **kwargs)
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        here = ctx.child(self.label())
+        with ctx.call_slot():
+            try:
+                output = self._call(input, here)
+            except Exception as exc:
+                attach_step(exc, here.path_str)
+                raise
+        if isinstance(output, Runnable):
+            deeper = here.deeper(self.label())
+            result: Output = output._invoke(input, deeper)
+            return result
+        return output  # type: ignore[no-any-return]
+
+    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
+        if not self.is_generator:
+            yield self._invoke(input, ctx)
+            return
+        here = ctx.child(self.label())
+        kwargs = {"config": ctx.config} if self.wants_config else {}
+        with ctx.call_slot():
+            try:
+                yield from self.func(input, **kwargs)
+            except Exception as exc:
+                attach_step(exc, here.path_str)
+                raise
+
+
+def chain(func: Callable[[Input], Output]) -> RunnableLambda[Input, Output]:
+    """Decorator: ``@chain`` turns a function into a ``RunnableLambda`` named after it."""
+    return RunnableLambda(func)

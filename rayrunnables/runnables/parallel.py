@@ -1,0 +1,46 @@
+"""``RunnableParallel``: a dict of steps that all get the same input and run concurrently."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..context import RunContext
+from ..errors import InputTypeError
+from ..fanout import run_branches
+from .base import Runnable, coerce_to_runnable
+
+__all__ = ["RunnableParallel"]
+
+
+@dataclass(frozen=True, eq=False, init=False)
+class RunnableParallel(Runnable[Any, dict[str, Any]]):
+    """``{"a": step_a, "b": step_b}``: each branch gets its own copy of the input."""
+
+    steps: Mapping[str, Runnable[Any, Any]]
+    name: str | None = None
+
+    def __init__(self, steps: Mapping[str, Any] | None = None, name: str | None = None, **kwargs: Any) -> None:
+        merged = {**(steps or {}), **kwargs}
+        coerced: dict[str, Runnable[Any, Any]] = {}
+        for key, value in merged.items():
+            if not isinstance(key, str):
+                raise InputTypeError(f"RunnableParallel: keys must be strings, got {key!r}")
+            try:
+                coerced[key] = coerce_to_runnable(value)
+            except InputTypeError as exc:
+                raise InputTypeError(f"parallel[{key!r}]: {exc}") from None
+        object.__setattr__(self, "steps", coerced)
+        object.__setattr__(self, "name", name)
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "parallel"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [(f"parallel[{key!r}]", step) for key, step in self.steps.items()]
+
+    def _invoke(self, input: Any, ctx: RunContext) -> dict[str, Any]:
+        children = self.children()
+        results = run_branches(ctx, input, children)
+        return {key: value for key, value in zip(self.steps, results)}

@@ -1,0 +1,104 @@
+"""``RunnablePassthrough`` (+ ``.assign``), ``RunnableAssign`` and ``RunnablePick``: reshaping dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._aio import run_coro_sync
+from ..context import RunContext
+from ..errors import InputTypeError, attach_step
+from .base import Runnable
+from .parallel import RunnableParallel
+
+__all__ = ["RunnablePassthrough", "RunnableAssign", "RunnablePick"]
+
+
+def _require_dict(node: Runnable[Any, Any], input: Any, ctx: RunContext, what: str) -> Mapping[str, Any]:
+    if not isinstance(input, Mapping):
+        path = ctx.child(node.label()).path_str
+        raise attach_step(
+            InputTypeError(f"{path}: {what} needs a dict input, got {type(input).__name__}: {input!r:.100}"),
+            path,
+        )  # type: ignore[misc]
+    return input
+
+
+@dataclass(frozen=True, eq=False)
+class RunnablePassthrough(Runnable[Any, Any]):
+    """Returns its input unchanged; ``func``, when given, is called on the input for its side effect."""
+
+    func: Callable[..., Any] | None = None
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "passthrough"
+
+    @classmethod
+    def assign(cls, **kwargs: Any) -> RunnableAssign:  # type: ignore[override]
+        return RunnableAssign.of(kwargs)
+
+    def _invoke(self, input: Any, ctx: RunContext) -> Any:
+        if self.func is not None:
+            here = ctx.child(self.label())
+            with ctx.call_slot():
+                try:
+                    result = self.func(input)
+                    if hasattr(result, "__await__"):
+                        run_coro_sync(result)
+                except Exception as exc:
+                    attach_step(exc, here.path_str)
+                    raise
+        return input
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableAssign(Runnable[Mapping[str, Any], dict[str, Any]]):
+    """``{**input, **mapper(input)}``: the new keys are computed in parallel from the input dict."""
+
+    mapper: RunnableParallel
+    name: str | None = None
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> RunnableAssign:
+        return cls(RunnableParallel(dict(kwargs)))
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "assign"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("assign", self.mapper)]
+
+    def _invoke(self, input: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
+        data = _require_dict(self, input, ctx, "assign")
+        return {**data, **self.mapper._invoke(data, ctx.child("assign"))}
+
+
+@dataclass(frozen=True, eq=False, init=False)
+class RunnablePick(Runnable[Mapping[str, Any], Any]):
+    """One key (``pick("a")`` gives its value) or several (``pick(["a", "b"])`` gives a smaller dict)."""
+
+    keys: str | tuple[str, ...]
+    name: str | None = None
+
+    def __init__(self, keys: str | list[str] | tuple[str, ...], name: str | None = None) -> None:
+        if isinstance(keys, str):
+            value: str | tuple[str, ...] = keys
+        elif isinstance(keys, (list, tuple)) and all(isinstance(k, str) for k in keys):
+            value = tuple(keys)
+        else:
+            raise InputTypeError(f"pick: keys must be a string or a list of strings, got {keys!r}")
+        object.__setattr__(self, "keys", value)
+        object.__setattr__(self, "name", name)
+
+    def label(self) -> str:
+        if self.name:
+            return f"'{self.name}'"
+        return f"pick {self.keys!r}" if isinstance(self.keys, str) else f"pick {list(self.keys)!r}"
+
+    def _invoke(self, input: Mapping[str, Any], ctx: RunContext) -> Any:
+        data = _require_dict(self, input, ctx, "pick")
+        if isinstance(self.keys, str):
+            return data.get(self.keys)
+        return {k: data[k] for k in self.keys if k in data}

@@ -1,0 +1,59 @@
+"""``RunnableSequence``: ``a | b | c``, each step's output the next step's input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..context import RunContext
+from .base import Input, Output, Runnable
+
+__all__ = ["RunnableSequence"]
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableSequence(Runnable[Input, Output]):
+    steps: tuple[Runnable[Any, Any], ...]
+    name: str | None = None
+
+    @classmethod
+    def of(cls, *steps: Runnable[Any, Any], name: str | None = None) -> Runnable[Any, Any]:
+        """Build a sequence, flattening nested unnamed sequences as LangChain does."""
+        flat: list[Runnable[Any, Any]] = []
+        for step in steps:
+            if isinstance(step, RunnableSequence) and step.name is None:
+                flat.extend(step.steps)
+            else:
+                flat.append(step)
+        if len(flat) == 1 and name is None:
+            return flat[0]
+        return cls(tuple(flat), name)
+
+    @property
+    def first(self) -> Runnable[Any, Any]:
+        return self.steps[0]
+
+    @property
+    def last(self) -> Runnable[Any, Any]:
+        return self.steps[-1]
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "sequence"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [(f"step {i}", step) for i, step in enumerate(self.steps, 1)]
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        value: Any = input
+        for segment, step in self.children():
+            value = step._invoke(value, ctx.child(segment))
+        return value  # type: ignore[no-any-return]
+
+    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
+        value: Any = input
+        children = self.children()
+        for segment, step in children[:-1]:
+            value = step._invoke(value, ctx.child(segment))
+        segment, last = children[-1]
+        yield from last._stream(value, ctx.child(segment))

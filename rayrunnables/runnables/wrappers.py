@@ -1,0 +1,210 @@
+"""Wrappers that change *how* a step runs, not what it computes: retry, fallbacks, config/options/listeners."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import merge_configs
+from ..context import RunContext, ThreadLimiter
+from ..errors import InputTypeError, attach_step
+from .base import Input, Output, Runnable
+
+__all__ = ["RunnableRetry", "RunnableWithFallbacks", "RunnableBinding", "Listeners", "Run"]
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableRetry(Runnable[Input, Output]):
+    """Re-runs ``bound`` on the listed exception types, up to ``stop_after_attempt`` attempts in all."""
+
+    bound: Runnable[Input, Output]
+    retry_if_exception_type: tuple[type[BaseException], ...] = (Exception,)
+    stop_after_attempt: int = 3
+    wait_exponential_jitter: bool = True
+    exponential_jitter_params: Mapping[str, float] | None = None
+    name: str | None = None
+
+    @classmethod
+    def create(cls, bound: Runnable[Input, Output], **kwargs: Any) -> RunnableRetry[Input, Output]:
+        attempts = kwargs["stop_after_attempt"]
+        if not isinstance(attempts, int) or attempts < 1:
+            raise InputTypeError(f"{bound.label()}.with_retry: stop_after_attempt must be an int >= 1, got {attempts!r}")
+        types = kwargs["retry_if_exception_type"]
+        kwargs["retry_if_exception_type"] = tuple(types) if isinstance(types, (list, tuple)) else (types,)
+        return cls(bound, **kwargs)
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else f"retry({self.bound.label()})"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("", self.bound)]
+
+    def _wait_seconds(self, attempt: int) -> float:
+        if not self.wait_exponential_jitter:
+            return 0.0
+        params = {"initial": 1.0, "max": 60.0, "exp_base": 2.0, "jitter": 1.0, **(self.exponential_jitter_params or {})}
+        delay = params["initial"] * params["exp_base"] ** (attempt - 1) + random.uniform(0, params["jitter"])
+        return float(min(delay, params["max"]))
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        attempt = 1
+        while True:
+            try:
+                return self.bound._invoke(input, ctx)
+            except self.retry_if_exception_type:
+                if attempt >= self.stop_after_attempt:
+                    raise
+            delay = self._wait_seconds(attempt)
+            attempt += 1
+            ctx.check_cancelled()
+            if delay:
+                time.sleep(delay)
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableWithFallbacks(Runnable[Input, Output]):
+    """Tries ``runnable``, then each fallback in turn; raises the first error if all fail."""
+
+    runnable: Runnable[Input, Output]
+    fallbacks: tuple[Runnable[Input, Output], ...]
+    exceptions_to_handle: tuple[type[BaseException], ...] = (Exception,)
+    exception_key: str | None = None
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else "fallbacks"
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("", self.runnable), *((f"fallback {i}", f) for i, f in enumerate(self.fallbacks, 1))]
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        if self.exception_key is not None and not isinstance(input, Mapping):
+            path = ctx.child(self.label()).path_str
+            raise attach_step(
+                InputTypeError(f"{path}: exception_key needs a dict input, got {type(input).__name__}"), path
+            )
+        first_error: BaseException | None = None
+        last_error: BaseException | None = None
+        for segment, step in self.children():
+            value: Any = input
+            if self.exception_key is not None and last_error is not None:
+                value = {**input, self.exception_key: last_error}  # type: ignore[dict-item]
+            try:
+                return step._invoke(value, ctx.child(segment))
+            except self.exceptions_to_handle as exc:
+                first_error = first_error or exc
+                last_error = exc
+        assert first_error is not None
+        raise first_error
+
+
+@dataclass(frozen=True)
+class Listeners:
+    on_start: Callable[..., Any] | None = None
+    on_end: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
+
+
+@dataclass
+class Run:
+    """What a listener receives (the fields of LangChain's ``Run`` that listeners use)."""
+
+    name: str
+    inputs: Any
+    outputs: Any = None
+    error: BaseException | None = None
+    start_time: float = field(default_factory=time.time)
+    end_time: float | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _notify(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
+    if listener is None:
+        return
+    try:
+        n_params = len(inspect.signature(listener).parameters)
+    except (TypeError, ValueError):
+        n_params = 1
+    if n_params >= 2:
+        listener(run, config)
+    else:
+        listener(run)
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableBinding(Runnable[Input, Output]):
+    """``bound`` with a config merged in, Ray options recorded, and/or listeners attached."""
+
+    bound: Runnable[Input, Output]
+    config: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    listeners: Listeners | None = None
+    name: str | None = None
+
+    @classmethod
+    def wrap(
+        cls,
+        bound: Runnable[Input, Output],
+        *,
+        config: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        listeners: Listeners | None = None,
+    ) -> RunnableBinding[Input, Output]:
+        if isinstance(bound, RunnableBinding) and bound.listeners is None and listeners is None:
+            return cls(
+                bound.bound,
+                merge_configs(bound.config, config or {}),
+                {**bound.options, **(options or {})},
+                None,
+                bound.name,
+            )
+        return cls(bound, config or {}, options or {}, listeners)
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else self.bound.label()
+
+    def get_name(self) -> str:
+        return self.name or self.bound.get_name()
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("", self.bound)]
+
+    def enter(self, ctx: RunContext) -> RunContext:
+        """The context ``bound`` runs in: our config merged, and a cap of our own if we set one."""
+        if not self.config:
+            return ctx
+        inner = ctx.with_config(merge_configs(ctx.config, self.config))
+        cap = self.config.get("max_concurrency")
+        return inner.with_limiter(ThreadLimiter(cap)) if cap else inner
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        inner = self.enter(ctx)
+        if self.listeners is None:
+            return self.bound._invoke(input, inner)
+        run = Run(
+            name=inner.config.get("run_name") or self.get_name(),
+            inputs=input,
+            tags=list(inner.config.get("tags", [])),
+            metadata=dict(inner.config.get("metadata", {})),
+        )
+        _notify(self.listeners.on_start, run, inner.config)
+        try:
+            run.outputs = self.bound._invoke(input, inner)
+        except Exception as exc:
+            run.error, run.end_time = exc, time.time()
+            _notify(self.listeners.on_error, run, inner.config)
+            raise
+        run.end_time = time.time()
+        _notify(self.listeners.on_end, run, inner.config)
+        return run.outputs  # type: ignore[no-any-return]
+
+    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
+        if self.listeners is not None:
+            yield self._invoke(input, ctx)
+            return
+        yield from self.bound._stream(input, self.enter(ctx))
