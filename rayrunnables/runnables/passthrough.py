@@ -12,10 +12,10 @@ from ..errors import InputTypeError, attach_step
 from .base import Runnable
 from .parallel import RunnableParallel
 
-__all__ = ["RunnablePassthrough", "RunnableAssign", "RunnablePick"]
+__all__ = ["RunnablePassthrough", "RunnableAssign", "RunnablePick", "require_dict"]
 
 
-def _require_dict(node: Runnable[Any, Any], input: Any, ctx: RunContext, what: str) -> Mapping[str, Any]:
+def require_dict(node: Runnable[Any, Any], input: Any, ctx: RunContext, what: str) -> Mapping[str, Any]:
     if not isinstance(input, Mapping):
         path = ctx.child(node.label()).path_str
         raise attach_step(
@@ -71,7 +71,7 @@ class RunnableAssign(Runnable[Mapping[str, Any], dict[str, Any]]):
         return [("assign", self.mapper)]
 
     def _invoke(self, input: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
-        data = _require_dict(self, input, ctx, "assign")
+        data = require_dict(self, input, ctx, "assign")
         return {**data, **self.mapper._invoke(data, ctx.child("assign"))}
 
 
@@ -98,7 +98,7 @@ class RunnablePick(Runnable[Mapping[str, Any], Any]):
         return f"pick {self.keys!r}" if isinstance(self.keys, str) else f"pick {list(self.keys)!r}"
 
     def _invoke(self, input: Mapping[str, Any], ctx: RunContext) -> Any:
-        data = _require_dict(self, input, ctx, "pick")
+        data = require_dict(self, input, ctx, "pick")
         if isinstance(self.keys, str):
             return data.get(self.keys)
         return {k: data[k] for k in self.keys if k in data}

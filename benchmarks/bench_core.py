@@ -1,0 +1,388 @@
+"""Core benchmarks: rayrunnables (local backend) side by side with langchain-core, in one run.
+
+    python benchmarks/bench_core.py                   # full run (~1 minute on 2 cores)
+    python benchmarks/bench_core.py --quick           # fewer rounds, for a smoke check
+    python benchmarks/bench_core.py --only chain_invoke --only map_identity
+    python benchmarks/bench_core.py --write-results   # also replace the section in benchmarks/RESULTS.md
+    python benchmarks/bench_core.py --backend-ray     # also run the Ray section (no workloads yet)
+
+Adding a workload: write a function ``(opts: Options) -> Row`` and decorate it with
+``@workload(name, section=...)``; it lands in ``WORKLOADS`` and its section's table. A section fixes
+the table's columns (one per implementation compared) and which column the target applies to.
+See benchmarks/README.md for what each row measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE / "RESULTS.md"
+
+# ------------------------------------------------------------------------------------------------
+# Registry: sections (one table each) and workloads (one row each)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    heading: str  # the "## ..." heading used in RESULTS.md
+    columns: tuple[str, ...]  # implementations compared, in table order
+    target_column: str  # the column the target and "meets target" refer to
+    backend: str | None = None  # rayrunnables backend pinned (rayrunnables.use) while its workloads run
+    enabled: Callable[[argparse.Namespace], bool] = lambda args: True
+
+
+RR_LOCAL = "rayrunnables (local)"
+LANGCHAIN = "langchain-core"
+
+SECTIONS: dict[str, Section] = {
+    "core": Section(
+        key="core",
+        heading="Core (local backend) vs langchain-core",
+        columns=(RR_LOCAL, LANGCHAIN),
+        target_column=RR_LOCAL,
+        backend="local",
+    ),
+    # Hook for the Ray section (a later issue): CPU-bound 50 ms items x 64 over sequential /
+    # langchain batch / ProcessPoolExecutor / hand-written Ray / rayrunnables on Ray. Register its
+    # workloads with @workload(..., section="ray"); they run only with --backend-ray.
+    "ray": Section(
+        key="ray",
+        heading="Ray backend: CPU-bound items",
+        columns=("sequential", "langchain batch", "ProcessPoolExecutor", "hand-written Ray", "rayrunnables (ray)"),
+        target_column="rayrunnables (ray)",
+        enabled=lambda args: args.backend_ray,
+    ),
+}
+
+
+@dataclass
+class Measurement:
+    value: float  # in `unit`
+    unit: str  # e.g. "µs/call", "µs/item", "s"
+    digits: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.value:,.{self.digits}f} {self.unit}"
+
+
+@dataclass
+class Row:
+    workload: str  # the text in the first column
+    results: dict[str, Measurement | str]  # column -> measurement (or a note such as "n/a")
+    target: str  # human-readable target, e.g. "<= 10 µs/call"
+    meets: bool | None  # None when there is no target
+
+
+@dataclass
+class Options:
+    quick: bool
+
+    @property
+    def rounds(self) -> int:
+        return 3 if self.quick else 5
+
+    @property
+    def min_round_s(self) -> float:
+        """Each timed round of a micro-benchmark lasts at least this long."""
+        return 0.05 if self.quick else 0.2
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    section: str
+    func: Callable[[Options], Row]
+    doc: str = ""
+
+
+WORKLOADS: list[Workload] = []
+
+
+def workload(name: str, section: str = "core") -> Callable[[Callable[[Options], Row]], Callable[[Options], Row]]:
+    """Register ``func`` as a benchmark row of ``section``; rows appear in registration order."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; known: {sorted(SECTIONS)}")
+
+    def register(func: Callable[[Options], Row]) -> Callable[[Options], Row]:
+        if any(w.name == name for w in WORKLOADS):
+            raise ValueError(f"workload {name!r} registered twice")
+        WORKLOADS.append(Workload(name, section, func, (func.__doc__ or "").strip().splitlines()[0]))
+        return func
+
+    return register
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def best_seconds_per_call(fn: Callable[[], Any], opts: Options) -> float:
+    """timeit-style: calibrate a loop count so one round lasts >= min_round_s, run ``rounds`` rounds
+    with the garbage collector off (as ``timeit`` does), return the best round's seconds per call."""
+    fn()  # warm-up (imports, caches, thread pool start)
+    number = 1
+    while True:
+        elapsed = _timed_loop(fn, number)
+        if elapsed >= opts.min_round_s:
+            break
+        number = max(number * 2, int(number * opts.min_round_s / max(elapsed, 1e-9) * 1.1))
+    best = elapsed / number
+    for _ in range(opts.rounds - 1):
+        best = min(best, _timed_loop(fn, number) / number)
+    return best
+
+
+def best_seconds_once(fn: Callable[[], Any], rounds: int, warmup: Callable[[], Any] | None = None) -> float:
+    """Best wall time of ``rounds`` single calls of a long-running ``fn`` (gc off, as timeit)."""
+    (warmup or fn)()
+    return min(_timed_loop(fn, 1) for _ in range(rounds))
+
+
+def _timed_loop(fn: Callable[[], Any], number: int) -> float:
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _check_same(name: str, rr: Any, lc: Any) -> None:
+    if rr != lc:
+        raise AssertionError(f"{name}: outputs differ: rayrunnables={rr!r:.200} langchain-core={lc!r:.200}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Core workloads (local backend vs langchain-core)
+# ------------------------------------------------------------------------------------------------
+
+
+def _libs() -> tuple[Any, Any]:
+    import langchain_core.runnables as lc
+    import rayrunnables as rr
+
+    return rr, lc
+
+
+@workload("chain_invoke")
+def chain_invoke(opts: Options) -> Row:
+    """3-step chain of trivial lambdas (x+1 | x*2 | x-3), `.invoke(5)`: per-call overhead."""
+    rr, lc = _libs()
+    rr_chain = rr.RunnableLambda(lambda x: x + 1) | rr.RunnableLambda(lambda x: x * 2) | rr.RunnableLambda(
+        lambda x: x - 3
+    )
+    lc_chain = lc.RunnableLambda(lambda x: x + 1) | lc.RunnableLambda(lambda x: x * 2) | lc.RunnableLambda(
+        lambda x: x - 3
+    )
+    _check_same("chain_invoke", rr_chain.invoke(5), lc_chain.invoke(5))
+    rr_us = best_seconds_per_call(lambda: rr_chain.invoke(5), opts) * 1e6
+    lc_us = best_seconds_per_call(lambda: lc_chain.invoke(5), opts) * 1e6
+    return Row(
+        "3-step chain `invoke` (x+1 \\| x*2 \\| x-3)",
+        {RR_LOCAL: Measurement(rr_us, "µs/call"), LANGCHAIN: Measurement(lc_us, "µs/call")},
+        "<= 10 µs/call",
+        rr_us <= 10.0,
+    )
+
+
+MAP_ITEMS = 10_000
+
+
+@workload("map_identity")
+def map_identity(opts: Options) -> Row:
+    """Identity `.map()` over 10,000 ints, `.invoke(list)`: per-item overhead of map/batch."""
+    rr, lc = _libs()
+    items = list(range(MAP_ITEMS))
+    rr_map = rr.RunnableLambda(lambda x: x).map()
+    lc_map = lc.RunnableLambda(lambda x: x).map()
+    _check_same("map_identity", rr_map.invoke(items), lc_map.invoke(items))
+    rounds = 1 if opts.quick else opts.rounds
+    # The first full call above is the warm-up; later rounds reuse the same thread pools.
+    rr_s = best_seconds_once(lambda: rr_map.invoke(items), rounds, warmup=lambda: None)
+    lc_s = best_seconds_once(lambda: lc_map.invoke(items), rounds, warmup=lambda: None)
+    rr_us, lc_us = rr_s / MAP_ITEMS * 1e6, lc_s / MAP_ITEMS * 1e6
+    return Row(
+        f"identity `.map()` over {MAP_ITEMS:,} items",
+        {RR_LOCAL: Measurement(rr_us, "µs/item", 2), LANGCHAIN: Measurement(lc_us, "µs/item", 2)},
+        "<= 10 µs/item",
+        rr_us <= 10.0,
+    )
+
+
+SLEEP_S = 0.2
+BRANCHES = 5
+
+
+@workload("parallel_sleep")
+def parallel_sleep(opts: Options) -> Row:
+    """5-branch dict/RunnableParallel of 0.2 s `time.sleep` lambdas: do branches really overlap?"""
+    rr, lc = _libs()
+
+    def nap(x: Any) -> Any:
+        time.sleep(SLEEP_S)
+        return x
+
+    rr_par = rr.RunnableParallel({f"b{i}": rr.RunnableLambda(nap) for i in range(BRANCHES)})
+    lc_par = lc.RunnableParallel({f"b{i}": lc.RunnableLambda(nap) for i in range(BRANCHES)})
+    _check_same("parallel_sleep", rr_par.invoke(1), lc_par.invoke(1))  # also the warm-up
+    rounds = 3 if opts.quick else opts.rounds
+    rr_s = best_seconds_once(lambda: rr_par.invoke(1), rounds, warmup=lambda: None)
+    lc_s = best_seconds_once(lambda: lc_par.invoke(1), rounds, warmup=lambda: None)
+    return Row(
+        f"{BRANCHES}-branch `RunnableParallel` of {SLEEP_S} s sleeps",
+        {RR_LOCAL: Measurement(rr_s, "s", 3), LANGCHAIN: Measurement(lc_s, "s", 3)},
+        f"<= {SLEEP_S * 1.1:.2f} s (0.2 s + 10%)",
+        rr_s <= SLEEP_S * 1.1,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def environment() -> list[str]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)  # no import: ray is never imported by the core section
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return [
+        f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
+        f"- rayrunnables {version('rayrunnables')}, langchain-core {version('langchain-core')}, ray {version('ray')}",
+        f"- CPUs: {os.cpu_count()} logical, {usable} usable by this process; processor: {_cpu_model()}",
+    ]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def table(section: Section, rows: list[Row]) -> list[str]:
+    header = ["workload", *section.columns, "target", "meets target"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *["---:"] * len(section.columns), "---", "---"]) + "|"]
+    for row in rows:
+        cells = [row.workload, *(str(row.results.get(c, "n/a")) for c in section.columns), row.target]
+        cells.append("—" if row.meets is None else ("yes" if row.meets else "**no**"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_section(section: Section, rows: list[Row], command: str, quick: bool) -> list[str]:
+    method = (
+        "invoke: best of {r} timeit-style rounds (gc off, each round >= {m} s); map: best of {mr} "
+        "full 10,000-item call(s); parallel: best of {pr} calls; all after one warm-up call."
+    ).format(
+        r=3 if quick else 5, m=0.05 if quick else 0.2, mr=1 if quick else 5, pr=3 if quick else 5
+    )
+    return [
+        f"## {section.heading}",
+        "",
+        f"Measured {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{command}`.",
+        "",
+        *environment(),
+        "",
+        *table(section, rows),
+        "",
+        f"Target and \"meets target\" refer to the **{section.target_column}** column. Method: {method}",
+        "",
+    ]
+
+
+def write_results(path: Path, heading: str, body: list[str]) -> None:
+    """Replace the ``## heading`` section of ``path`` (up to the next ``## ``) or append it."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in this folder.\n\n"
+    block = "\n".join(body).rstrip() + "\n\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: block, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer/shorter rounds (smoke check, noisier numbers)")
+    parser.add_argument("--backend-ray", action="store_true", help="also run the Ray section's workloads")
+    parser.add_argument("--only", action="append", metavar="NAME", default=[],
+                        help="run only this workload (repeatable); one of: " + ", ".join(w.name for w in WORKLOADS))
+    parser.add_argument("--list", action="store_true", help="list the registered workloads and exit")
+    parser.add_argument("--write-results", action="store_true",
+                        help=f"replace each section's table in {RESULTS_MD.relative_to(HERE.parent)}")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for w in WORKLOADS:
+            print(f"{w.name:20} [{w.section}] {w.doc}")
+        return 0
+    unknown = set(args.only) - {w.name for w in WORKLOADS}
+    if unknown:
+        parser.error(f"unknown workload(s) {sorted(unknown)}; known: {[w.name for w in WORKLOADS]}")
+    if args.only and args.write_results:
+        parser.error("--write-results needs every row of a section; drop --only")
+    for var in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING", "RAYRUNNABLES_BACKEND"):
+        if os.environ.get(var):
+            print(f"note: ignoring {var}={os.environ[var]!r} for a fair comparison", file=sys.stderr)
+            os.environ.pop(var)
+
+    import rayrunnables
+
+    opts = Options(quick=args.quick)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
+    for section in SECTIONS.values():
+        if not section.enabled(args):
+            continue
+        chosen = [w for w in WORKLOADS if w.section == section.key and (not args.only or w.name in args.only)]
+        if not chosen:
+            if not args.only:
+                print(f"## {section.heading}\n\n(no workloads registered for section {section.key!r} yet)\n")
+            continue
+        rows: list[Row] = []
+        pinned = rayrunnables.use(section.backend) if section.backend else contextlib.nullcontext()
+        with pinned:
+            for w in chosen:
+                print(f"running {w.name} ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                rows.append(w.func(opts))
+                print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        body = render_section(section, rows, command, args.quick)
+        print("\n".join(body))
+        if args.write_results:
+            write_results(RESULTS_MD, section.heading, body)
+            print(f"(written to {RESULTS_MD})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

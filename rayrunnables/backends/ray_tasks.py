@@ -1,0 +1,106 @@
+"""What runs inside Ray workers: a fused unit of steps, a chunk of items, a fan-out over a computed list.
+
+Every function here rebuilds a ``RunContext`` from plain, picklable state and then runs the nodes'
+own in-process meaning, so a step computes exactly what it computes on the local backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError
+
+from ..context import RunContext
+from ..errors import RemoteTraceback
+from ..fanout import ChunkResult, run_chunk
+from .ray_pending import rebuild
+
+__all__ = ["ContextState", "run_task", "run_chunk_task", "run_list_task", "map_chunks", "convert", "concat"]
+
+ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
+
+
+def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
+    config, base_path, depth, limiters = state
+    return RunContext(config=config, path=base_path if path is None else path, limiters=limiters, depth=depth)
+
+
+def convert(err: BaseException) -> BaseException:
+    """Ray's wrapper off, the user's exception back, the remote traceback kept as ``__cause__``."""
+    if isinstance(err, RayTaskError) and isinstance(err.cause, BaseException):
+        cause = err.cause
+        if cause.__cause__ is None:
+            cause.__cause__ = RemoteTraceback(getattr(err, "traceback_str", str(err)))
+        return cause
+    return err
+
+
+def concat(*chunks: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for chunk in chunks:
+        out.extend(chunk)
+    return out
+
+
+@ray.remote
+def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, recipe: Any, *values: Any) -> Any:
+    """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
+    value = rebuild(recipe, values)
+    for path, node in steps:
+        value = node._invoke(value, make_context(state, path))
+    return value
+
+
+@ray.remote
+def run_chunk_task(node: Any, items: list[tuple[int, Any]], state: ContextState, return_exceptions: bool) -> ChunkResult:
+    """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
+    return run_chunk(node, items, make_context(state), return_exceptions, remote=True)
+
+
+@ray.remote
+def run_list_task(node: Any, items: list[tuple[int, Any]], state: ContextState) -> list[Any]:
+    """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
+    result = run_chunk(node, items, make_context(state), return_exceptions=False)
+    for _, ok, value, _ in result.outcomes:
+        if not ok:
+            raise value
+    return [value for _, _, value, _ in result.outcomes]
+
+
+def map_chunks(
+    each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int
+) -> list[Any]:
+    """Submit one task per chunk of ``items`` (sized to spread over the cluster) and return their refs."""
+    n_chunks = min(len(items), 4 * max(1, parallelism))
+    if n_chunks == 0:
+        return []
+    size = math.ceil(len(items) / n_chunks)
+    config, path, depth, limiters = state
+    inner = (config, (*path, "map"), depth, limiters)
+    name = "/".join((*path, "map", each.bound.label()))
+    node_ref = ray.put(each.bound)
+    return [
+        run_list_task.options(name=name, **options).remote(
+            node_ref, list(enumerate(items[i : i + size], start=i)), inner
+        )
+        for i in range(0, len(items), size)
+    ]
+
+
+@ray.remote
+def run_fanout_task(
+    each: Any, state: ContextState, options: dict[str, Any], recipe: Any, *values: Any
+) -> list[Any]:
+    """A ``.map()`` over a list an earlier task computed: split here, beside the data, not in the driver."""
+    items = each.check_input(rebuild(recipe, values), make_context(state))
+    refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
+    try:
+        return concat(*ray.get(refs))
+    except RayTaskError as err:
+        for ref in refs:
+            ray.cancel(ref)
+        raise convert(err) from None
+
+

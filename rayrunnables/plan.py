@@ -1,0 +1,224 @@
+"""Node tree -> units of work. Pure: reads nodes, never runs them.
+
+The plan says, for a backend that runs steps in other processes, which adjacent steps fuse into one
+task, where a dict fans out, where a list is cut into chunks, and where the driver must wait for a
+value (a *barrier*). ``explain`` prints it so a person sees where every step runs before it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .runnables.base import Runnable
+from .runnables.each import RunnableEach
+from .runnables.parallel import RunnableParallel
+from .runnables.passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
+from .runnables.sequence import RunnableSequence
+from .runnables.wrappers import RunnableBinding
+
+__all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Listen", "Unit", "plan", "explain", "task_options"]
+
+
+@dataclass
+class Task:
+    """Steps run one after the other inside one task (fused); ``where='driver'`` for io_bound steps."""
+
+    steps: list[tuple[tuple[str, ...], Runnable[Any, Any]]]
+    options: dict[str, Any]
+    where: str = "worker"
+
+    @property
+    def name(self) -> str:
+        first_path, first = self.steps[0]
+        if len(self.steps) == 1:
+            return "/".join((*first_path, first.label()))
+        last_path, _ = self.steps[-1]
+        prefix = "/".join(first_path[:-1])
+        labels = " | ".join(step.label() for _, step in self.steps)
+        span = f"{first_path[-1]}-{last_path[-1].split()[-1]}" if first_path else "steps"
+        return f"{prefix + '/' if prefix else ''}{span} ({labels})"
+
+
+@dataclass
+class Seq:
+    parts: list[Unit]
+
+
+@dataclass
+class Fan:
+    path: tuple[str, ...]
+    keys: list[str]
+    branches: list[Unit]
+
+
+@dataclass
+class Assign:
+    path: tuple[str, ...]
+    mapper: Fan
+    node: Runnable[Any, Any]
+
+
+@dataclass
+class Map:
+    path: tuple[str, ...]
+    node: RunnableEach[Any, Any]
+    options: dict[str, Any]
+
+
+@dataclass
+class Pass:
+    path: tuple[str, ...]
+
+
+@dataclass
+class Pick:
+    path: tuple[str, ...]
+    node: RunnablePick
+
+
+@dataclass
+class Listen:
+    """A binding with listeners: they run in the driver, around the plan of what it binds."""
+
+    path: tuple[str, ...]
+    node: RunnableBinding[Any, Any]
+    inner: Unit = field(default_factory=lambda: Seq([]))
+
+
+Unit = Task | Seq | Fan | Assign | Map | Pass | Pick | Listen
+
+
+def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str, Any] | None = None) -> Unit:
+    opts = options or {}
+    if isinstance(node, RunnableBinding):
+        if node.listeners is not None:
+            return Listen(path, node, plan(node.bound, path, {**opts, **node.options}))
+        if not node.config:
+            return plan(node.bound, path, {**opts, **node.options})
+        # a config scope (tags, max_concurrency...) runs whole in one task, so it applies to every step
+        return Task([(path, node)], {**opts, **node.options})
+    if isinstance(node, RunnableSequence):
+        parts: list[Unit] = []
+        for segment, step in node.children():
+            part = plan(step, (*path, segment), opts)
+            previous = parts[-1] if parts else None
+            if (
+                isinstance(part, Task)
+                and isinstance(previous, Task)
+                and previous.options == part.options
+                and previous.where == part.where
+            ):
+                previous.steps.extend(part.steps)  # fusion: adjacent steps with the same options
+            else:
+                parts.append(part)
+        return parts[0] if len(parts) == 1 else Seq(parts)
+    if isinstance(node, RunnableParallel):
+        kids = node.children()
+        return Fan(path, list(node.steps), [plan(step, (*path, seg), opts) for seg, step in kids])
+    if isinstance(node, RunnableAssign):
+        mapper = plan(node.mapper, (*path, "assign"), opts)
+        assert isinstance(mapper, Fan)
+        return Assign(path, mapper, node)
+    if isinstance(node, RunnableEach):
+        return Map(path, node, opts)
+    if isinstance(node, RunnablePassthrough) and node.func is None:
+        return Pass(path)
+    if isinstance(node, RunnablePick):
+        return Pick(path, node)
+    where = "driver" if opts.get("io_bound") else "worker"
+    return Task([(path, node)], opts, where)
+
+
+def task_options(unit: Unit) -> dict[str, Any]:
+    """Options a single task running all of ``unit`` needs: the most of each step's resources."""
+    found: list[dict[str, Any]] = []
+
+    def walk(u: Unit) -> None:
+        if isinstance(u, Task):
+            found.append(u.options)
+        elif isinstance(u, Seq):
+            for p in u.parts:
+                walk(p)
+        elif isinstance(u, Fan):
+            for b in u.branches:
+                walk(b)
+        elif isinstance(u, Assign):
+            walk(u.mapper)
+        elif isinstance(u, Map):
+            walk(plan(u.node.bound, u.path, u.options))
+        elif isinstance(u, Listen):
+            walk(u.inner)
+
+    walk(unit)
+    merged: dict[str, Any] = {}
+    for opts in found:
+        for key, value in opts.items():
+            if key in ("num_cpus", "num_gpus", "memory"):
+                merged[key] = max(merged.get(key, 0), value)
+            elif key == "resources":
+                res = dict(merged.get("resources", {}))
+                for name, amount in value.items():
+                    res[name] = max(res.get(name, 0), amount)
+                merged[key] = res
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def _fmt_opts(options: dict[str, Any]) -> str:
+    return f"  options={options}" if options else ""
+
+
+def _tree(node: Runnable[Any, Any], segment: str, depth: int, lines: list[str]) -> None:
+    opts = node.options if isinstance(node, RunnableBinding) else {}
+    head = f"{segment}: " if segment else ""
+    lines.append(f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]{_fmt_opts(opts)}")
+    for seg, child in node.children():
+        _tree(child, seg, depth + 1, lines)
+
+
+def _units(unit: Unit, depth: int, lines: list[str]) -> None:
+    pad = "  " * depth
+    if isinstance(unit, Task):
+        where = "driver thread (io_bound)" if unit.where == "driver" else "task"
+        fused = f", {len(unit.steps)} steps fused" if len(unit.steps) > 1 else ""
+        lines.append(f"{pad}{where} {unit.name!r}{fused}{_fmt_opts(unit.options)}")
+    elif isinstance(unit, Seq):
+        lines.append(f"{pad}sequence: each part gets the previous part's ObjectRef (no driver wait)")
+        for part in unit.parts:
+            _units(part, depth + 1, lines)
+    elif isinstance(unit, Fan):
+        lines.append(f"{pad}fan-out {'/'.join(unit.path) or 'parallel'}: input put once, all branches launched")
+        for key, branch in zip(unit.keys, unit.branches):
+            lines.append(f"{pad}  [{key!r}]")
+            _units(branch, depth + 2, lines)
+    elif isinstance(unit, Assign):
+        lines.append(f"{pad}assign at {'/'.join(unit.path) or 'root'}: new keys merged where consumed")
+        _units(unit.mapper, depth + 1, lines)
+    elif isinstance(unit, Map):
+        lines.append(
+            f"{pad}map {'/'.join(unit.path) or 'root'}: list cut into chunk tasks of {unit.node.bound.label()}"
+            f" (a list computed by an earlier step is split by a fan-out task, not the driver)"
+            f"{_fmt_opts(unit.options)}"
+        )
+    elif isinstance(unit, Pass):
+        lines.append(f"{pad}passthrough (no task)")
+    elif isinstance(unit, Pick):
+        lines.append(f"{pad}{unit.node.label()} (no task: applied where the value is consumed)")
+    elif isinstance(unit, Listen):
+        lines.append(f"{pad}listeners of {unit.node.label()}: run in the driver; barrier to see the output")
+        _units(unit.inner, depth + 1, lines)
+
+
+def explain(node: Runnable[Any, Any], backend: Any = None) -> str:
+    """The chain as a tree of steps (path, type, options) and, for the Ray backend, its tasks."""
+    lines = ["steps:"]
+    _tree(node, "", 1, lines)
+    name = backend if isinstance(backend, str) or backend is None else getattr(backend, "name", str(backend))
+    if name not in (None, "local"):
+        lines.append(f"on {name}:")
+        _units(plan(node), 1, lines)
+    else:
+        lines.append("on local: runs in this process; parallel branches and mapped items use threads")
+    return "\n".join(lines)

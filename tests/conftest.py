@@ -1,0 +1,72 @@
+"""Fixtures shared by the conformance suite: one parametrized ``backend`` name, and Ray started lazily.
+
+Every semantic test asks for ``backend`` (or ``cfg``) and so runs once per registered backend name.
+Ray is started once per session, and only when a test on the "ray" backend actually runs. Until the
+Ray backend module exists, the "ray" cases are skipped with a clear reason instead of erroring.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+BACKENDS = ["local", "ray"]
+
+
+def _ray_backend_missing() -> str | None:
+    """Why the Ray backend cannot be used here, or None when it can."""
+    try:
+        importlib.import_module("rayrunnables.backends.ray")
+    except ImportError as exc:
+        return f"Ray backend not available (import rayrunnables.backends.ray failed: {exc})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """Start a local Ray instance once for the whole session; shut it down at the end."""
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The NAME of the backend under test ("local" or "ray")."""
+    name: str = request.param
+    if name == "ray":
+        reason = _ray_backend_missing()
+        if reason is not None:
+            pytest.skip(reason)
+        request.getfixturevalue("ray_session")
+    return name
+
+
+@pytest.fixture
+def cfg(backend: str) -> dict[str, Any]:
+    """The config that routes a call to the backend under test: ``chain.invoke(x, config=cfg)``."""
+    return {"backend": backend}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ray_only: needs the Ray backend")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``ray_only`` test parametrized over ``backend`` runs only for the "ray" case."""
+    for item in items:
+        if item.get_closest_marker("ray_only") is None:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend", "ray") != "ray":
+            item.add_marker(pytest.mark.skip(reason="ray_only: meaningful only on the Ray backend"))
