@@ -48,8 +48,9 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
 
 def validate_config(config: Mapping[str, Any] | None, where: str = "config") -> dict[str, Any]:
     """Return a shallow copy of ``config`` after checking its keys and the types of its values."""
-    if config is None:
-        return {}
+    if not config:
+        if config is None or isinstance(config, Mapping):
+            return {}
     if not isinstance(config, Mapping):
         raise ConfigError(f"{where}: config must be a dict, got {type(config).__name__}")
     unknown = set(config) - CONFIG_KEYS
@@ -109,6 +110,8 @@ def resolve_backend(config: Mapping[str, Any] | None) -> Backend:
         choice = _current_backend.get()
     if choice is None:
         choice = os.environ.get("RAYRUNNABLES_BACKEND") or "local"
+    elif not isinstance(choice, str):
+        return _make_backend(choice, {})
     return _make_backend(choice, {})
 
 

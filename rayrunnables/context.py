@@ -10,7 +10,6 @@ import contextlib
 import copy
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .config import DEFAULT_RECURSION_LIMIT
@@ -24,21 +23,25 @@ class Cancelled(BaseException):
 
 
 class CancelToken:
-    """A cancellation flag that is also set when any ancestor's flag is set."""
+    """A cancellation flag that is also set when any ancestor's flag is set.
 
-    __slots__ = ("_event", "_parent")
+    A plain attribute, not a ``threading.Event``: setting a bool is atomic, and creating an Event per
+    invocation would cost more than a trivial three-step chain does.
+    """
+
+    __slots__ = ("_set", "_parent")
 
     def __init__(self, parent: CancelToken | None = None) -> None:
-        self._event = threading.Event()
+        self._set = False
         self._parent = parent
 
     def cancel(self) -> None:
-        self._event.set()
+        self._set = True
 
     def is_set(self) -> bool:
         token: CancelToken | None = self
         while token is not None:
-            if token._event.is_set():
+            if token._set:
                 return True
             token = token._parent
         return False
@@ -52,32 +55,72 @@ class Limiter(Protocol):
     def release(self) -> None: ...
 
 
-@dataclass(frozen=True)
 class RunContext:
-    config: dict[str, Any] = field(default_factory=dict)
-    path: tuple[str, ...] = ()
-    cancel: CancelToken = field(default_factory=CancelToken)
-    limiters: tuple[Limiter, ...] = ()
-    depth: int = 0
+    """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
+
+    __slots__ = ("config", "cancel", "limiters", "depth", "_base", "_parent", "_segment")
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        path: tuple[str, ...] = (),
+        cancel: CancelToken | None = None,
+        limiters: tuple[Limiter, ...] = (),
+        depth: int = 0,
+    ) -> None:
+        self.config = {} if config is None else config
+        self.cancel = CancelToken() if cancel is None else cancel
+        self.limiters = limiters
+        self.depth = depth
+        self._base = path
+        self._parent: RunContext | None = None
+        self._segment = ""
+
+    def _copy(self) -> RunContext:
+        new = RunContext.__new__(RunContext)
+        new.config, new.cancel, new.limiters, new.depth = self.config, self.cancel, self.limiters, self.depth
+        new._base, new._parent, new._segment = self._base, self._parent, self._segment
+        return new
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        segments: list[str] = []
+        node: RunContext | None = self
+        base: tuple[str, ...] = ()
+        while node is not None:
+            if node._segment:
+                segments.append(node._segment)
+            base = node._base
+            node = node._parent
+        return (*base, *reversed(segments))
 
     @property
     def path_str(self) -> str:
-        return " > ".join(self.path) if self.path else "<root>"
+        path = self.path
+        return " > ".join(path) if path else "<root>"
 
     def child(self, segment: str) -> RunContext:
         if not segment:
             return self
-        return replace(self, path=(*self.path, segment))
+        new = self._copy()
+        new._base, new._parent, new._segment = (), self, segment
+        return new
 
     def with_config(self, config: dict[str, Any]) -> RunContext:
-        return replace(self, config=config)
+        new = self._copy()
+        new.config = config
+        return new
 
     def with_limiter(self, limiter: Limiter) -> RunContext:
-        return replace(self, limiters=(*self.limiters, limiter))
+        new = self._copy()
+        new.limiters = (*self.limiters, limiter)
+        return new
 
     def fork(self) -> RunContext:
         """A context whose cancellation can be triggered without cancelling the parent."""
-        return replace(self, cancel=CancelToken(self.cancel))
+        new = self._copy()
+        new.cancel = CancelToken(self.cancel)
+        return new
 
     def deeper(self, step: str) -> RunContext:
         limit = self.config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
@@ -86,7 +129,9 @@ class RunContext:
                 f"{self.path_str}: recursion limit of {limit} reached by step {step!r} "
                 "(a function returning a runnable); raise config['recursion_limit'] if this is intended"
             )
-        return replace(self, depth=self.depth + 1)
+        new = self._copy()
+        new.depth = self.depth + 1
+        return new
 
     def check_cancelled(self) -> None:
         if self.cancel.is_set():

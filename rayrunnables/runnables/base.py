@@ -7,7 +7,6 @@ semantics every backend must reproduce; *where* it runs is decided by a backend,
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -25,8 +24,12 @@ Output = TypeVar("Output")
 Other = TypeVar("Other")
 
 
-class Runnable(ABC, Generic[Input, Output]):
-    """A unit of work that can be invoked, batched, streamed, mapped and composed."""
+class Runnable(Generic[Input, Output]):
+    """A unit of work that can be invoked, batched, streamed, mapped and composed.
+
+    Not an ``abc.ABC`` on purpose: ``isinstance(x, Runnable)`` runs on every step's output (a function
+    may return a runnable), and ABC instance checks cost more than a trivial step.
+    """
 
     name: str | None
 
@@ -42,9 +45,9 @@ class Runnable(ABC, Generic[Input, Output]):
         """(path segment, child) pairs, in order; leaves have none."""
         return []
 
-    @abstractmethod
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         """The in-process meaning of this node: the reference every backend reproduces."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _invoke")
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         yield self._invoke(input, ctx)

@@ -81,18 +81,25 @@ class RunnableLambda(Runnable[Input, Output]):
         return self.func(input, **kwargs)
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
-        here = ctx.child(self.label())
-        with ctx.call_slot():
-            try:
-                output = self._call(input, here)
-            except Exception as exc:
-                attach_step(exc, here.path_str)
-                raise
+        if ctx.limiters or ctx.cancel.is_set():
+            with ctx.call_slot():
+                output = self._guarded(input, ctx)
+        else:  # the hot path: no cap, nothing cancelled
+            output = self._guarded(input, ctx)
         if isinstance(output, Runnable):
-            deeper = here.deeper(self.label())
-            result: Output = output._invoke(input, deeper)
+            here = ctx.child(self.label())
+            result: Output = output._invoke(input, here.deeper(self.label()))
             return result
         return output  # type: ignore[no-any-return]
+
+    def _guarded(self, input: Any, ctx: RunContext) -> Any:
+        try:
+            if self.wants_config or self.is_async or self.is_generator:
+                return self._call(input, ctx)
+            return self.func(input)
+        except Exception as exc:
+            attach_step(exc, ctx.child(self.label()).path_str)
+            raise
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         if not self.is_generator:

@@ -11,6 +11,8 @@ from .base import Input, Output, Runnable
 
 __all__ = ["RunnableSequence"]
 
+_SEGMENTS = [f"step {i}" for i in range(64)]
+
 
 @dataclass(frozen=True, eq=False)
 class RunnableSequence(Runnable[Input, Output]):
@@ -46,8 +48,8 @@ class RunnableSequence(Runnable[Input, Output]):
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         value: Any = input
-        for segment, step in self.children():
-            value = step._invoke(value, ctx.child(segment))
+        for i, step in enumerate(self.steps, 1):
+            value = step._invoke(value, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
         return value  # type: ignore[no-any-return]
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
