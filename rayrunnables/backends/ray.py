@@ -37,6 +37,7 @@ from .ray_tasks import (
     concat,
     convert,
     map_chunks,
+    pack,
     run_chunk_task,
     run_fanout_task,
     run_task,
@@ -371,7 +372,7 @@ class RayChunkRunner:
             self._node_refs[key] = (ray.put(node), options)
         node_ref, options = self._node_refs[key]
         return run_chunk_task.options(name=f"{node.label()} chunk", **options).remote(
-            node_ref, items, self.backend.state(ctx), return_exceptions
+            node_ref, pack(items), self.backend.state(ctx), return_exceptions
         )
 
     def wait(self, handles: list[Any]) -> list[Any]:

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import ray
+import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
 from ..context import RunContext
@@ -17,7 +18,7 @@ from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, run_chunk
 from .ray_pending import rebuild
 
-__all__ = ["ContextState", "run_task", "run_chunk_task", "run_list_task", "map_chunks", "convert", "concat"]
+__all__ = ["pack", "ContextState", "run_task", "run_chunk_task", "run_list_task", "map_chunks", "convert", "concat"]
 
 ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
 
@@ -53,16 +54,21 @@ def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, reci
     return value
 
 
+def pack(items: list[tuple[int, Any]]) -> bytes:
+    """Items as one pickle: Ray would otherwise msgpack every ``(index, value)`` tuple one by one."""
+    return ray_pickle.dumps(items)
+
+
 @ray.remote
-def run_chunk_task(node: Any, items: list[tuple[int, Any]], state: ContextState, return_exceptions: bool) -> ChunkResult:
+def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
     """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
-    return run_chunk(node, items, make_context(state), return_exceptions, remote=True)
+    return run_chunk(node, ray_pickle.loads(packed), make_context(state), return_exceptions, remote=True)
 
 
 @ray.remote
-def run_list_task(node: Any, items: list[tuple[int, Any]], state: ContextState) -> list[Any]:
+def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
     """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
-    result = run_chunk(node, items, make_context(state), return_exceptions=False)
+    result = run_chunk(node, ray_pickle.loads(packed), make_context(state), return_exceptions=False)
     for _, ok, value, _ in result.outcomes:
         if not ok:
             raise value
@@ -83,7 +89,7 @@ def map_chunks(
     node_ref = ray.put(each.bound)
     return [
         run_list_task.options(name=name, **options).remote(
-            node_ref, list(enumerate(items[i : i + size], start=i)), inner
+            node_ref, pack(list(enumerate(items[i : i + size], start=i))), inner
         )
         for i in range(0, len(items), size)
     ]
