@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import RunContext
@@ -92,7 +92,7 @@ def iter_batch(
     window = max_in_flight or runner.default_window
     if cap:
         window = min(window, cap)
-    total = len(inputs) if hasattr(inputs, "__len__") else None
+    total = len(inputs) if isinstance(inputs, Sized) else None
     sizer = _Sizer(runner.target_chunk_seconds, window, chunk_size, total)
     source = enumerate(inputs)
     in_flight: dict[Any, int] = {}

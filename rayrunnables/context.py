@@ -29,7 +29,7 @@ class CancelToken:
     invocation would cost more than a trivial three-step chain does.
     """
 
-    __slots__ = ("_set", "_parent")
+    __slots__ = ("_parent", "_set")
 
     def __init__(self, parent: CancelToken | None = None) -> None:
         self._set = False
@@ -58,7 +58,7 @@ class Limiter(Protocol):
 class RunContext:
     """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
 
-    __slots__ = ("config", "cancel", "limiters", "depth", "_base", "_parent", "_segment")
+    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters")
 
     def __init__(
         self,

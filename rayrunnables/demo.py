@@ -56,7 +56,7 @@ def synthesize(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_chain() -> RunnableParallel:
-    research = {
+    research: Any = {
         "question": RunnablePassthrough(),
         "web": _search("web"),
         "papers": _search("papers"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from .runnables.base import Runnable
 from .runnables.each import RunnableEach
+from .runnables.lambda_ import RunnableLambda
 from .runnables.parallel import RunnableParallel
 from .runnables.passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
 from .runnables.sequence import RunnableSequence
@@ -126,8 +127,9 @@ def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str
         return Pass(path)
     if isinstance(node, RunnablePick):
         return Pick(path, node)
-    where = "driver" if opts.get("io_bound") else "worker"
-    return Task([(path, node)], opts, where)
+    # io_bound steps and async functions wait in driver threads: no CPU slot or worker held per wait
+    waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async)
+    return Task([(path, node)], opts, "driver" if waits else "worker")
 
 
 def task_options(unit: Unit) -> dict[str, Any]:
@@ -190,7 +192,7 @@ def _units(unit: Unit, depth: int, lines: list[str]) -> None:
             _units(part, depth + 1, lines)
     elif isinstance(unit, Fan):
         lines.append(f"{pad}fan-out {'/'.join(unit.path) or 'parallel'}: input put once, all branches launched")
-        for key, branch in zip(unit.keys, unit.branches):
+        for key, branch in zip(unit.keys, unit.branches, strict=False):
             lines.append(f"{pad}  [{key!r}]")
             _units(branch, depth + 2, lines)
     elif isinstance(unit, Assign):

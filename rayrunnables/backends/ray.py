@@ -180,7 +180,8 @@ class ActorLimiter:
 
     @staticmethod
     def create(n: int) -> ActorLimiter:
-        return ActorLimiter(_SemaphoreActor.options(max_concurrency=n + 64, num_cpus=0).remote(n))
+        actor: Any = _SemaphoreActor
+        return ActorLimiter(actor.options(max_concurrency=n + 64, num_cpus=0).remote(n))
 
     def acquire(self) -> None:
         ray.get(self.handle.acquire.remote())
@@ -399,7 +400,7 @@ class RayChunkRunner:
 
 # ---- recipes applied where a value is consumed (driver or worker) ------------------------------------------
 def _build_dict(keys: tuple[str, ...], *values: Any) -> dict[str, Any]:
-    return dict(zip(keys, values))
+    return dict(zip(keys, values, strict=False))
 
 
 def _merge_assign(node: Any, path: tuple[str, ...], base: Any, mapped: dict[str, Any]) -> dict[str, Any]:

@@ -55,8 +55,8 @@ class RunnableLambda(Runnable[Input, Output]):
         set_(self, "afunc", afunc)
         fname = getattr(target, "__name__", None) or type(target).__name__
         set_(self, "name", name if name is not None else ("lambda" if fname == "<lambda>" else fname))
-        set_(self, "is_async", inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            getattr(target, "__call__", None)))
+        call_method = type(target).__call__ if not inspect.isroutine(target) else None
+        set_(self, "is_async", inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call_method))
         set_(self, "is_generator", inspect.isgeneratorfunction(target))
         set_(self, "wants_config", _accepts_config(target))
 

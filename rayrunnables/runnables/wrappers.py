@@ -32,7 +32,9 @@ class RunnableRetry(Runnable[Input, Output]):
     def create(cls, bound: Runnable[Input, Output], **kwargs: Any) -> RunnableRetry[Input, Output]:
         attempts = kwargs["stop_after_attempt"]
         if not isinstance(attempts, int) or attempts < 1:
-            raise InputTypeError(f"{bound.label()}.with_retry: stop_after_attempt must be an int >= 1, got {attempts!r}")
+            raise InputTypeError(
+                f"{bound.label()}.with_retry: stop_after_attempt must be an int >= 1, got {attempts!r}"
+            )
         types = kwargs["retry_if_exception_type"]
         kwargs["retry_if_exception_type"] = tuple(types) if isinstance(types, (list, tuple)) else (types,)
         return cls(bound, **kwargs)
