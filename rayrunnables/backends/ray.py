@@ -34,10 +34,11 @@ from .base import Backend
 from .ray_pending import Apply, Const, Pending, Ref, flatten, rebuild
 from .ray_tasks import (
     ContextState,
+    cancel_pending,
     concat,
-    convert,
     map_chunks,
     pack,
+    raise_converted,
     run_chunk_task,
     run_fanout_task,
     run_task,
@@ -315,7 +316,8 @@ class _Invocation:
             return rebuild(recipe, ray.get(refs) if refs else [])
         except RayTaskError as err:
             self.cancel()
-            raise convert(err) from None
+            raise_converted(err)
+            raise
         except BaseException:
             self.cancel()
             raise
@@ -332,17 +334,17 @@ class _Invocation:
             return rebuild(recipe, [f.result() for f in futures])
         except RayTaskError as err:
             self.cancel()
-            raise convert(err) from None
+            raise_converted(err)
+            raise
+        except BaseException:
+            self.cancel()
+            raise
         finally:
             for fut in futures:
                 fut.cancel()
 
     def cancel(self) -> None:
-        for ref in self.submitted:
-            try:
-                ray.cancel(ref, recursive=True)
-            except Exception:  # already finished or gone: nothing to cancel
-                pass
+        cancel_pending(self.submitted)
 
     def close(self) -> None:
         for limiter in self.ctx.limiters:
@@ -387,15 +389,12 @@ class RayChunkRunner:
         try:
             result: ChunkResult = ray.get(handle)
         except RayTaskError as err:
-            raise convert(err) from None
+            raise_converted(err)
+            raise
         return result
 
     def cancel(self, handles: list[Any]) -> None:
-        for handle in handles:
-            try:
-                ray.cancel(handle)
-            except Exception:  # already finished
-                pass
+        cancel_pending(handles)
 
 
 # ---- recipes applied where a value is consumed (driver or worker) ------------------------------------------

@@ -18,7 +18,18 @@ from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, run_chunk
 from .ray_pending import rebuild
 
-__all__ = ["pack", "ContextState", "run_task", "run_chunk_task", "run_list_task", "map_chunks", "convert", "concat"]
+__all__ = [
+    "ContextState",
+    "cancel_pending",
+    "concat",
+    "convert",
+    "map_chunks",
+    "pack",
+    "raise_converted",
+    "run_chunk_task",
+    "run_list_task",
+    "run_task",
+]
 
 ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
 
@@ -36,6 +47,24 @@ def convert(err: BaseException) -> BaseException:
             cause.__cause__ = RemoteTraceback(getattr(err, "traceback_str", str(err)))
         return cause
     return err
+
+
+def raise_converted(err: BaseException) -> None:
+    """Raise the user's exception from a Ray error, keeping the remote traceback as ``__cause__``."""
+    exc = convert(err)
+    raise exc from exc.__cause__
+
+
+def cancel_pending(refs: list[Any]) -> None:
+    """``ray.cancel`` only what has not finished: Ray 2.60 aborts the caller when asked to cancel a
+    finished task (ray-project/ray#54846), so each ref's readiness is checked right before."""
+    for ref in refs:
+        try:
+            ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
+            if not ready:
+                ray.cancel(ref, recursive=True)
+        except Exception:  # gone already: nothing to cancel
+            pass
 
 
 def concat(*chunks: list[Any]) -> list[Any]:
@@ -105,8 +134,8 @@ def run_fanout_task(
     try:
         return concat(*ray.get(refs))
     except RayTaskError as err:
-        for ref in refs:
-            ray.cancel(ref)
-        raise convert(err) from None
+        cancel_pending(refs)
+        raise_converted(err)
+        raise
 
 
