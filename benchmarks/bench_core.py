@@ -25,7 +25,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def _check_same(name: str, rr: Any, lc: Any) -> None:
 
 def _libs() -> tuple[Any, Any]:
     import langchain_core.runnables as lc
+
     import rayrunnables as rr
 
     return rr, lc
@@ -190,11 +191,11 @@ def _libs() -> tuple[Any, Any]:
 def chain_invoke(opts: Options) -> Row:
     """3-step chain of trivial lambdas (x+1 | x*2 | x-3), `.invoke(5)`: per-call overhead."""
     rr, lc = _libs()
-    rr_chain = rr.RunnableLambda(lambda x: x + 1) | rr.RunnableLambda(lambda x: x * 2) | rr.RunnableLambda(
-        lambda x: x - 3
+    rr_chain = (
+        rr.RunnableLambda(lambda x: x + 1) | rr.RunnableLambda(lambda x: x * 2) | rr.RunnableLambda(lambda x: x - 3)
     )
-    lc_chain = lc.RunnableLambda(lambda x: x + 1) | lc.RunnableLambda(lambda x: x * 2) | lc.RunnableLambda(
-        lambda x: x - 3
+    lc_chain = (
+        lc.RunnableLambda(lambda x: x + 1) | lc.RunnableLambda(lambda x: x * 2) | lc.RunnableLambda(lambda x: x - 3)
     )
     _check_same("chain_invoke", rr_chain.invoke(5), lc_chain.invoke(5))
     rr_us = best_seconds_per_call(lambda: rr_chain.invoke(5), opts) * 1e6
@@ -278,7 +279,34 @@ def environment() -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- rayrunnables {version('rayrunnables')}, langchain-core {version('langchain-core')}, ray {version('ray')}",
         f"- CPUs: {os.cpu_count()} logical, {usable} usable by this process; processor: {_cpu_model()}",
+        f"- rayrunnables source: {_git_head()}; load average at start: {_loadavg()}",
     ]
+
+
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rayrunnables"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" + uncommitted changes in rayrunnables/" if dirty else "")
+
+
+def _loadavg() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"
+    except OSError:
+        return "unknown"
 
 
 def _cpu_model() -> str:
@@ -293,7 +321,8 @@ def _cpu_model() -> str:
 
 def table(section: Section, rows: list[Row]) -> list[str]:
     header = ["workload", *section.columns, "target", "meets target"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *["---:"] * len(section.columns), "---", "---"]) + "|"]
+    rule = ["---", *["---:"] * len(section.columns), "---", "---"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     for row in rows:
         cells = [row.workload, *(str(row.results.get(c, "n/a")) for c in section.columns), row.target]
         cells.append("—" if row.meets is None else ("yes" if row.meets else "**no**"))
@@ -301,23 +330,23 @@ def table(section: Section, rows: list[Row]) -> list[str]:
     return lines
 
 
-def render_section(section: Section, rows: list[Row], command: str, quick: bool) -> list[str]:
+def render_section(section: Section, rows: list[Row], command: str, quick: bool, env: list[str]) -> list[str]:
+    rounds, round_s, map_rounds, par_rounds = (3, 0.05, 1, 3) if quick else (5, 0.2, 5, 5)
     method = (
-        "invoke: best of {r} timeit-style rounds (gc off, each round >= {m} s); map: best of {mr} "
-        "full 10,000-item call(s); parallel: best of {pr} calls; all after one warm-up call."
-    ).format(
-        r=3 if quick else 5, m=0.05 if quick else 0.2, mr=1 if quick else 5, pr=3 if quick else 5
+        f"invoke: best of {rounds} timeit-style rounds (gc off, each round >= {round_s} s); "
+        f"map: best of {map_rounds} full 10,000-item call(s); parallel: best of {par_rounds} calls; "
+        "all after one warm-up call."
     )
     return [
         f"## {section.heading}",
         "",
         f"Measured {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{command}`.",
         "",
-        *environment(),
+        *env,
         "",
         *table(section, rows),
         "",
-        f"Target and \"meets target\" refer to the **{section.target_column}** column. Method: {method}",
+        f'Target and "meets target" refer to the **{section.target_column}** column. Method: {method}',
         "",
     ]
 
@@ -332,14 +361,24 @@ def write_results(path: Path, heading: str, body: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer/shorter rounds (smoke check, noisier numbers)")
     parser.add_argument("--backend-ray", action="store_true", help="also run the Ray section's workloads")
-    parser.add_argument("--only", action="append", metavar="NAME", default=[],
-                        help="run only this workload (repeatable); one of: " + ", ".join(w.name for w in WORKLOADS))
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        default=[],
+        help="run only this workload (repeatable); one of: " + ", ".join(w.name for w in WORKLOADS),
+    )
     parser.add_argument("--list", action="store_true", help="list the registered workloads and exit")
-    parser.add_argument("--write-results", action="store_true",
-                        help=f"replace each section's table in {RESULTS_MD.relative_to(HERE.parent)}")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help=f"replace each section's table in {RESULTS_MD.relative_to(HERE.parent)}",
+    )
     args = parser.parse_args(argv)
 
     if args.list:
@@ -359,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     import rayrunnables
 
     opts = Options(quick=args.quick)
+    env = environment()  # before the run, so the load average is the machine's, not ours
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     for section in SECTIONS.values():
         if not section.enabled(args):
@@ -376,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 rows.append(w.func(opts))
                 print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        body = render_section(section, rows, command, args.quick)
+        body = render_section(section, rows, command, args.quick, env)
         print("\n".join(body))
         if args.write_results:
             write_results(RESULTS_MD, section.heading, body)

@@ -9,8 +9,8 @@ backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cance
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Iterable, Iterator, Sized
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import RunContext
@@ -44,8 +44,8 @@ class ChunkRunner(Protocol):
 class _Sizer:
     """Chooses the next chunk size from the measured seconds per item."""
 
-    def __init__(self, target: float, window: int, fixed: int | None, total: int | None) -> None:
-        self.target, self.window, self.fixed, self.remaining = target, window, fixed, total
+    def __init__(self, target: float, fixed: int | None) -> None:
+        self.target, self.fixed = target, fixed
         self.per_item: float | None = None
         self.last = 1
 
@@ -59,16 +59,11 @@ class _Sizer:
             return self.fixed
         if self.per_item is None:
             return 1
+        # as many items as fill ``target`` seconds (no tail-balancing below that: a chunk that
+        # takes ``target`` seconds costs at most ``target`` of imbalance at the end)
         size = int(self.target / max(self.per_item, 1e-9))
-        size = min(size, self.last * GROWTH, MAX_CHUNK)
-        if self.remaining is not None:  # keep the tail balanced over the window
-            size = min(size, math.ceil(self.remaining / self.window))
-        self.last = max(1, size)
+        self.last = max(1, min(size, self.last * GROWTH, MAX_CHUNK))
         return self.last
-
-    def took(self, n: int) -> None:
-        if self.remaining is not None:
-            self.remaining -= n
 
 
 def iter_batch(
@@ -92,22 +87,26 @@ def iter_batch(
     window = max_in_flight or runner.default_window
     if cap:
         window = min(window, cap)
-    total = len(inputs) if isinstance(inputs, Sized) else None
-    sizer = _Sizer(runner.target_chunk_seconds, window, chunk_size, total)
+    sizer = _Sizer(runner.target_chunk_seconds, chunk_size)
     source = enumerate(inputs)
     in_flight: dict[Any, int] = {}
     pending: dict[int, Any] = {}
+    # ordered: the end index of every chunk submitted and not yet fully yielded. Capping these (not only
+    # the chunks running) bounds the reorder buffer too: one slow item must not let the rest pile up.
+    open_ends: deque[int] = deque()
+    held_cap = 2 * window
     next_index = 0
     exhausted = False
     try:
         while True:
-            while not exhausted and len(in_flight) < window:
+            while not exhausted and len(in_flight) < window and (not ordered or len(open_ends) < held_cap):
                 items = list(itertools.islice(source, sizer.next()))
                 if not items:
                     exhausted = True
                     break
-                sizer.took(len(items))
                 in_flight[runner.submit(node, items, ctx, return_exceptions)] = len(items)
+                if ordered:
+                    open_ends.append(items[-1][0] + 1)
             if not in_flight:
                 break
             for handle in runner.wait(list(in_flight)):
@@ -129,6 +128,8 @@ def iter_batch(
                     while next_index in pending:
                         yield next_index, pending.pop(next_index)
                         next_index += 1
+                    while open_ends and open_ends[0] <= next_index:
+                        open_ends.popleft()
     finally:
         if in_flight:
             ctx.cancel.cancel()

@@ -1,14 +1,32 @@
-"""The ``rayrunnables`` command. Built on click, which Ray already depends on (no extra install)."""
+"""The ``rayrunnables`` command. Built on click, which Ray already depends on (no extra install).
+
+Exit codes: 0 every item succeeded; 1 some items failed (or the run stopped part-way: rerun with
+``--resume``); 2 usage or set-up error (bad MODULE:ATTR, unreadable file, Ray unreachable).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import re
 import sys
-from typing import Any
+import traceback
+from collections.abc import Iterator
+from typing import IO, Any
 
 import click
 
+from .errors import BackendError, ConfigError, RemoteTraceback, UnpicklableStepError, step_path_of
+from .jsonl import BadLine, IndexSet, LineWriter, ResumeError, count_lines, dumps_line, read_lines, scan_done
+from .progress import Progress
 from .runnables.base import Runnable, coerce_to_runnable
+
+
+class SetupError(click.ClickException):
+    """A failure before any item could run (a file, the backend): exit status 2, like a usage error."""
+
+    exit_code = 2
 
 
 def load_target(spec: str) -> Runnable[Any, Any]:
@@ -16,16 +34,22 @@ def load_target(spec: str) -> Runnable[Any, Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise click.UsageError(f"expected MODULE:ATTR, got {spec!r}")
-    sys.path.insert(0, ".")
+    if "." not in sys.path:
+        sys.path.insert(0, ".")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself fails while importing
+        raise click.UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     try:
         target = getattr(module, attr)
     except AttributeError:
         raise click.UsageError(f"{module_name!r} has no attribute {attr!r}") from None
-    return coerce_to_runnable(target)
+    try:
+        return coerce_to_runnable(target)
+    except TypeError as exc:
+        raise click.UsageError(f"{spec}: {exc}") from None
 
 
 @click.group()
@@ -50,6 +74,179 @@ def demo(address: str | None, n_docs: int) -> None:
 def explain(target: str, backend: str) -> None:
     """Print the plan of TARGET (MODULE:ATTR): every step, its path, options and tasks."""
     click.echo(load_target(target).explain(backend))
+
+
+@main.command()
+@click.argument("target")
+@click.option("--input", "input_path", required=True, metavar="PATH", help="JSON Lines input; - = stdin.")
+@click.option("--output", "output_path", required=True, metavar="PATH", help="Output records; - = stdout.")
+@click.option("--errors", "errors_path", default=None, metavar="PATH",
+              help="Error records (default: printed to stderr, and failed items are retried by --resume).")
+@click.option("--backend", default=None, type=click.Choice(["local", "ray"]),
+              help="Where the chain runs (default: local; ray when --address is given).")
+@click.option("--address", default=None, help="Ray address to attach to (default: start a local Ray).")
+@click.option("--id-field", default=None, metavar="NAME", help="Copy this field of each input object into its records.")
+@click.option("--resume", is_flag=True, help="Skip items already in the output or errors file; append.")
+@click.option("--unordered", is_flag=True, help="Write outputs as they finish instead of in input order.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Items per task (default: adaptive).")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None, help="Chunks running at once.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
+def run(
+    target: str, input_path: str, output_path: str, errors_path: str | None, backend: str | None,
+    address: str | None, id_field: str | None, resume: bool, unordered: bool, chunk_size: int | None,
+    max_in_flight: int | None, progress: bool,
+) -> None:
+    """Run TARGET (MODULE:ATTR) over every line of a JSON Lines file.
+
+    Each output line is {"index": i, "output": ...} (plus "id" with --id-field), i being the item's
+    0-based line number; each failed item (a malformed line too) becomes an error record
+    {"index", "id", "step", "error_type", "message", "traceback"} and the run goes on. Every record
+    is written whole as soon as it is known, so a killed run can be finished with --resume, and then
+    every item appears exactly once across the output and errors files. Blank lines are not items.
+    """
+    if backend == "local" and address:
+        raise click.UsageError("--address is for --backend ray")
+    if resume and output_path == "-":
+        raise click.UsageError("--resume reads back the output file: --output cannot be - (stdout)")
+    if errors_path == "-":
+        raise click.UsageError("--errors must be a file (stderr is the default)")
+    if errors_path is not None and os.path.abspath(errors_path) == os.path.abspath(output_path):
+        raise click.UsageError("--errors and --output must be different files")
+    chain = load_target(target)
+
+    done = IndexSet()
+    if resume:
+        try:
+            for path in (output_path, errors_path):
+                if path is not None:
+                    scan_done(path, done)
+        except (ResumeError, OSError) as exc:
+            raise SetupError(str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stream: IO[bytes] = sys.stdin.buffer if input_path == "-" else stack.enter_context(open(input_path, "rb"))
+            out = stack.enter_context(LineWriter(output_path, append=resume))
+            errs = stack.enter_context(LineWriter(errors_path, append=resume)) if errors_path else None
+            total = count_lines(input_path) - len(done) if progress and input_path != "-" else None
+        except OSError as exc:
+            raise SetupError(f"{exc.filename}: {exc.strerror}") from None
+        if output_path == "-":  # keep stdout for records: prints of the chain (and Ray's logs) go to stderr
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        bar = stack.enter_context(Progress(total=total, desc="items", enabled=progress))
+        job = _Job(chain, out, errs, bar, id_field)
+        config: dict[str, Any] = {"backend": "local"}
+        if backend == "ray" or (backend is None and address):
+            from .backends.ray import RayBackend
+
+            config["backend"] = RayBackend(address=address)
+        try:
+            job.run(read_lines(stream, skip=done), config, unordered, chunk_size, max_in_flight)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: {job.counts()}; finish with --resume", err=True)
+            sys.exit(130)
+        except (BackendError, UnpicklableStepError, ConfigError) as exc:
+            raise SetupError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            traceback.print_exc()
+            raise click.ClickException(f"run stopped ({type(exc).__name__}: {exc}); {job.counts()}; "
+                                       "finish with --resume") from None
+    click.echo(job.counts() + (f"; {len(done):,} already done" if resume else ""), err=True)
+    if job.failed:
+        sys.exit(1)
+
+
+class _Job:
+    """One ``run``: feeds parsed lines to the chain, writes each result as one whole line."""
+
+    def __init__(
+        self, chain: Runnable[Any, Any], out: LineWriter, errs: LineWriter | None, bar: Progress, id_field: str | None
+    ) -> None:
+        self.chain, self.out, self.errs, self.bar, self.id_field = chain, out, errs, bar, id_field
+        self.ok = self.failed = self.malformed = 0
+        # position in the stream given to the chain -> (line number, id); only items in flight are here
+        self.meta: dict[int, tuple[int, Any]] = {}
+
+    def values(self, lines: Iterator[tuple[int, Any]]) -> Iterator[Any]:
+        """The values sent to the chain; a malformed line is recorded here and never sent."""
+        position = 0
+        for number, value in lines:
+            if isinstance(value, BadLine):
+                self.malformed += 1
+                self.error(number, None, "input", value.error, prefix=f"input line {number + 1}: ")
+                continue
+            item_id = value.get(self.id_field) if self.id_field and isinstance(value, dict) else None
+            self.meta[position] = (number, item_id)
+            position += 1
+            yield value
+
+    def run(
+        self, lines: Iterator[tuple[int, Any]], config: dict[str, Any], unordered: bool,
+        chunk_size: int | None, max_in_flight: int | None,
+    ) -> None:
+        options: dict[str, Any] = {"return_exceptions": True, "chunk_size": chunk_size, "max_in_flight": max_in_flight}
+        values = self.values(lines)
+        results: Iterator[tuple[int, Any]] = (
+            self.chain.imap_as_completed(values, config, **options)
+            if unordered
+            else enumerate(self.chain.imap(values, config, **options))
+        )
+        for position, output in results:
+            number, item_id = self.meta.pop(position)
+            if isinstance(output, Exception):
+                self.error(number, item_id, step_path_of(output) or self.chain.label(), output)
+                continue
+            record = {"index": number, "id": item_id, "output": output}
+            if not self.id_field:
+                del record["id"]
+            try:
+                line = dumps_line(record)
+            except (TypeError, ValueError, RecursionError) as exc:  # not JSON: that item failed
+                self.error(number, item_id, "output", exc)
+                continue
+            self.out.write_line(line)
+            self.ok += 1
+            self.bar.update(1)
+
+    def error(self, number: int, item_id: Any, step: str, exc: BaseException, prefix: str = "") -> None:
+        self.failed += 1
+        _drop_position_notes(exc)
+        record = {
+            "index": number,
+            "id": item_id,
+            "step": step,
+            "error_type": type(exc).__name__,
+            "message": prefix + _safe_str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        }
+        line = dumps_line(record)
+        if self.errs is not None:
+            self.errs.write_line(line)
+        else:
+            self.bar.write(line.decode().rstrip("\n"))
+        self.bar.update(1, errors=1)
+
+    def counts(self) -> str:
+        malformed = f" ({self.malformed:,} malformed lines)" if self.malformed else ""
+        return f"{self.ok:,} ok, {self.failed:,} failed{malformed}"
+
+
+def _drop_position_notes(exc: BaseException) -> None:
+    """The scheduler notes "for item index: N" (N counts items sent to the chain); the record's index is the line."""
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        exc.__notes__ = [note for note in notes if not note.startswith("for item index:")]  # type: ignore[attr-defined]
+    if isinstance(exc.__cause__, RemoteTraceback):
+        exc.__cause__.tb = _POSITION_NOTE.sub("", exc.__cause__.tb)
+
+
+_POSITION_NOTE = re.compile(r"^for item index: \d+\n", re.MULTILINE)
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .config import DEFAULT_RECURSION_LIMIT
 from .errors import StepRecursionError
+from .services import LOCAL_SERVICES, Services
 
 __all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled", "isolate"]
 
@@ -58,7 +59,7 @@ class Limiter(Protocol):
 class RunContext:
     """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
 
-    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters")
+    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "services")
 
     def __init__(
         self,
@@ -67,8 +68,10 @@ class RunContext:
         cancel: CancelToken | None = None,
         limiters: tuple[Limiter, ...] = (),
         depth: int = 0,
+        services: Services | None = None,
     ) -> None:
         self.config = {} if config is None else config
+        self.services: Services = LOCAL_SERVICES if services is None else services
         self.cancel = CancelToken() if cancel is None else cancel
         self.limiters = limiters
         self.depth = depth
@@ -79,6 +82,7 @@ class RunContext:
     def _copy(self) -> RunContext:
         new = RunContext.__new__(RunContext)
         new.config, new.cancel, new.limiters, new.depth = self.config, self.cancel, self.limiters, self.depth
+        new.services = self.services
         new._base, new._parent, new._segment = self._base, self._parent, self._segment
         return new
 

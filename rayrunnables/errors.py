@@ -17,6 +17,8 @@ __all__ = [
     "StepRecursionError",
     "UnpicklableStepError",
     "BackendError",
+    "StepConstructionError",
+    "VectorizedOutputError",
     "RemoteTraceback",
     "attach_step",
     "step_path_of",
@@ -46,6 +48,14 @@ class StepRecursionError(RayRunnablesError, RecursionError):
 
 class UnpicklableStepError(RayRunnablesError, TypeError):
     """A step cannot be sent to another process; raised before anything is submitted."""
+
+
+class StepConstructionError(RayRunnablesError, RuntimeError):
+    """A stateful step's class failed in ``__init__``; reported once, never retried."""
+
+
+class VectorizedOutputError(RayRunnablesError, ValueError):
+    """A vectorized (batched) step returned a different number of outputs than it got inputs."""
 
 
 class BackendError(RayRunnablesError, RuntimeError):

@@ -70,6 +70,18 @@ def run_chunk(
     """
     outcomes: list[tuple[int, bool, Any, str | None]] = []
     start = time.perf_counter()
+    if getattr(node, "vectorized", False):
+        try:
+            outputs = node._invoke_batch([isolate(value) for _, value in items], ctx)  # type: ignore[attr-defined]
+        except Exception as exc:  # the one call failed: every item of the chunk carries its error
+            attach_step(exc, ctx.path_str if ctx.path else node.label(), items[0][0] if items else None)
+            tb = _format(exc) if remote else None
+            outcomes = [(index, False, exc, tb) for index, _ in items]
+            return ChunkResult(outcomes if return_exceptions else outcomes[:1], time.perf_counter() - start)
+        done: list[tuple[int, bool, Any, str | None]] = [
+            (i, True, out, None) for (i, _), out in zip(items, outputs, strict=True)
+        ]
+        return ChunkResult(done, time.perf_counter() - start)
     for index, value in items:
         try:
             outcomes.append((index, True, node._invoke(isolate(value), ctx), None))

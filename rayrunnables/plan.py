@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .runnables.actor import RunnableActor
 from .runnables.base import Runnable
 from .runnables.each import RunnableEach
 from .runnables.lambda_ import RunnableLambda
@@ -23,7 +24,8 @@ __all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Listen", "Uni
 
 @dataclass
 class Task:
-    """Steps run one after the other inside one task (fused); ``where='driver'`` for io_bound steps."""
+    """Steps run one after the other inside one task (fused); ``where='driver'`` for io_bound steps,
+    ``'actor'`` for a stateful step served by its actor pool."""
 
     steps: list[tuple[tuple[str, ...], Runnable[Any, Any]]]
     options: dict[str, Any]
@@ -99,6 +101,8 @@ def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str
             return plan(node.bound, path, {**opts, **node.options})
         # a config scope (tags, max_concurrency...) runs whole in one task, so it applies to every step
         return Task([(path, node)], {**opts, **node.options})
+    if isinstance(node, (RunnableSequence, RunnableParallel, RunnableEach)) and node.name:
+        path = (*path, f"'{node.name}'")  # as ``Runnable.scope`` does in-process
     if isinstance(node, RunnableSequence):
         parts: list[Unit] = []
         for segment, step in node.children():
@@ -108,7 +112,7 @@ def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str
                 isinstance(part, Task)
                 and isinstance(previous, Task)
                 and previous.options == part.options
-                and previous.where == part.where
+                and previous.where == part.where == "worker"
             ):
                 previous.steps.extend(part.steps)  # fusion: adjacent steps with the same options
             else:
@@ -127,6 +131,8 @@ def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str
         return Pass(path)
     if isinstance(node, RunnablePick):
         return Pick(path, node)
+    if isinstance(node, RunnableActor):
+        return Task([(path, node)], opts, "actor")
     # io_bound steps and async functions wait in driver threads: no CPU slot or worker held per wait
     waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async)
     return Task([(path, node)], opts, "driver" if waits else "worker")
@@ -183,7 +189,7 @@ def _tree(node: Runnable[Any, Any], segment: str, depth: int, lines: list[str]) 
 def _units(unit: Unit, depth: int, lines: list[str]) -> None:
     pad = "  " * depth
     if isinstance(unit, Task):
-        where = "driver thread (io_bound)" if unit.where == "driver" else "task"
+        where = {"driver": "driver thread (io_bound)", "actor": "actor pool call"}.get(unit.where, "task")
         fused = f", {len(unit.steps)} steps fused" if len(unit.steps) > 1 else ""
         lines.append(f"{pad}{where} {unit.name!r}{fused}{_fmt_opts(unit.options)}")
     elif isinstance(unit, Seq):

@@ -354,15 +354,15 @@ def test_map_non_list_input_names_the_step_path(cfg: dict[str, Any]) -> None:
 def test_branch_first_matching_condition_and_default(cfg: dict[str, Any]) -> None:
     step = RunnableBranch(
         (is_positive, double),
-        (lambda x: x > -100, neg),  # also true for positives: must not win over the first
         (is_zero, RunnableLambda(lambda x: "zero")),
+        (lambda x: x > -100, neg),  # also true for the inputs above: must not win over earlier pairs
         RunnableLambda(lambda x: "default"),
     )
     assert step.invoke(5, config=cfg) == 10
+    assert step.invoke(0, config=cfg) == "zero"
     assert step.invoke(-5, config=cfg) == 5
-    assert step.invoke(0, config=cfg) == 0  # -0: the second condition matches before is_zero
     assert step.invoke(-500, config=cfg) == "default"
-    assert step.batch([1, -1, -1000], config=cfg) == [2, 1, "default"]
+    assert step.batch([1, 0, -1, -1000], config=cfg) == [2, "zero", 1, "default"]
 
 
 def test_branch_needs_a_default() -> None:

@@ -24,14 +24,18 @@ import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
 from .. import plan as planning
+from ..batching import iter_batch
+from ..config import merge_configs
 from ..context import RunContext, isolate
 from ..errors import BackendError, UnpicklableStepError
 from ..fanout import POOL, ChunkResult, ThreadChunkRunner
+from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.passthrough import require_dict
-from ..runnables.wrappers import Run, _notify
+from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, _notify
 from .base import Backend
 from .ray_pending import Apply, Const, Pending, Ref, flatten, rebuild
+from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
 from .ray_tasks import (
     ContextState,
     cancel_pending,
@@ -74,6 +78,8 @@ class RayBackend(Backend):
         self.init_kwargs = init_kwargs
         self.last_run = RunStats()
         self._checked: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.pools: dict[str, ActorPool] = {}
+        self._limiters: dict[str, Any] = {}
         self._cpus: tuple[float, int] = (0.0, 1)
 
     # ---- start-up --------------------------------------------------------------------------------
@@ -112,14 +118,32 @@ class RayBackend(Backend):
                 f"{type(error).__name__}: {error}. Objects holding locks, sockets or clients must be created "
                 "inside the step (e.g. a function that builds the client on first call), not captured from the driver."
             ) from error
+        self._start_services(node, {})
         self._checked.add(node)
+
+    def _start_services(self, node: Runnable[Any, Any], options: dict[str, Any]) -> None:
+        """An actor pool per stateful step and a limiter actor per rate-limited step, before any task."""
+        if isinstance(node, RunnableBinding):
+            options = {**options, **node.options}
+        if isinstance(node, RunnableActor) and node.key not in self.pools:
+            ray_options = {k: v for k, v in options.items() if k not in _OUR_OPTIONS}
+            self.pools[node.key] = ActorPool(node, ray_options)
+        if isinstance(node, RunnableRateLimited) and node.key not in self._limiters:
+            self._limiters[node.key] = create_limiter(node.key, node.requests_per_second, node.burst)
+        for _, child in node.children():
+            self._start_services(child, options)
+
+    def pool_of(self, node: Runnable[Any, Any]) -> ActorPool | None:
+        """The pool serving ``node`` when it is a stateful step (possibly wrapped in options/rate limit)."""
+        actor = _actor_of(node)
+        return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
         config = {k: v for k, v in ctx.config.items() if k not in _NOT_SENT}
         return (config, ctx.path, ctx.depth, ctx.limiters)
 
     def root_context(self, config: dict[str, Any]) -> RunContext:
-        ctx = RunContext(config=config)
+        ctx = RunContext(config=config, services=WORKER_SERVICES)
         cap = config.get("max_concurrency")
         return ctx.with_limiter(ActorLimiter.create(cap)) if cap else ctx
 
@@ -160,17 +184,48 @@ class RayBackend(Backend):
 
     # ---- batch / imap --------------------------------------------------------------------------------
     def chunk_runner(self, config: dict[str, Any]) -> ChunkRunner:
-        return RayChunkRunner(self)
+        raise NotImplementedError("the Ray backend builds a chunk runner per node: see iter_batch")
 
     def iter_batch(self, node: Runnable[Any, Any], inputs: Any, config: dict[str, Any], **kwargs: Any) -> Any:
         self.prepare(node)
-        if _waits_on_io(node):  # waiting is cheap in driver threads; a worker slot per wait is not
-            ctx = self.root_context(config)
-            from ..batching import iter_batch
-
-            yield from iter_batch(ThreadChunkRunner(64), node, inputs, ctx, **kwargs)
+        if isinstance(node, RunnableBinding) and node.listeners is not None:
+            yield from self._batch_with_listeners(node, inputs, config, **kwargs)
             return
-        yield from super().iter_batch(node, inputs, config, **kwargs)
+        if _waits_on_io(node):  # waiting is cheap in driver threads; a worker slot per wait is not
+            yield from iter_batch(ThreadChunkRunner(64), node, inputs, self.root_context(config), **kwargs)
+            return
+        yield from iter_batch(RayChunkRunner(self, node), node, inputs, self.root_context(config), **kwargs)
+
+    def _batch_with_listeners(
+        self, node: RunnableBinding[Any, Any], inputs: Any, config: dict[str, Any], **kwargs: Any
+    ) -> Iterator[tuple[int, Any]]:
+        """Listeners belong to the driver: items run on Ray, ``on_start``/``on_end``/``on_error`` here."""
+        listeners = node.listeners
+        assert listeners is not None
+        cfg = merge_configs(config, node.config)
+        runs: dict[int, Run] = {}
+
+        def started(items: Any) -> Iterator[Any]:
+            for index, item in enumerate(items):
+                runs[index] = Run(name=cfg.get("run_name") or node.get_name(), inputs=item,
+                                  tags=list(cfg.get("tags", [])), metadata=dict(cfg.get("metadata", {})))
+                _notify(listeners.on_start, runs[index], cfg)
+                yield item
+
+        return_exceptions = kwargs.pop("return_exceptions")
+        bare = RunnableBinding(node.bound, node.config, node.options)
+        for index, value in self.iter_batch(bare, started(inputs), config, return_exceptions=True, **kwargs):
+            run = runs.pop(index)
+            run.end_time = time.time()
+            if isinstance(value, Exception):
+                run.error = value
+                _notify(listeners.on_error, run, cfg)
+                if not return_exceptions:
+                    raise value
+            else:
+                run.outputs = value
+                _notify(listeners.on_end, run, cfg)
+            yield index, value
 
 
 class ActorLimiter:
@@ -225,10 +280,19 @@ class _Invocation:
             if unit.where == "driver":
                 value = self.materialize(pending, barrier=True)
                 for path, node in unit.steps:
-                    value = node._invoke(value, RunContext(config=self.ctx.config, path=path,
-                                                           limiters=self.ctx.limiters, depth=self.ctx.depth))
+                    value = node._invoke(value, RunContext(self.ctx.config, path, None, self.ctx.limiters,
+                                                           self.ctx.depth, WORKER_SERVICES))
                 return Const(value)
             recipe, refs = flatten(pending)
+            if unit.where == "actor":
+                (path, actor_node), = unit.steps
+                pool = self.backend.pools[actor_node.key]  # type: ignore[attr-defined]
+                index = pool.pick()
+                ref = pool.actors[index].call.remote(path, self.state(()), recipe, *refs)
+                pool.done(index)
+                self.submitted.append(ref)
+                self.stats.tasks.append(unit.name)
+                return Ref(ref)
             ref = run_task.options(**self.remote_options(unit.options, unit.name)).remote(
                 unit.steps, self.state(()), recipe, *refs
             )
@@ -269,11 +333,12 @@ class _Invocation:
         state = self.state(unit.path)
         if _waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
-            ctx = RunContext(config=self.ctx.config, path=unit.path, limiters=self.ctx.limiters)
+            ctx = RunContext(self.ctx.config, unit.path, None, self.ctx.limiters, 0, WORKER_SERVICES)
             return Const(unit.node._invoke(value, ctx))
         if isinstance(pending, Const):
             items = unit.node.check_input(pending.value, RunContext(path=unit.path))
-            refs = map_chunks(unit.node, items, state, options, self.backend.parallelism())
+            pool = self.backend.pool_of(unit.node.bound)
+            refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
             self.submitted.extend(refs)
             self.stats.tasks.extend(["/".join((*unit.path, "map"))] * len(refs))
             return Apply(concat, tuple(Ref(r) for r in refs))
@@ -361,10 +426,12 @@ class RayChunkRunner:
 
     target_chunk_seconds = 0.02
 
-    def __init__(self, backend: RayBackend) -> None:
+    def __init__(self, backend: RayBackend, node: Runnable[Any, Any]) -> None:
         self.backend = backend
-        self.default_window = 2 * backend.parallelism()
+        self.pool = backend.pool_of(node)
+        self.default_window = 2 * (len(self.pool.actors) if self.pool else backend.parallelism())
         self._node_refs: dict[int, tuple[Any, Any]] = {}
+        self._actor_of_handle: dict[Any, int] = {}
 
     def submit(self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext,
                return_exceptions: bool) -> Any:
@@ -374,6 +441,13 @@ class RayChunkRunner:
             options = {k: v for k, v in planning.task_options(unit).items() if k not in _OUR_OPTIONS}
             self._node_refs[key] = (ray.put(node), options)
         node_ref, options = self._node_refs[key]
+        if self.pool is not None:  # least-loaded member of the step's actor pool
+            index = self.pool.pick()
+            handle = self.pool.actors[index].run_chunk.remote(
+                node_ref, pack(items), self.backend.state(ctx), return_exceptions
+            )
+            self._actor_of_handle[handle] = index
+            return handle
         return run_chunk_task.options(name=f"{node.label()} chunk", **options).remote(
             node_ref, pack(items), self.backend.state(ctx), return_exceptions
         )
@@ -386,6 +460,9 @@ class RayChunkRunner:
         return list(ready)
 
     def result(self, handle: Any) -> ChunkResult:
+        index = self._actor_of_handle.pop(handle, None)
+        if index is not None and self.pool is not None:
+            self.pool.done(index)
         try:
             result: ChunkResult = ray.get(handle)
         except RayTaskError as err:
@@ -487,10 +564,16 @@ def _has_barrier(unit: planning.Unit) -> bool:
     return False
 
 
+def _actor_of(node: Runnable[Any, Any]) -> RunnableActor | None:
+    while isinstance(node, (RunnableBinding, RunnableRateLimited)):
+        if isinstance(node, RunnableBinding) and (node.listeners is not None or node.config):
+            return None
+        node = node.bound
+    return node if isinstance(node, RunnableActor) else None
+
+
 def _waits_on_io(node: Runnable[Any, Any]) -> bool:
     """Steps marked ``io_bound`` or made only of async functions: run them where waiting is cheap."""
-    from ..runnables.wrappers import RunnableBinding
-
     if isinstance(node, RunnableBinding) and node.options.get("io_bound"):
         return True
     leaves = [n for n in _walk(node) if isinstance(n, RunnableLambda)]

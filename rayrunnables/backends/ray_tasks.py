@@ -17,6 +17,7 @@ from ..context import RunContext
 from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, run_chunk
 from .ray_pending import rebuild
+from .ray_services import WORKER_SERVICES
 
 __all__ = [
     "ContextState",
@@ -36,7 +37,7 @@ ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
 
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
     config, base_path, depth, limiters = state
-    return RunContext(config=config, path=base_path if path is None else path, limiters=limiters, depth=depth)
+    return RunContext(config, base_path if path is None else path, None, limiters, depth, WORKER_SERVICES)
 
 
 def convert(err: BaseException) -> BaseException:
@@ -105,7 +106,7 @@ def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
 
 
 def map_chunks(
-    each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int
+    each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int, pool: Any = None
 ) -> list[Any]:
     """Submit one task per chunk of ``items`` (sized to spread over the cluster) and return their refs."""
     n_chunks = min(len(items), 4 * max(1, parallelism))
@@ -116,12 +117,15 @@ def map_chunks(
     inner = (config, (*path, "map"), depth, limiters)
     name = "/".join((*path, "map", each.bound.label()))
     node_ref = ray.put(each.bound)
-    return [
-        run_list_task.options(name=name, **options).remote(
-            node_ref, pack(list(enumerate(items[i : i + size], start=i))), inner
-        )
-        for i in range(0, len(items), size)
-    ]
+    chunks = [pack(list(enumerate(items[i : i + size], start=i))) for i in range(0, len(items), size)]
+    if pool is not None:  # a stateful step: its pool serves the chunks, spread evenly
+        refs = []
+        for chunk in chunks:
+            index = pool.pick()
+            refs.append(pool.actors[index].run_list.remote(node_ref, chunk, inner))
+            pool.done(index)
+        return refs
+    return [run_list_task.options(name=name, **options).remote(node_ref, chunk, inner) for chunk in chunks]
 
 
 @ray.remote

@@ -7,10 +7,11 @@ semantics every backend must reproduce; *where* it runs is decided by a backend,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..config import resolve_backend, validate_config
+from ..errors import OptionsError
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -44,6 +45,10 @@ class Runnable(Generic[Input, Output]):
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         """(path segment, child) pairs, in order; leaves have none."""
         return []
+
+    def scope(self, ctx: RunContext) -> RunContext:
+        """A named sub-chain adds its name to the path of every step inside it."""
+        return ctx.child(f"'{self.name}'") if self.name else ctx
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         """The in-process meaning of this node: the reference every backend reproduces."""
@@ -88,10 +93,9 @@ class Runnable(Generic[Input, Output]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> Iterator[tuple[int, Output | Exception]]:
-        cfg = _call_config(config, kwargs, "batch_as_completed")
-        yield from resolve_backend(cfg).iter_batch(
-            self, list(inputs), cfg, return_exceptions=return_exceptions, ordered=False
-        )
+        cfg = _call_config(config, kwargs, "batch_as_completed")  # checked now, not at first next()
+        return resolve_backend(cfg).iter_batch(self, list(inputs), cfg, return_exceptions=return_exceptions,
+                                               ordered=False)
 
     async def abatch(
         self,
@@ -127,14 +131,19 @@ class Runnable(Generic[Input, Output]):
         return_exceptions: bool = False,
         chunk_size: int | None = None,
         max_in_flight: int | None = None,
+        progress: bool = False,
     ) -> Iterator[Output | Exception]:
-        """Outputs in input order, consuming ``inputs`` lazily with a bounded window in flight."""
+        """Outputs in input order, consuming ``inputs`` lazily with a bounded window in flight.
+
+        ``progress=True`` shows items done, rate, errors and ETA on stderr (``rayrunnables.progress``).
+        """
         cfg = _call_config(config, {}, "imap")
-        for _, value in resolve_backend(cfg).iter_batch(
+        pairs = resolve_backend(cfg).iter_batch(
             self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
-        ):
-            yield value
+        )
+        tracked = _tracked(pairs, inputs) if progress else pairs
+        return (value for _, value in tracked)  # config checked at the call, not at the first next()
 
     def imap_as_completed(
         self,
@@ -144,17 +153,19 @@ class Runnable(Generic[Input, Output]):
         return_exceptions: bool = False,
         chunk_size: int | None = None,
         max_in_flight: int | None = None,
+        progress: bool = False,
     ) -> Iterator[tuple[int, Output | Exception]]:
         """``(index, output)`` pairs as they finish, consuming ``inputs`` lazily."""
         cfg = _call_config(config, {}, "imap_as_completed")
-        yield from resolve_backend(cfg).iter_batch(
+        pairs = resolve_backend(cfg).iter_batch(
             self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
         )
+        return _tracked(pairs, inputs) if progress else pairs  # config checked at the call
 
     def stream(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Output]:
-        cfg = _call_config(config, kwargs, "stream")
-        yield from resolve_backend(cfg).stream(self, input, cfg)
+        cfg = _call_config(config, kwargs, "stream")  # checked now, not at first next()
+        return resolve_backend(cfg).stream(self, input, cfg)
 
     async def astream(
         self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any
@@ -262,10 +273,30 @@ class Runnable(Generic[Input, Output]):
 
         return RunnableBinding.wrap(self, options=validate_options(options, self.label()))
 
+    def with_rate_limit(self, requests_per_second: float, *, burst: int = 1) -> Runnable[Input, Output]:
+        """At most ``requests_per_second`` calls of this step across the whole run (cluster-wide on Ray)."""
+        import uuid
+
+        from .wrappers import RunnableRateLimited
+
+        if isinstance(requests_per_second, bool) or not isinstance(requests_per_second, (int, float)) or (
+            requests_per_second <= 0
+        ):
+            raise OptionsError(f"{self.label()}.with_rate_limit: requests_per_second must be > 0")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise OptionsError(f"{self.label()}.with_rate_limit: burst must be an int >= 1, got {burst!r}")
+        return RunnableRateLimited(self, float(requests_per_second), burst, uuid.uuid4().hex[:12])
+
     def with_name(self, name: str) -> Runnable[Input, Output]:
         import dataclasses
 
         return dataclasses.replace(self, name=name)  # type: ignore[type-var]
+
+
+def _tracked(pairs: Iterator[tuple[int, Any]], inputs: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    from ..progress import track
+
+    return track(pairs, total=len(inputs) if isinstance(inputs, Sized) else None, pairs=True)
 
 
 def _call_config(config: Mapping[str, Any] | None, kwargs: dict[str, Any], where: str) -> dict[str, Any]:

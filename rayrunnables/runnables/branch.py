@@ -42,7 +42,11 @@ class RunnableBranch(Runnable[Any, Any]):
             kids += [(f"branch[{i}] condition", cond), (f"branch[{i}]", step)]
         return [*kids, ("branch default", self.default)]
 
+    def with_name(self, name: str) -> RunnableBranch:
+        return RunnableBranch(*self.branches, self.default, name=name)
+
     def _invoke(self, input: Any, ctx: RunContext) -> Any:
+        ctx = self.scope(ctx)
         for i, (cond, step) in enumerate(self.branches):
             if cond._invoke(input, ctx.child(f"branch[{i}] condition")):
                 return step._invoke(input, ctx.child(f"branch[{i}]"))

@@ -38,6 +38,7 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
         return list(input)
 
     def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:
+        ctx = self.scope(ctx)
         items = self.check_input(input, ctx)
         out: list[Any] = [None] * len(items)
         for index, value in iter_batch(

@@ -10,6 +10,7 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..errors import attach_step
+from .actor import check_batch_output
 from .base import Input, Output, Runnable
 
 __all__ = ["RunnableLambda", "chain"]
@@ -28,11 +29,14 @@ class RunnableLambda(Runnable[Input, Output]):
     """Wraps ``func(input)`` (or ``func(input, config)``). Async and generator functions work too.
 
     A function that returns a Runnable has that runnable invoked on the same input, as in LangChain.
+    ``batched=True`` marks a vectorized function: it takes a list of inputs and returns a list of outputs,
+    and ``.map()``/``batch`` call it once per chunk.
     """
 
     func: Callable[..., Any]
     afunc: Callable[..., Any] | None = None
     name: str | None = None
+    batched: bool = False
     is_async: bool = field(default=False, compare=False)
     is_generator: bool = field(default=False, compare=False)
     wants_config: bool = field(default=False, compare=False)
@@ -43,6 +47,7 @@ class RunnableLambda(Runnable[Input, Output]):
         afunc: Callable[..., Any] | None = None,
         name: str | None = None,
         *,
+        batched: bool = False,
         is_async: bool = False,
         is_generator: bool = False,
         wants_config: bool = False,
@@ -55,6 +60,7 @@ class RunnableLambda(Runnable[Input, Output]):
         set_(self, "afunc", afunc)
         fname = getattr(target, "__name__", None) or type(target).__name__
         set_(self, "name", name if name is not None else ("lambda" if fname == "<lambda>" else fname))
+        set_(self, "batched", bool(batched))
         call_method = type(target).__call__ if not inspect.isroutine(target) else None
         set_(self, "is_async", inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call_method))
         set_(self, "is_generator", inspect.isgeneratorfunction(target))
@@ -80,7 +86,20 @@ class RunnableLambda(Runnable[Input, Output]):
             return output
         return self.func(input, **kwargs)
 
+    @property
+    def vectorized(self) -> bool:
+        return self.batched
+
+    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
+        """A ``batched=True`` function gets the whole chunk (a list) and returns one output per item."""
+        with ctx.call_slot():
+            got = self._guarded(inputs, ctx)
+        return check_batch_output(self, ctx, got, len(inputs))
+
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        if self.batched:
+            result: Output = self._invoke_batch([input], ctx)[0]
+            return result
         if ctx.limiters or ctx.cancel.is_set():
             with ctx.call_slot():
                 output = self._guarded(input, ctx)
@@ -88,8 +107,8 @@ class RunnableLambda(Runnable[Input, Output]):
             output = self._guarded(input, ctx)
         if isinstance(output, Runnable):
             here = ctx.child(self.label())
-            result: Output = output._invoke(input, here.deeper(self.label()))
-            return result
+            nested: Output = output._invoke(input, here.deeper(self.label()))
+            return nested
         return output  # type: ignore[no-any-return]
 
     def _guarded(self, input: Any, ctx: RunContext) -> Any:

@@ -42,5 +42,5 @@ class RunnableParallel(Runnable[Any, dict[str, Any]]):
 
     def _invoke(self, input: Any, ctx: RunContext) -> dict[str, Any]:
         children = self.children()
-        results = run_branches(ctx, input, children)
+        results = run_branches(self.scope(ctx), input, children)
         return {key: value for key, value in zip(self.steps, results, strict=False)}

@@ -48,12 +48,14 @@ class RunnableSequence(Runnable[Input, Output]):
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         value: Any = input
+        ctx = self.scope(ctx)
         for i, step in enumerate(self.steps, 1):
             value = step._invoke(value, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
         return value  # type: ignore[no-any-return]
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         value: Any = input
+        ctx = self.scope(ctx)
         children = self.children()
         for segment, step in children[:-1]:
             value = step._invoke(value, ctx.child(segment))

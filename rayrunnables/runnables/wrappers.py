@@ -14,7 +14,7 @@ from ..context import RunContext, ThreadLimiter
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
 
-__all__ = ["RunnableRetry", "RunnableWithFallbacks", "RunnableBinding", "Listeners", "Run"]
+__all__ = ["RunnableRetry", "RunnableWithFallbacks", "RunnableBinding", "RunnableRateLimited", "Listeners", "Run"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +176,14 @@ class RunnableBinding(Runnable[Input, Output]):
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
 
+    @property
+    def vectorized(self) -> bool:
+        return self.listeners is None and bool(getattr(self.bound, "vectorized", False))
+
+    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
+        result: list[Any] = self.bound._invoke_batch(inputs, self.enter(ctx))  # type: ignore[attr-defined]
+        return result
+
     def enter(self, ctx: RunContext) -> RunContext:
         """The context ``bound`` runs in: our config merged, and a cap of our own if we set one."""
         if not self.config:
@@ -210,3 +218,40 @@ class RunnableBinding(Runnable[Input, Output]):
             yield self._invoke(input, ctx)
             return
         yield from self.bound._stream(input, self.enter(ctx))
+
+
+@dataclass(frozen=True, eq=False)
+class RunnableRateLimited(Runnable[Input, Output]):
+    """At most ``requests_per_second`` calls of ``bound`` (after a first ``burst``), across every
+    process of the run: in this process a token bucket; on Ray one limiter actor for the cluster.
+    A vectorized chunk call counts as one request."""
+
+    bound: Runnable[Input, Output]
+    requests_per_second: float
+    burst: int = 1
+    key: str = ""
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"'{self.name}'" if self.name else self.bound.label()
+
+    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
+        return [("", self.bound)]
+
+    def _wait_turn(self, ctx: RunContext) -> None:
+        delay = ctx.services.rate_limiter(self.key, self.requests_per_second, self.burst).reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+    @property
+    def vectorized(self) -> bool:
+        return bool(getattr(self.bound, "vectorized", False))
+
+    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
+        self._wait_turn(ctx)
+        result: list[Any] = self.bound._invoke_batch(inputs, ctx)  # type: ignore[attr-defined]
+        return result
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        self._wait_turn(ctx)
+        return self.bound._invoke(input, ctx)

@@ -1,0 +1,179 @@
+"""Cluster-wide services for steps on Ray: actor pools for stateful steps, one limiter actor per
+rate-limited step. The driver creates them (named, so a worker finds them by name); steps reach
+them through ``RayServices``, the Ray counterpart of ``rayrunnables.services.LocalServices``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+from typing import Any
+
+import ray
+import ray.cloudpickle as ray_pickle
+from ray.exceptions import RayActorError
+
+from ..context import RunContext
+from ..errors import StepConstructionError
+from ..fanout import ChunkResult, run_chunk
+from ..runnables.actor import RunnableActor
+from ..services import TokenBucket
+from .ray_pending import rebuild
+
+__all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
+
+
+def pool_name(key: str, i: int) -> str:
+    return f"rayrunnables-actor-{key}-{i}"
+
+
+def limiter_name(key: str) -> str:
+    return f"rayrunnables-limit-{key}"
+
+
+@ray.remote
+class _Limiter:
+    """The one token bucket of a rate-limited step, for every process of the cluster."""
+
+    def __init__(self, requests_per_second: float, burst: int) -> None:
+        self.bucket = TokenBucket(requests_per_second, burst)
+
+    def reserve(self) -> float:
+        return self.bucket.reserve()
+
+
+class _RemoteBucket:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def reserve(self) -> float:
+        delay: float = ray.get(self.handle.reserve.remote())
+        return delay
+
+
+class _PoolProxy:
+    """What a step running inside some task sees as "the instance": calls go to the step's actor pool."""
+
+    def __init__(self, handles: list[Any]) -> None:
+        self.handles = handles
+
+    def __call__(self, item: Any) -> Any:
+        return ray.get(random.choice(self.handles).call_one.remote(item))
+
+    def batch(self, items: list[Any]) -> list[Any]:
+        result: list[Any] = ray.get(random.choice(self.handles).call_batch.remote(items))
+        return result
+
+
+class RayServices:
+    """Services for steps running on Ray (driver, tasks or actors): found by name, cached per process."""
+
+    def __init__(self, own: dict[str, Any] | None = None) -> None:
+        self.own = own or {}  # inside a pool actor: its own instance, by step key
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    def instance(self, node: RunnableActor) -> Any:
+        if node.key in self.own:
+            return self.own[node.key]
+        with self._lock:
+            if node.key not in self._cache:
+                self._cache[node.key] = _PoolProxy(
+                    [ray.get_actor(pool_name(node.key, i)) for i in range(node.pool_size)]
+                )
+            return self._cache[node.key]
+
+    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = _RemoteBucket(ray.get_actor(limiter_name(key)))
+            return self._cache[key]
+
+
+WORKER_SERVICES = RayServices()
+
+
+@ray.remote
+class _StepActor:
+    """One member of a stateful step's pool: the class is built here once, then serves every call."""
+
+    def __init__(self, node: RunnableActor) -> None:
+        self.node = node
+        self.instance = node.construct()
+        self.services = RayServices({node.key: self.instance})
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def context(self, state: Any, path: tuple[str, ...] | None = None) -> RunContext:
+        config, base, depth, limiters = state
+        return RunContext(config, base if path is None else path, None, limiters, depth, self.services)
+
+    def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
+        return self.node._invoke(rebuild(recipe, values), self.context(state, path))
+
+    def call_one(self, item: Any) -> Any:
+        return self.node._invoke(item, self.context(({}, (), 0, ())))
+
+    def call_batch(self, items: list[Any]) -> list[Any]:
+        return self.node._invoke_batch(items, self.context(({}, (), 0, ())))
+
+    def run_chunk(self, node: Any, packed: bytes, state: Any, return_exceptions: bool) -> ChunkResult:
+        """``node`` is this step, possibly wrapped (options, rate limit); it runs on our instance."""
+        return run_chunk(node, ray_pickle.loads(packed), self.context(state), return_exceptions, remote=True)
+
+    def run_list(self, node: Any, packed: bytes, state: Any) -> list[Any]:
+        result = run_chunk(node, ray_pickle.loads(packed), self.context(state), return_exceptions=False)
+        for _, ok, value, _ in result.outcomes:
+            if not ok:
+                raise value
+        return [value for _, _, value, _ in result.outcomes]
+
+
+class ActorPool:
+    """The actors of one stateful step. Chunks go to the least-loaded actor (not round-robin); an
+    actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``)."""
+
+    def __init__(self, node: RunnableActor, options: dict[str, Any]) -> None:
+        self.node = node
+        opts = {"max_restarts": 3, "max_task_retries": 3, **options}
+        opts.pop("max_retries", None)
+        opts.pop("retry_exceptions", None)
+        self.actors = [
+            _StepActor.options(name=pool_name(node.key, i), **opts).remote(node)  # type: ignore[attr-defined]
+            for i in range(node.pool_size)
+        ]
+        self.load = [0] * len(self.actors)
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        try:
+            self.pids = ray.get([actor.ready.remote() for actor in self.actors])
+        except RayActorError as err:
+            self.close()
+            raise StepConstructionError(
+                f"{node.label()}: its class failed in __init__ and the pool cannot start (not retried):\n{err}"
+            ) from None
+
+    def pick(self) -> int:
+        with self._lock:
+            lowest = min(self.load)
+            candidates = [i for i, n in enumerate(self.load) if n == lowest]
+            index = candidates[next(self._turn) % len(candidates)]
+            self.load[index] += 1
+            return index
+
+    def done(self, index: int) -> None:
+        with self._lock:
+            self.load[index] -= 1
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def create_limiter(key: str, requests_per_second: float, burst: int) -> Any:
+    return _Limiter.options(  # type: ignore[attr-defined]
+        name=limiter_name(key), num_cpus=0, max_concurrency=1
+    ).remote(requests_per_second, burst)

@@ -1,0 +1,556 @@
+"""LangChain interop: run an existing LCEL chain on our backends, and drop one of ours into LangChain.
+
+``from_langchain(chain)`` rebuilds a LangChain runnable node by node out of rayrunnables nodes, so each
+part becomes its own unit of work on Ray (sequences fuse, dicts fan out, ``.map()`` is chunked).
+Structurally translated (exact classes only; a subclass may change behaviour, so it stays opaque):
+
+    RunnableSequence, RunnableParallel, RunnableLambda (sync, async, generator; ``config`` parameter),
+    RunnablePassthrough (+ func), RunnableAssign, RunnablePick, RunnableEach, RunnableBranch,
+    RunnableWithFallbacks, RunnableRetry (exception types as a tuple), RunnableBinding (config; kwargs),
+    RunnableGenerator
+
+Everything else (prompt templates, chat models, parsers, retrievers, configurable alternatives, a
+lambda that takes ``run_manager``, a binding made by ``with_listeners``) is one *opaque* step: a
+``RunnableLambda`` around ``LangChainStep(obj)``, which calls ``obj.invoke`` where the step runs (in a
+Ray worker on the Ray backend). Such an object must pickle; if it holds a lock, a socket or a client,
+the Ray backend refuses it before submitting anything (``UnpicklableStepError`` naming the step). The
+way out is to build it inside the worker: ``lazy_langchain_step(factory)``.
+
+Config: ``tags``, ``metadata``, ``run_name``, ``configurable``, ``max_concurrency`` and
+``recursion_limit`` of a ``with_config`` binding are kept in our config, and reach (also in Ray
+workers) every function that takes a ``config`` parameter. ``callbacks`` (and ``run_id``) are dropped:
+LangChain's callback handlers and tracers hold driver-side state and are not sent to workers.
+
+``to_langchain(ours)`` goes the other way: a ``langchain_core`` ``Runnable`` whose calls run through our
+backends. The driver-side call is reported to LangChain's callbacks as one chain run; the steps
+inside it are not.
+
+langchain-core is imported here only; ``import rayrunnables`` never loads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from functools import update_wrapper
+from typing import Any
+
+from langchain_core.runnables.base import Runnable as LCRunnable
+from langchain_core.runnables.base import RunnableBinding as LCBinding
+from langchain_core.runnables.base import RunnableBindingBase as LCBindingBase
+from langchain_core.runnables.base import RunnableEach as LCEach
+from langchain_core.runnables.base import RunnableGenerator as LCGenerator
+from langchain_core.runnables.base import RunnableLambda as LCLambda
+from langchain_core.runnables.base import RunnableParallel as LCParallel
+from langchain_core.runnables.base import RunnableSequence as LCSequence
+from langchain_core.runnables.base import coerce_to_runnable as lc_coerce
+from langchain_core.runnables.branch import RunnableBranch as LCBranch
+from langchain_core.runnables.config import RunnableConfig as LCConfig
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks as LCFallbacks
+from langchain_core.runnables.passthrough import RunnableAssign as LCAssign
+from langchain_core.runnables.passthrough import RunnablePassthrough as LCPassthrough
+from langchain_core.runnables.passthrough import RunnablePick as LCPick
+from langchain_core.runnables.retry import RunnableRetry as LCRetry
+
+from .._aio import run_coro_sync
+from ..runnables import (
+    Runnable,
+    RunnableAssign,
+    RunnableBranch,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnablePick,
+    RunnableSequence,
+)
+
+__all__ = ["from_langchain", "to_langchain", "lazy_langchain_step", "LangChainStep", "RayRunnable"]
+
+# Config keys that mean the same on both sides and are passed across; everything else is dropped.
+_SHARED_KEYS = ("tags", "metadata", "run_name", "configurable", "max_concurrency", "recursion_limit")
+
+
+def _to_lc_config(config: Mapping[str, Any] | None, *, keep_run_name: bool = True) -> LCConfig:
+    """Our config -> a LangChain ``RunnableConfig`` (no ``backend``; ``callbacks`` never travel)."""
+    keys = _SHARED_KEYS if keep_run_name else tuple(k for k in _SHARED_KEYS if k != "run_name")
+    out: dict[str, Any] = {k: config[k] for k in keys if config and config.get(k) is not None}
+    return out  # type: ignore[return-value]
+
+
+def _from_lc_config(config: Mapping[str, Any] | None, backend: Any = None) -> dict[str, Any]:
+    """A LangChain config -> ours: shared keys only (``callbacks``, ``run_id`` and the rest dropped)."""
+    out: dict[str, Any] = {k: config[k] for k in _SHARED_KEYS if config and config.get(k) is not None}
+    if "tags" in out:
+        out["tags"] = list(out["tags"])
+    if backend is not None:
+        out["backend"] = backend
+    return out
+
+
+def _params(func: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _ship_with(adapter: Any, target: Any) -> None:
+    """Give ``adapter`` the module of what it wraps.
+
+    The Ray backend pickles the user's own modules by value, finding them through each step's ``func``
+    ``__module__``; an adapter defined here would hide the user's module, so it borrows it.
+    """
+    module = getattr(target, "__module__", None) or type(target).__module__
+    try:
+        adapter.__module__ = module
+    except (AttributeError, TypeError):  # pragma: no cover - functions and plain instances accept it
+        pass
+
+
+# ---- opaque steps ----------------------------------------------------------------------------------------
+class LangChainStep:
+    """A LangChain runnable as one step: ``obj.invoke(input, config, **kwargs)`` where the step runs.
+
+    Must pickle to run on Ray (the whole object travels to the worker). The config it receives is ours,
+    reduced to the keys LangChain knows; LangChain callbacks are not part of it.
+    """
+
+    def __init__(self, obj: Any, kwargs: Mapping[str, Any] | None = None) -> None:
+        self.obj = obj
+        self.kwargs = dict(kwargs or {})
+        _ship_with(self, obj)
+
+    def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
+        return self.obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"LangChainStep({self.obj.get_name()})"
+
+
+_LAZY: dict[str, Any] = {}  # token -> built object, once per process (per Ray worker)
+_LAZY_LOCK = threading.Lock()
+
+
+class _LazyStep:
+    """Builds its LangChain runnable with ``factory()`` on first use in each process; pickles the factory only."""
+
+    def __init__(self, factory: Callable[[], Any], kwargs: Mapping[str, Any] | None = None) -> None:
+        self.factory = factory
+        self.kwargs = dict(kwargs or {})
+        self.token = uuid.uuid4().hex
+        _ship_with(self, factory)
+
+    def target(self) -> Any:
+        obj = _LAZY.get(self.token)
+        if obj is None:
+            with _LAZY_LOCK:
+                obj = _LAZY.get(self.token)
+                if obj is None:
+                    obj = _LAZY[self.token] = self.factory()
+        return obj
+
+    def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
+        obj = self.target()
+        if isinstance(obj, LCRunnable):
+            return obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+        return obj(input, **self.kwargs)
+
+
+def lazy_langchain_step(factory: Callable[[], Any], *, name: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
+    """A step whose LangChain runnable (or plain callable) is built by ``factory()`` inside the worker.
+
+    The way to use clients that cannot be pickled (locks, sockets, HTTP sessions): only ``factory`` is
+    sent; the object is built once per process on first use and reused. Compose it as any step:
+    ``from_langchain(prompt) | lazy_langchain_step(lambda: ChatOpenAI(...)) | from_langchain(parser)``.
+    """
+    default = getattr(factory, "__name__", None)
+    step_name = name or (default if default and default != "<lambda>" else "lazy_step")
+    return RunnableLambda(_LazyStep(factory, kwargs), name=step_name)
+
+
+def _opaque(obj: LCRunnable[Any, Any], kwargs: Mapping[str, Any] | None = None) -> Runnable[Any, Any]:
+    return RunnableLambda(LangChainStep(obj, kwargs), name=obj.get_name())
+
+
+# ---- function adapters -----------------------------------------------------------------------------------
+def _resolve(output: Any) -> Any:
+    """A function that returns a LangChain runnable has it run on the same input: translate it for us."""
+    return from_langchain(output) if isinstance(output, LCRunnable) else output
+
+
+class _Call:
+    """A LangChain lambda's sync function: LangChain-shaped config in, LangChain runnables out translated.
+
+    Wraps ``func`` (``__wrapped__``), so our ``RunnableLambda`` sees the function's own signature and name.
+    """
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        update_wrapper(self, func)
+
+    def __call__(self, input: Any, **kwargs: Any) -> Any:
+        if "config" in kwargs:
+            kwargs["config"] = _to_lc_config(kwargs["config"])
+        return _resolve(self.func(input, **kwargs))
+
+
+class _ACall(_Call):
+    async def __call__(self, input: Any, **kwargs: Any) -> Any:
+        if "config" in kwargs:
+            kwargs["config"] = _to_lc_config(kwargs["config"])
+        return _resolve(await self.func(input, **kwargs))
+
+
+class _AGenCall(_Call):
+    """An async generator function, invoked: its chunks added up (``+``), as LangChain does."""
+
+    async def __call__(self, input: Any, **kwargs: Any) -> Any:
+        if "config" in kwargs:
+            kwargs["config"] = _to_lc_config(kwargs["config"])
+        output: Any = None
+        async for chunk in self.func(input, **kwargs):
+            if output is None:
+                output = chunk
+            else:
+                try:
+                    output = output + chunk
+                except TypeError:
+                    output = chunk
+        return output
+
+
+class _Tap:
+    """A passthrough's side-effect function that takes ``config`` (sync or async): call it, return the input."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        _ship_with(self, func)
+
+    def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
+        result = self.func(input, config=_to_lc_config(config))
+        if inspect.isawaitable(result):
+            run_coro_sync(result)  # type: ignore[arg-type]
+        return input
+
+
+def _none_if_empty(value: Any) -> Any:
+    return value or None
+
+
+def _generator_step(transform: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``RunnableGenerator``'s transform (an iterator of inputs in, chunks out) as a generator function."""
+    if "config" in _params(transform):
+
+        def stream_with_config(input: Any, config: Mapping[str, Any]) -> Iterator[Any]:
+            yield from transform(iter([input]), config=_to_lc_config(config))
+
+        func: Callable[..., Any] = stream_with_config
+    else:
+
+        def stream(input: Any) -> Iterator[Any]:
+            yield from transform(iter([input]))
+
+        func = stream
+    _ship_with(func, transform)
+    return func
+
+
+class _AGenTransform(_Call):
+    """An async-only ``RunnableGenerator``: its chunks added up."""
+
+    async def __call__(self, input: Any, **kwargs: Any) -> Any:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        output: Any = None
+        async for chunk in self.func(one()):
+            output = chunk if output is None else output + chunk
+        return output
+
+
+# ---- node translators --------------------------------------------------------------------------------------
+def _named(node: Runnable[Any, Any], name: str | None) -> Runnable[Any, Any]:
+    return node.with_name(name) if name else node
+
+
+def _sequence(node: LCSequence[Any, Any]) -> Runnable[Any, Any]:
+    return RunnableSequence.of(*(from_langchain(step) for step in node.steps), name=node.name)
+
+
+def _parallel(node: LCParallel[Any]) -> Runnable[Any, Any]:
+    return RunnableParallel({key: from_langchain(step) for key, step in node.steps__.items()}, name=node.name)
+
+
+def _lambda(node: LCLambda[Any, Any]) -> Runnable[Any, Any]:
+    func = getattr(node, "func", None)
+    afunc = getattr(node, "afunc", None)
+    if any("run_manager" in _params(f) for f in (func, afunc) if f is not None):
+        return _opaque(node)  # it drives LangChain callbacks itself: let LangChain run it
+    name = node.name if getattr(node, "name", None) else None
+    target = func if func is not None else afunc
+    if name is None and not hasattr(target, "__name__"):  # itemgetter, partial, callable objects
+        name = type(target).__name__
+    ours_afunc: Callable[..., Any] | None = None
+    if afunc is not None:
+        ours_afunc = _AGenCall(afunc) if inspect.isasyncgenfunction(afunc) else _ACall(afunc)
+    if func is None:
+        assert ours_afunc is not None
+        return RunnableLambda(ours_afunc, name=name)
+    if inspect.isgeneratorfunction(func):  # our lambda streams it, and adds chunks on invoke
+        return RunnableLambda(func, ours_afunc, name=name)
+    return RunnableLambda(_Call(func), ours_afunc, name=name)
+
+
+def _passthrough(node: LCPassthrough[Any]) -> Runnable[Any, Any]:
+    func = node.func if node.func is not None else node.afunc
+    if func is not None and "config" in _params(func):
+        return RunnableLambda(_Tap(func), name=node.name or "passthrough")
+    return RunnablePassthrough(func, name=node.name)
+
+
+def _assign(node: LCAssign) -> Runnable[Any, Any]:
+    mapper = from_langchain(node.mapper)
+    if not isinstance(mapper, RunnableParallel):
+        return _opaque(node)
+    return RunnableAssign(mapper, name=node.name)
+
+
+def _pick(node: LCPick) -> Runnable[Any, Any]:
+    if isinstance(node.keys, str):
+        return RunnablePick(node.keys, name=node.name)
+    # LangChain gives None, not {}, when none of several keys is present
+    return RunnableSequence.of(
+        RunnablePick(list(node.keys)), RunnableLambda(_none_if_empty, name="pick_or_none"), name=node.name
+    )
+
+
+def _each(node: LCEach[Any, Any]) -> Runnable[Any, Any]:
+    return _named(from_langchain(node.bound).map(), node.name)
+
+
+def _branch(node: LCBranch[Any, Any]) -> Runnable[Any, Any]:
+    pairs = [(from_langchain(cond), from_langchain(step)) for cond, step in node.branches]
+    return RunnableBranch(*pairs, from_langchain(node.default), name=node.name)
+
+
+def _fallbacks(node: LCFallbacks[Any, Any]) -> Runnable[Any, Any]:
+    ours = from_langchain(node.runnable).with_fallbacks(
+        [from_langchain(f) for f in node.fallbacks],
+        exceptions_to_handle=tuple(node.exceptions_to_handle),
+        exception_key=node.exception_key,
+    )
+    return _named(ours, node.name)
+
+
+def _bound(node: LCBindingBase[Any, Any]) -> Runnable[Any, Any]:
+    """What a binding binds: translated, or opaque with its kwargs; then its config (callbacks dropped)."""
+    inner = _opaque(node.bound, node.kwargs) if node.kwargs else from_langchain(node.bound)
+    config = _from_lc_config(node.config)
+    if not config:
+        return inner
+    ours = inner.with_config(config)
+    run_name = config.get("run_name")
+    return ours.with_name(run_name) if run_name else ours
+
+
+def _binding(node: LCBinding[Any, Any]) -> Runnable[Any, Any]:
+    if node.config_factories:  # with_listeners and friends: LangChain callbacks made per call
+        return _opaque(node)
+    return _named(_bound(node), node.name)
+
+
+def _retry(node: LCRetry[Any, Any]) -> Runnable[Any, Any]:
+    types = node.retry_exception_types
+    if node.config_factories or not isinstance(types, (tuple, list)):
+        return _opaque(node)  # a predicate decides what to retry: our retry takes exception types only
+    ours = _bound(node).with_retry(
+        retry_if_exception_type=tuple(types),
+        stop_after_attempt=node.max_attempt_number,
+        wait_exponential_jitter=node.wait_exponential_jitter,
+        exponential_jitter_params=_jitter_params(node.exponential_jitter_params),
+    )
+    return _named(ours, node.name)
+
+
+def _jitter_params(params: Mapping[str, Any] | None) -> dict[str, float] | None:
+    return {key: float(value) for key, value in params.items()} if params else None
+
+
+def _generator(node: LCGenerator[Any, Any]) -> Runnable[Any, Any]:
+    transform = getattr(node, "_transform", None)
+    if transform is not None:
+        if "run_manager" in _params(transform):
+            return _opaque(node)
+        return RunnableLambda(_generator_step(transform), name=node.name)
+    return RunnableLambda(_AGenTransform(node._atransform), name=node.name)
+
+
+_TRANSLATORS: dict[type, Callable[[Any], Runnable[Any, Any]]] = {
+    LCSequence: _sequence,
+    LCParallel: _parallel,
+    LCLambda: _lambda,
+    LCPassthrough: _passthrough,
+    LCAssign: _assign,
+    LCPick: _pick,
+    LCEach: _each,
+    LCBranch: _branch,
+    LCFallbacks: _fallbacks,
+    LCBinding: _binding,
+    LCRetry: _retry,
+    LCGenerator: _generator,
+}
+
+
+def from_langchain(runnable: Any) -> Runnable[Any, Any]:
+    """A rayrunnables runnable with the structure of a LangChain one (see the module docstring).
+
+    Accepts anything LangChain would coerce (a runnable, a dict, a function). Run it with our config:
+    ``from_langchain(chain).invoke(x, {"backend": "ray"})``.
+    """
+    if isinstance(runnable, Runnable):
+        return runnable
+    if isinstance(runnable, RayRunnable):
+        return runnable.runnable
+    node = runnable if isinstance(runnable, LCRunnable) else lc_coerce(runnable)
+    translate = _TRANSLATORS.get(_unparametrized(type(node)))
+    return translate(node) if translate is not None else _opaque(node)
+
+
+def _unparametrized(cls: type) -> type:
+    """``RunnableParallel[dict[str, Any]]`` (a pydantic generic subclass LangChain creates) -> ``RunnableParallel``."""
+    while True:
+        origin = (getattr(cls, "__pydantic_generic_metadata__", None) or {}).get("origin")
+        if not isinstance(origin, type) or origin is cls:
+            return cls
+        cls = origin
+
+
+# ---- the other way: ours inside LangChain -------------------------------------------------------------------
+def _lc_callable(func: Callable[..., Any]) -> Any:
+    """LangChain's ``_*_with_config`` helpers pass ``config=`` by keyword to a function that names it."""
+    return func
+
+
+class RayRunnable(LCRunnable[Any, Any]):
+    """A LangChain ``Runnable`` whose calls run a rayrunnables chain on our backends.
+
+    LangChain's config is accepted: the shared keys (tags, metadata, run_name, configurable,
+    max_concurrency, recursion_limit) go into ours; callbacks serve the one driver-side run of this
+    node, and other LangChain-only keys are dropped.
+    """
+
+    def __init__(self, runnable: Runnable[Any, Any], backend: Any = None, name: str | None = None) -> None:
+        self.runnable = runnable
+        self.backend = backend
+        self.name = name or runnable.get_name()
+
+    def __repr__(self) -> str:
+        return f"RayRunnable({self.runnable!r}, backend={self.backend!r})"
+
+    def _ours(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        return _from_lc_config(config, self.backend)
+
+    def _no_kwargs(self, kwargs: Mapping[str, Any], where: str) -> None:
+        if kwargs:  # our steps take no call-time kwargs: bind them inside the chain instead
+            raise TypeError(f"{self.get_name()}.{where}() got unexpected keyword argument(s) {sorted(kwargs)}")
+
+    def invoke(self, input: Any, config: LCConfig | None = None, **kwargs: Any) -> Any:
+        def call(value: Any, config: LCConfig) -> Any:
+            return self.runnable.invoke(value, self._ours(config))
+
+        self._no_kwargs(kwargs, "invoke")
+        return self._call_with_config(_lc_callable(call), input, config)
+
+    async def ainvoke(self, input: Any, config: LCConfig | None = None, **kwargs: Any) -> Any:
+        async def call(value: Any, config: LCConfig) -> Any:
+            return await self.runnable.ainvoke(value, self._ours(config))
+
+        self._no_kwargs(kwargs, "ainvoke")
+        return await self._acall_with_config(_lc_callable(call), input, config)
+
+    def _batch_groups(self, inputs: list[Any], configs: list[LCConfig], return_exceptions: bool) -> list[Any]:
+        ours = [self._ours(c) for c in configs]
+        out: list[Any] = [None] * len(inputs)
+        pending = list(range(len(inputs)))
+        while pending:  # one batch per distinct config (usually exactly one)
+            cfg = ours[pending[0]]
+            group = [i for i in pending if ours[i] == cfg]
+            results = self.runnable.batch([inputs[i] for i in group], cfg, return_exceptions=return_exceptions)
+            for i, value in zip(group, results, strict=True):
+                out[i] = value
+            pending = [i for i in pending if ours[i] != cfg]
+        return out
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: LCConfig | list[LCConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Any]:
+        if not inputs:
+            return []
+
+        def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
+            return self._batch_groups(values, config, return_exceptions)
+
+        self._no_kwargs(kwargs, "batch")
+        return self._batch_with_config(_lc_callable(call), list(inputs), config, return_exceptions=return_exceptions)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: LCConfig | list[LCConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Any]:
+        if not inputs:
+            return []
+        import asyncio
+
+        async def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
+            return await asyncio.to_thread(self._batch_groups, values, config, return_exceptions)
+
+        self._no_kwargs(kwargs, "abatch")
+        return await self._abatch_with_config(
+            _lc_callable(call), list(inputs), config, return_exceptions=return_exceptions
+        )
+
+    def stream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> Iterator[Any]:
+        def transform(values: Iterator[Any], config: LCConfig) -> Iterator[Any]:
+            for value in values:
+                yield from self.runnable.stream(value, self._ours(config))
+
+        self._no_kwargs(kwargs, "stream")
+        yield from self._transform_stream_with_config(iter([input]), _lc_callable(transform), config)
+
+    async def astream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async def transform(values: AsyncIterator[Any], config: LCConfig) -> AsyncIterator[Any]:
+            async for value in values:
+                async for chunk in self.runnable.astream(value, self._ours(config)):
+                    yield chunk
+
+        self._no_kwargs(kwargs, "astream")
+        async for chunk in self._atransform_stream_with_config(one(), _lc_callable(transform), config):
+            yield chunk
+
+
+def to_langchain(runnable: Any, *, backend: Any = None, name: str | None = None) -> RayRunnable:
+    """A ``langchain_core`` ``Runnable`` running ``runnable`` on our backends (``backend`` or the default).
+
+    ``prompt | to_langchain(ours, backend="ray") | StrOutputParser()`` composes like any LangChain step.
+    """
+    if isinstance(runnable, RayRunnable):
+        return runnable if backend is None and name is None else RayRunnable(runnable.runnable, backend, name)
+    if not isinstance(runnable, Runnable):
+        from ..runnables import coerce_to_runnable
+
+        runnable = coerce_to_runnable(runnable)
+    return RayRunnable(runnable, backend, name)

@@ -1,0 +1,100 @@
+"""``RunnableActor``: a stateful step. Its class is built once per actor (Ray) or once per process
+(local), then called for every item: the way to load an embedding model once and reuse it.
+
+A class with a ``batch(self, items) -> list`` method is *vectorized*: ``.map()``/``batch`` call it
+once per chunk, so a numpy embedder does one matrix product per chunk instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..context import RunContext
+from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
+from .base import Runnable
+
+__all__ = ["RunnableActor", "check_batch_output", "has_call"]
+
+
+def has_call(cls: type) -> bool:
+    return any("__call__" in vars(klass) for klass in cls.__mro__[:-1])
+
+
+def check_batch_output(node: Runnable[Any, Any], ctx: RunContext, got: Any, expected: int) -> list[Any]:
+    if not isinstance(got, (list, tuple)) or len(got) != expected:
+        size = len(got) if isinstance(got, (list, tuple)) else type(got).__name__
+        path = ctx.child(node.label()).path_str
+        raise attach_step(
+            VectorizedOutputError(f"{path}: the vectorized form returned {size} outputs for {expected} inputs"), path
+        )
+    return list(got)
+
+
+@dataclass(frozen=True, eq=False, init=False)
+class RunnableActor(Runnable[Any, Any]):
+    """``RunnableActor(Embedder, "model-name", pool_size=2)``; options via ``.with_options(num_cpus=...)``."""
+
+    cls: type
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    pool_size: int = 1
+    name: str | None = None
+    key: str = field(default="", compare=False)
+
+    def __init__(self, cls: type, *args: Any, pool_size: int = 1, name: str | None = None, **kwargs: Any) -> None:
+        if not isinstance(cls, type):
+            raise InputTypeError(f"RunnableActor needs a class, got {cls!r:.80}")
+        if not has_call(cls) and not callable(getattr(cls, "batch", None)):
+            raise InputTypeError(f"RunnableActor: {cls.__name__} needs a __call__(self, item) or batch(self, items)")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InputTypeError(f"RunnableActor({cls.__name__}): pool_size must be an int >= 1, got {pool_size!r}")
+        set_ = object.__setattr__
+        set_(self, "cls", cls)
+        set_(self, "args", args)
+        set_(self, "kwargs", dict(kwargs))
+        set_(self, "pool_size", pool_size)
+        set_(self, "name", name)
+        set_(self, "key", uuid.uuid4().hex[:12])
+
+    def with_name(self, name: str) -> RunnableActor:
+        clone = RunnableActor(self.cls, *self.args, pool_size=self.pool_size, name=name, **self.kwargs)
+        object.__setattr__(clone, "key", self.key)
+        return clone
+
+    def label(self) -> str:
+        return f"actor '{self.name or self.cls.__name__}'"
+
+    @property
+    def vectorized(self) -> bool:
+        return callable(getattr(self.cls, "batch", None))
+
+    def construct(self) -> Any:
+        """Build the instance; a failing constructor becomes one clear error naming the step."""
+        try:
+            return self.cls(*self.args, **self.kwargs)
+        except Exception as exc:
+            raise StepConstructionError(f"{self.label()}: {self.cls.__name__}(...) failed: {exc!r}") from exc
+
+    def _invoke(self, input: Any, ctx: RunContext) -> Any:
+        instance = ctx.services.instance(self)
+        with ctx.call_slot():
+            try:
+                if has_call(type(instance)):
+                    return instance(input)
+                return check_batch_output(self, ctx, instance.batch([input]), 1)[0]
+            except Exception as exc:
+                attach_step(exc, ctx.child(self.label()).path_str)
+                raise
+
+    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
+        instance = ctx.services.instance(self)
+        with ctx.call_slot():
+            try:
+                got = instance.batch(inputs)
+            except Exception as exc:
+                attach_step(exc, ctx.child(self.label()).path_str)
+                raise
+        return check_batch_output(self, ctx, got, len(inputs))

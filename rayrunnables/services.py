@@ -1,0 +1,76 @@
+"""Per-process services a step may need while it runs: the one instance of a stateful step's class,
+and the token bucket of a rate-limited step.
+
+A backend hands its own ``Services`` to the steps through the ``RunContext``: in this process they
+are plain objects; on Ray, the same questions are answered by actors shared by the whole cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .runnables.actor import RunnableActor
+
+__all__ = ["Services", "LocalServices", "TokenBucket", "LOCAL_SERVICES"]
+
+
+class RateLimiter(Protocol):
+    def reserve(self) -> float:
+        """Take one permit; return how many seconds the caller must wait before using it."""
+        ...
+
+
+class Services(Protocol):
+    def instance(self, node: RunnableActor) -> Any: ...
+
+    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> RateLimiter: ...
+
+
+class TokenBucket:
+    """A token bucket that hands out reservations (Go's ``rate.Limiter.Reserve``): callers sleep
+    outside the lock, so a slow caller never holds up the others, and the rate holds exactly."""
+
+    def __init__(self, requests_per_second: float, burst: int = 1) -> None:
+        if requests_per_second <= 0 or burst < 1:
+            raise ValueError("requests_per_second must be > 0 and burst >= 1")
+        self.interval = 1.0 / requests_per_second
+        self.burst = burst
+        self._lock = threading.Lock()
+        self._tat = 0.0  # the "theoretical arrival time" of the generic cell rate algorithm
+
+    def reserve(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            tat = max(self._tat, now)
+            self._tat = tat + self.interval
+            return max(0.0, tat - (self.burst - 1) * self.interval - now)
+
+
+class LocalServices:
+    """Services of this process: one instance per stateful step, one bucket per rate-limited step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._instances: dict[str, Any] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def instance(self, node: RunnableActor) -> Any:
+        found = self._instances.get(node.key)
+        if found is not None:
+            return found
+        with self._lock:  # construct once, even when many threads ask at the same moment
+            if node.key not in self._instances:
+                self._instances[node.key] = node.construct()
+            return self._instances[node.key]
+
+    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> TokenBucket:
+        with self._lock:
+            if key not in self._buckets:
+                self._buckets[key] = TokenBucket(requests_per_second, burst)
+            return self._buckets[key]
+
+
+LOCAL_SERVICES = LocalServices()
