@@ -30,8 +30,11 @@ class RayRunnablesError(Exception):
     """Base of every error rayrunnables raises on its own account (never of the user's errors)."""
 
 
-class InputTypeError(RayRunnablesError, TypeError):
-    """A step received an input of a type it cannot take (e.g. ``pick`` given a list)."""
+class InputTypeError(RayRunnablesError, TypeError, ValueError):
+    """A step received an input of a type it cannot take (e.g. ``pick`` given a list).
+
+    Both a ``TypeError`` and a ``ValueError``: LangChain raises ``ValueError`` for these, so code
+    written against LangChain keeps catching them."""
 
 
 class ConfigError(RayRunnablesError, ValueError):

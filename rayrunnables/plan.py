@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import merge_configs
 from .runnables.actor import RunnableActor
 from .runnables.base import Runnable
 from .runnables.each import RunnableEach
@@ -30,6 +31,7 @@ class Task:
     steps: list[tuple[tuple[str, ...], Runnable[Any, Any]]]
     options: dict[str, Any]
     where: str = "worker"
+    config: dict[str, Any] = field(default_factory=dict)  # from enclosing ``with_config`` bindings
 
     @property
     def name(self) -> str:
@@ -67,6 +69,7 @@ class Map:
     path: tuple[str, ...]
     node: RunnableEach[Any, Any]
     options: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,26 +95,34 @@ class Listen:
 Unit = Task | Seq | Fan | Assign | Map | Pass | Pick | Listen
 
 
-def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str, Any] | None = None) -> Unit:
-    opts = options or {}
+def plan(
+    node: Runnable[Any, Any],
+    path: tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Unit:
+    opts, cfg = options or {}, config or {}
     if isinstance(node, RunnableBinding):
+        inner_opts = {**opts, **node.options}
         if node.listeners is not None:
-            return Listen(path, node, plan(node.bound, path, {**opts, **node.options}))
-        if not node.config:
-            return plan(node.bound, path, {**opts, **node.options})
-        # a config scope (tags, max_concurrency...) runs whole in one task, so it applies to every step
-        return Task([(path, node)], {**opts, **node.options})
+            return Listen(path, node, plan(node.bound, path, inner_opts, merge_configs(cfg, node.config)))
+        if node.config.get("max_concurrency"):
+            # a cap of its own is a scope that must hold every call inside it: one task runs it whole
+            return Task([(path, node)], inner_opts, "worker", cfg)
+        # tags, metadata, run_name, configurable: carried to every task inside, structure kept
+        return plan(node.bound, path, inner_opts, merge_configs(cfg, node.config))
     if isinstance(node, (RunnableSequence, RunnableParallel, RunnableEach)) and node.name:
         path = (*path, f"'{node.name}'")  # as ``Runnable.scope`` does in-process
     if isinstance(node, RunnableSequence):
         parts: list[Unit] = []
         for segment, step in node.children():
-            part = plan(step, (*path, segment), opts)
+            part = plan(step, (*path, segment), opts, cfg)
             previous = parts[-1] if parts else None
             if (
                 isinstance(part, Task)
                 and isinstance(previous, Task)
                 and previous.options == part.options
+                and previous.config == part.config
                 and previous.where == part.where == "worker"
             ):
                 previous.steps.extend(part.steps)  # fusion: adjacent steps with the same options
@@ -120,22 +131,22 @@ def plan(node: Runnable[Any, Any], path: tuple[str, ...] = (), options: dict[str
         return parts[0] if len(parts) == 1 else Seq(parts)
     if isinstance(node, RunnableParallel):
         kids = node.children()
-        return Fan(path, list(node.steps), [plan(step, (*path, seg), opts) for seg, step in kids])
+        return Fan(path, list(node.steps), [plan(step, (*path, seg), opts, cfg) for seg, step in kids])
     if isinstance(node, RunnableAssign):
-        mapper = plan(node.mapper, (*path, "assign"), opts)
+        mapper = plan(node.mapper, (*path, "assign"), opts, cfg)
         assert isinstance(mapper, Fan)
         return Assign(path, mapper, node)
     if isinstance(node, RunnableEach):
-        return Map(path, node, opts)
+        return Map(path, node, opts, cfg)
     if isinstance(node, RunnablePassthrough) and node.func is None:
         return Pass(path)
     if isinstance(node, RunnablePick):
         return Pick(path, node)
     if isinstance(node, RunnableActor):
-        return Task([(path, node)], opts, "actor")
+        return Task([(path, node)], opts, "actor", cfg)
     # io_bound steps and async functions wait in driver threads: no CPU slot or worker held per wait
     waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async)
-    return Task([(path, node)], opts, "driver" if waits else "worker")
+    return Task([(path, node)], opts, "driver" if waits else "worker", cfg)
 
 
 def task_options(unit: Unit) -> dict[str, Any]:

@@ -268,9 +268,9 @@ class _Invocation:
         self.stats = RunStats()
         self.submitted: list[Any] = []
 
-    def state(self, path: tuple[str, ...]) -> ContextState:
+    def state(self, path: tuple[str, ...], overlay: dict[str, Any] | None = None) -> ContextState:
         config, _, depth, limiters = self.backend.state(self.ctx)
-        return (config, path, depth, limiters)
+        return (merge_configs(config, overlay) if overlay else config, path, depth, limiters)
 
     def remote_options(self, options: dict[str, Any], name: str) -> dict[str, Any]:
         return {"name": name[:200], **{k: v for k, v in options.items() if k not in _OUR_OPTIONS}}
@@ -279,8 +279,9 @@ class _Invocation:
         if isinstance(unit, planning.Task):
             if unit.where == "driver":
                 value = self.materialize(pending, barrier=True)
+                config = merge_configs(self.ctx.config, unit.config)
                 for path, node in unit.steps:
-                    value = node._invoke(value, RunContext(self.ctx.config, path, None, self.ctx.limiters,
+                    value = node._invoke(value, RunContext(config, path, None, self.ctx.limiters,
                                                            self.ctx.depth, WORKER_SERVICES))
                 return Const(value)
             recipe, refs = flatten(pending)
@@ -288,13 +289,13 @@ class _Invocation:
                 (path, actor_node), = unit.steps
                 pool = self.backend.pools[actor_node.key]  # type: ignore[attr-defined]
                 index = pool.pick()
-                ref = pool.actors[index].call.remote(path, self.state(()), recipe, *refs)
+                ref = pool.actors[index].call.remote(path, self.state((), unit.config), recipe, *refs)
                 pool.done(index)
                 self.submitted.append(ref)
                 self.stats.tasks.append(unit.name)
                 return Ref(ref)
             ref = run_task.options(**self.remote_options(unit.options, unit.name)).remote(
-                unit.steps, self.state(()), recipe, *refs
+                unit.steps, self.state((), unit.config), recipe, *refs
             )
             self.submitted.append(ref)
             self.stats.tasks.append(unit.name)
@@ -330,10 +331,10 @@ class _Invocation:
     def submit_map(self, unit: planning.Map, pending: Pending) -> Pending:
         options = self.remote_options(unit.options, "")
         options.pop("name")
-        state = self.state(unit.path)
+        state = self.state(unit.path, unit.config)
         if _waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
-            ctx = RunContext(self.ctx.config, unit.path, None, self.ctx.limiters, 0, WORKER_SERVICES)
+            ctx = RunContext(state[0], unit.path, None, self.ctx.limiters, 0, WORKER_SERVICES)
             return Const(unit.node._invoke(value, ctx))
         if isinstance(pending, Const):
             items = unit.node.check_input(pending.value, RunContext(path=unit.path))
@@ -519,10 +520,11 @@ def _is_users(module: Any) -> bool:
 
 def _callables(node: Any) -> list[Any]:
     found = []
-    for attr in ("func", "afunc"):
+    for attr in ("func", "afunc", "cls"):
         value = getattr(node, attr, None)
-        if callable(value):
+        while callable(value):  # see through decorators and wrappers to the user's own function
             found.append(value)
+            value = getattr(value, "__wrapped__", None)
     return found
 
 

@@ -101,4 +101,5 @@ class RunnablePick(Runnable[Mapping[str, Any], Any]):
         data = require_dict(self, input, ctx, "pick")
         if isinstance(self.keys, str):
             return data.get(self.keys)
-        return {k: data[k] for k in self.keys if k in data}
+        picked = {k: data[k] for k in self.keys if k in data}
+        return picked or None  # LangChain: None when none of the keys is present
