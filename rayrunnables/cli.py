@@ -144,6 +144,9 @@ def run(
         except KeyboardInterrupt:
             click.echo(f"interrupted: {job.counts()}; finish with --resume", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # e.g. `rayrunnables run ... --output - | head`
+            click.echo(f"output closed by the reader: {job.counts()}", err=True)
+            sys.exit(1)
         except (BackendError, UnpicklableStepError, ConfigError) as exc:
             raise SetupError(f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:

@@ -36,7 +36,9 @@ class TokenBucket:
     def __init__(self, requests_per_second: float, burst: int = 1) -> None:
         if requests_per_second <= 0 or burst < 1:
             raise ValueError("requests_per_second must be > 0 and burst >= 1")
-        self.interval = 1.0 / requests_per_second
+        # Paced at 98% of the limit: a caller that wakes a few ms late from its sleep must not push
+        # the calls measured in some one-second window over the limit.
+        self.interval = 1.0 / (requests_per_second * 0.98)
         self.burst = burst
         self._lock = threading.Lock()
         self._tat = 0.0  # the "theoretical arrival time" of the generic cell rate algorithm

@@ -1,5 +1,6 @@
 """The algebra: frozen nodes that say what to compute. Nothing here knows about Ray."""
 
+from .actor import RunnableActor
 from .base import Runnable, coerce_to_runnable
 from .branch import RunnableBranch
 from .each import RunnableEach
@@ -7,10 +8,11 @@ from .lambda_ import RunnableLambda, chain
 from .parallel import RunnableParallel
 from .passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
 from .sequence import RunnableSequence
-from .wrappers import RunnableBinding, RunnableRetry, RunnableWithFallbacks
+from .wrappers import RunnableBinding, RunnableRateLimited, RunnableRetry, RunnableWithFallbacks
 
 __all__ = [
     "Runnable",
+    "RunnableActor",
     "RunnableAssign",
     "RunnableBinding",
     "RunnableBranch",
@@ -19,6 +21,7 @@ __all__ = [
     "RunnableParallel",
     "RunnablePassthrough",
     "RunnablePick",
+    "RunnableRateLimited",
     "RunnableRetry",
     "RunnableSequence",
     "RunnableWithFallbacks",
