@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["ChunkRunner", "iter_batch", "MAX_CHUNK"]
 
 MAX_CHUNK = 10_000
+VECTORIZED_MIN_CHUNK = 64
 GROWTH = 4
 
 
@@ -44,8 +45,8 @@ class ChunkRunner(Protocol):
 class _Sizer:
     """Chooses the next chunk size from the measured seconds per item."""
 
-    def __init__(self, target: float, fixed: int | None) -> None:
-        self.target, self.fixed = target, fixed
+    def __init__(self, target: float, fixed: int | None, floor: int = 1) -> None:
+        self.target, self.fixed, self.floor = target, fixed, floor
         self.per_item: float | None = None
         self.last = 1
 
@@ -58,11 +59,11 @@ class _Sizer:
         if self.fixed:
             return self.fixed
         if self.per_item is None:
-            return 1
+            return self.floor
         # as many items as fill ``target`` seconds (no tail-balancing below that: a chunk that
         # takes ``target`` seconds costs at most ``target`` of imbalance at the end)
         size = int(self.target / max(self.per_item, 1e-9))
-        self.last = max(1, min(size, self.last * GROWTH, MAX_CHUNK))
+        self.last = max(self.floor, min(size, self.last * GROWTH, MAX_CHUNK))
         return self.last
 
 
@@ -87,7 +88,10 @@ def iter_batch(
     window = max_in_flight or runner.default_window
     if cap:
         window = min(window, cap)
-    sizer = _Sizer(runner.target_chunk_seconds, chunk_size)
+    # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
+    # the per-item time measured on small chunks would keep them small: start it at a useful size.
+    floor = VECTORIZED_MIN_CHUNK if getattr(node, "vectorized", False) else 1
+    sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor)
     source = enumerate(inputs)
     in_flight: dict[Any, int] = {}
     pending: dict[int, Any] = {}
