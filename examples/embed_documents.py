@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ class HashingEmbedder:
     def features(self, text: str) -> np.ndarray:
         counts = np.zeros(BUCKETS, dtype=np.float32)
         words = text.lower().split()
-        for token in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+        for token in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
             digest = hashlib.blake2b(token.encode(), digest_size=4).digest()
             counts[int.from_bytes(digest, "little") % BUCKETS] += 1.0
         return counts

@@ -8,6 +8,7 @@ backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cance
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import RunContext
 from .errors import RemoteTraceback, attach_step
+from .fanout import ChunkResult
 
 if TYPE_CHECKING:
-    from .fanout import ChunkResult
     from .runnables.base import Runnable
 
 __all__ = ["ChunkRunner", "iter_batch", "MAX_CHUNK"]
@@ -93,7 +94,7 @@ def iter_batch(
     floor = VECTORIZED_MIN_CHUNK if getattr(node, "vectorized", False) else 1
     sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor)
     source = enumerate(inputs)
-    in_flight: dict[Any, int] = {}
+    in_flight: dict[Any, list[int]] = {}
     pending: dict[int, Any] = {}
     # ordered: the end index of every chunk submitted and not yet fully yielded. Capping these (not only
     # the chunks running) bounds the reorder buffer too: one slow item must not let the rest pile up.
@@ -108,14 +109,19 @@ def iter_batch(
                 if not items:
                     exhausted = True
                     break
-                in_flight[runner.submit(node, items, ctx, return_exceptions)] = len(items)
+                in_flight[runner.submit(node, items, ctx, return_exceptions)] = [i for i, _ in items]
                 if ordered:
                     open_ends.append(items[-1][0] + 1)
             if not in_flight:
                 break
             for handle in runner.wait(list(in_flight)):
-                del in_flight[handle]
-                result = runner.result(handle)
+                indices = in_flight.pop(handle)
+                try:
+                    result = runner.result(handle)
+                except Exception as exc:  # the chunk itself was lost (beyond the backend's retries)
+                    if not return_exceptions:
+                        raise
+                    result = ChunkResult([(i, False, copy.copy(exc), None) for i in indices], 0.0)
                 sizer.observe(result)
                 for index, ok, value, tb in result.outcomes:
                     if not ok:

@@ -8,6 +8,7 @@ never starves it (no deadlock), while ``max_concurrency`` is enforced on user ca
 
 from __future__ import annotations
 
+import copy
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
@@ -72,19 +73,23 @@ def run_chunk(
     start = time.perf_counter()
     if getattr(node, "vectorized", False):
         try:
-            outputs = node._invoke_batch([isolate(value) for _, value in items], ctx)  # type: ignore[attr-defined]
+            values = [value if remote else isolate(value) for _, value in items]
+            outputs = node._invoke_batch(values, ctx)  # type: ignore[attr-defined]
         except Exception as exc:  # the one call failed: every item of the chunk carries its error
-            attach_step(exc, ctx.path_str if ctx.path else node.label(), items[0][0] if items else None)
+            path = ctx.path_str if ctx.path else node.label()
             tb = _format(exc) if remote else None
-            outcomes = [(index, False, exc, tb) for index, _ in items]
+            # one call failed for the whole chunk: each item gets its own copy, naming its own index
+            per_item = [attach_step(copy.copy(exc) if n else exc, path, index) for n, (index, _) in enumerate(items)]
+            outcomes = [(index, False, e, tb) for (index, _), e in zip(items, per_item, strict=True)]
             return ChunkResult(outcomes if return_exceptions else outcomes[:1], time.perf_counter() - start)
         done: list[tuple[int, bool, Any, str | None]] = [
             (i, True, out, None) for (i, _), out in zip(items, outputs, strict=True)
         ]
         return ChunkResult(done, time.perf_counter() - start)
+    private = remote  # items unpickled in a worker are already private copies (``pack`` saw to shared ones)
     for index, value in items:
         try:
-            outcomes.append((index, True, node._invoke(isolate(value), ctx), None))
+            outcomes.append((index, True, node._invoke(value if private else isolate(value), ctx), None))
         except Exception as exc:
             attach_step(exc, ctx.path_str if ctx.path else node.label(), index)
             tb = _format(exc) if remote else None

@@ -39,7 +39,7 @@ def long_nap(x: Any) -> tuple[Any, float, float]:
 
 
 def slow_fail(x: Any) -> Any:
-    time.sleep(0.5)
+    time.sleep(3)  # long enough that a loaded machine still starts the fast branch first
     raise KeyError("slow branch failed")
 
 
@@ -146,7 +146,7 @@ def test_batch_raises_with_the_failing_item_index(cfg: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(60)
 def test_batch_raises_the_first_failure_in_time(cfg: dict[str, Any]) -> None:
-    items = [{"sleep": 0.5, "exc": KeyError}, {"sleep": 0.0, "exc": ValueError}]
+    items = [{"sleep": 3.0, "exc": KeyError}, {"sleep": 0.0, "exc": ValueError}]  # 3 s: robust on a loaded machine
     with pytest.raises(ValueError) as info:
         RunnableLambda(sleep_then_fail).batch(items, config=cfg)
     assert rayrunnables.item_index_of(info.value) == 1

@@ -72,9 +72,11 @@ class RayBackend(Backend):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, runtime_env: dict[str, Any] | None = None, **init_kwargs: Any):
+    def __init__(self, address: str | None = None, runtime_env: dict[str, Any] | None = None,
+                 connect_timeout: float = 15.0, **init_kwargs: Any):
         self.address = address
         self.runtime_env = runtime_env
+        self.connect_timeout = connect_timeout
         self.init_kwargs = init_kwargs
         self.last_run = RunStats()
         self._checked: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -84,12 +86,18 @@ class RayBackend(Backend):
 
     # ---- start-up --------------------------------------------------------------------------------
     def ensure_started(self) -> None:
+        """Attach to ``address`` (else ``RAY_ADDRESS``) or start a local Ray. An address that cannot be
+        reached, or whose cluster refuses this driver's token, is a ``BackendError`` naming the reason
+        within ``connect_timeout`` seconds (``ray.init`` alone can retry for minutes)."""
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or "local"
         kwargs: dict[str, Any] = {"include_dashboard": False, **self.init_kwargs}
         if address != "local":
+            from .ray_connect import check_cluster
+
             kwargs.pop("include_dashboard", None)
+            check_cluster(address, self.connect_timeout)
         try:
             ray.init(address=address, runtime_env=self.runtime_env, **kwargs)
         except Exception as exc:
@@ -191,10 +199,14 @@ class RayBackend(Backend):
         if isinstance(node, RunnableBinding) and node.listeners is not None:
             yield from self._batch_with_listeners(node, inputs, config, **kwargs)
             return
-        if _waits_on_io(node):  # waiting is cheap in driver threads; a worker slot per wait is not
-            yield from iter_batch(ThreadChunkRunner(64), node, inputs, self.root_context(config), **kwargs)
+        if _waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
+            yield from iter_batch(ThreadChunkRunner(64), node, inputs, Backend.root_context(self, config), **kwargs)
             return
-        yield from iter_batch(RayChunkRunner(self, node), node, inputs, self.root_context(config), **kwargs)
+        ctx = self.root_context(config)
+        try:
+            yield from iter_batch(RayChunkRunner(self, node), node, inputs, ctx, **kwargs)
+        finally:
+            _kill_limiters(ctx)
 
     def _batch_with_listeners(
         self, node: RunnableBinding[Any, Any], inputs: Any, config: dict[str, Any], **kwargs: Any
@@ -413,9 +425,13 @@ class _Invocation:
         cancel_pending(self.submitted)
 
     def close(self) -> None:
-        for limiter in self.ctx.limiters:
-            if isinstance(limiter, ActorLimiter):
-                ray.kill(limiter.handle)
+        _kill_limiters(self.ctx)
+
+
+def _kill_limiters(ctx: RunContext) -> None:
+    for limiter in ctx.limiters:
+        if isinstance(limiter, ActorLimiter):
+            ray.kill(limiter.handle)
 
 
 async def _await(ref: Any) -> Any:

@@ -13,7 +13,7 @@ import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
-from ..context import RunContext
+from ..context import RunContext, isolate
 from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, run_chunk
 from .ray_pending import rebuild
@@ -85,8 +85,20 @@ def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, reci
 
 
 def pack(items: list[tuple[int, Any]]) -> bytes:
-    """Items as one pickle: Ray would otherwise msgpack every ``(index, value)`` tuple one by one."""
-    return ray_pickle.dumps(items)
+    """Items as one pickle: Ray would otherwise msgpack every ``(index, value)`` tuple one by one.
+
+    One pickle keeps shared references shared, so an object that appears twice in a chunk is copied
+    here; every other item is private once unpickled and the worker need not copy it again.
+    """
+    seen: set[int] = set()
+    private = []
+    for index, value in items:
+        if not isinstance(value, (str, int, float, bool, bytes, type(None))):
+            if id(value) in seen:
+                value = isolate(value)
+            seen.add(id(value))
+        private.append((index, value))
+    return ray_pickle.dumps(private)
 
 
 @ray.remote

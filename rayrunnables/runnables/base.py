@@ -142,8 +142,7 @@ class Runnable(Generic[Input, Output]):
             self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
         )
-        tracked = _tracked(pairs, inputs) if progress else pairs
-        return (value for _, value in tracked)  # config checked at the call, not at the first next()
+        return _values(_tracked(pairs, inputs) if progress else pairs)  # config checked at the call
 
     def imap_as_completed(
         self,
@@ -297,6 +296,17 @@ def _tracked(pairs: Iterator[tuple[int, Any]], inputs: Iterable[Any]) -> Iterato
     from ..progress import track
 
     return track(pairs, total=len(inputs) if isinstance(inputs, Sized) else None, pairs=True)
+
+
+def _values(pairs: Iterator[tuple[int, Any]]) -> Iterator[Any]:
+    """Outputs without indices; closing this closes ``pairs`` at once (cancelling its work in flight)."""
+    try:
+        for _, value in pairs:
+            yield value
+    finally:
+        close = getattr(pairs, "close", None)
+        if close is not None:
+            close()
 
 
 def _call_config(config: Mapping[str, Any] | None, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
