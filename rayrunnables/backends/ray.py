@@ -10,6 +10,7 @@ exception type comes back, with the remote traceback as ``__cause__``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import sysconfig
@@ -382,16 +383,11 @@ class _Invocation:
         return Const(run.outputs)
 
     # ---- waiting ---------------------------------------------------------------------------------------
-    def materialize(self, pending: Pending, barrier: bool = False) -> Any:
-        recipe, refs = flatten(pending)
-        if refs and barrier:
-            self.stats.barriers += 1
-        remaining = list(refs)
+    @contextlib.contextmanager
+    def cancelling_on_failure(self) -> Iterator[None]:
+        """On the first failure: cancel what has not finished, raise the user's exception type."""
         try:
-            while remaining:  # first failure in time: look at each result as it lands
-                ready, remaining = ray.wait(remaining, num_returns=1)
-                ray.get(ready)
-            return rebuild(recipe, ray.get(refs) if refs else [])
+            yield
         except RayTaskError as err:
             self.cancel()
             raise_converted(err)
@@ -400,23 +396,28 @@ class _Invocation:
             self.cancel()
             raise
 
+    def materialize(self, pending: Pending, barrier: bool = False) -> Any:
+        recipe, refs = flatten(pending)
+        if refs and barrier:
+            self.stats.barriers += 1
+        remaining = list(refs)
+        with self.cancelling_on_failure():
+            while remaining:  # first failure in time: look at each result as it lands
+                ready, remaining = ray.wait(remaining, num_returns=1)
+                ray.get(ready)
+            return rebuild(recipe, ray.get(refs) if refs else [])
+
     async def amaterialize(self, pending: Pending) -> Any:
         recipe, refs = flatten(pending)
         futures = [asyncio.ensure_future(_await(r)) for r in refs]
         try:
-            if futures:
-                done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
-                for fut in done:
-                    if fut.exception() is not None:
-                        raise fut.exception()  # type: ignore[misc]
-            return rebuild(recipe, [f.result() for f in futures])
-        except RayTaskError as err:
-            self.cancel()
-            raise_converted(err)
-            raise
-        except BaseException:
-            self.cancel()
-            raise
+            with self.cancelling_on_failure():
+                if futures:
+                    done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+                    for fut in done:
+                        if fut.exception() is not None:
+                            raise fut.exception()  # type: ignore[misc]
+                return rebuild(recipe, [f.result() for f in futures])
         finally:
             for fut in futures:
                 fut.cancel()

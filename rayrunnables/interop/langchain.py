@@ -65,6 +65,7 @@ from ..runnables import (
     RunnablePick,
     RunnableSequence,
 )
+from ..runnables.lambda_ import add_chunk
 
 __all__ = ["from_langchain", "to_langchain", "lazy_langchain_step", "LangChainStep", "RayRunnable"]
 
@@ -211,13 +212,7 @@ class _AGenCall(_Call):
             kwargs["config"] = _to_lc_config(kwargs["config"])
         output: Any = None
         async for chunk in self.func(input, **kwargs):
-            if output is None:
-                output = chunk
-            else:
-                try:
-                    output = output + chunk
-                except TypeError:
-                    output = chunk
+            output = add_chunk(output, chunk)
         return output
 
 

@@ -13,7 +13,17 @@ from ..errors import attach_step
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
 
-__all__ = ["RunnableLambda", "chain"]
+__all__ = ["RunnableLambda", "add_chunk", "chain"]
+
+
+def add_chunk(output: Any, chunk: Any) -> Any:
+    """How LangChain turns a generator's chunks into one output: add them up, or keep the last."""
+    if output is None:
+        return chunk
+    try:
+        return output + chunk
+    except TypeError:
+        return chunk
 
 
 def _accepts_config(func: Callable[..., Any]) -> bool:
@@ -76,13 +86,7 @@ class RunnableLambda(Runnable[Input, Output]):
         if self.is_generator:
             output: Any = None
             for chunk in self.func(input, **kwargs):
-                if output is None:
-                    output = chunk
-                else:
-                    try:
-                        output = output + chunk
-                    except TypeError:
-                        output = chunk
+                output = add_chunk(output, chunk)
             return output
         return self.func(input, **kwargs)
 
