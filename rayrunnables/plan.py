@@ -137,7 +137,9 @@ def plan(
         assert isinstance(mapper, Fan)
         return Assign(path, mapper, node)
     if isinstance(node, RunnableEach):
-        return Map(path, node, opts, cfg)
+        # chunk tasks must meet what the mapped step asks for (``step.with_options(...).map()``)
+        inner = task_options(plan(node.bound, path, opts, cfg))
+        return Map(path, node, {**opts, **inner}, cfg)
     if isinstance(node, RunnablePassthrough) and node.func is None:
         return Pass(path)
     if isinstance(node, RunnablePick):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BackendError
 
-__all__ = ["check_cluster"]
+__all__ = ["check_cluster", "init_failure_hint"]
 
 _FIX_TOKEN = (
     "Give this driver the cluster's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<a file readable only "
@@ -38,7 +38,7 @@ def check_cluster(address: str, timeout: float) -> None:
         raise BackendError(
             f"{address!r} looks like the dashboard / Jobs API address: a driver attaches to the cluster's GCS "
             "(host:6379 by default), or to ray://host:10001 with Ray Client; submit to the Jobs API with "
-            "`ray job submit --address {address} -- ...` instead"
+            f"`ray job submit --address {address} -- ...` instead"
         )
     client = address.startswith("ray://")
     host, port = _split(address.removeprefix("ray://"), address)
@@ -57,6 +57,14 @@ def check_cluster(address: str, timeout: float) -> None:
                            "(is the cluster running, and is this its GCS port?)") from exc
     if not client:
         _handshake(address, f"{host}:{port}", max(0.5, deadline - time.monotonic()))
+
+
+def init_failure_hint(address: str) -> str:
+    """What to add to a failed ``ray.init``'s message: Ray Client hides a refused token as a timeout."""
+    if address.startswith("ray://"):
+        return (" (Ray Client reports a missing or wrong token as a connection timeout: check RAY_AUTH_MODE=token "
+                "and RAY_AUTH_TOKEN_PATH, or attach to the GCS address host:6379 for a clearer error)")
+    return ""
 
 
 def _split(hostport: str, address: str) -> tuple[str, int]:

@@ -1,0 +1,74 @@
+"""Getting the user's code to the workers, and refusing, by name, a step that cannot travel.
+
+Functions from ``__main__`` travel by value anyway (cloudpickle); a module the user wrote (not installed
+in site-packages) is registered to travel by value too, so workers that cannot import it still run it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import ray.cloudpickle as ray_pickle
+
+if TYPE_CHECKING:
+    from ..runnables.base import Runnable
+
+__all__ = ["ship_user_modules", "find_unpicklable", "walk"]
+
+_INSTALLED = tuple(
+    os.path.realpath(p) for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def ship_user_modules(node: Runnable[Any, Any]) -> None:
+    """Pickle the user's own modules by value, so workers that cannot import them still run their steps."""
+    for leaf in walk(node):
+        for obj in _callables(leaf):
+            for mod_name in {getattr(obj, "__module__", None), getattr(type(obj), "__module__", None)}:
+                module = sys.modules.get(mod_name or "")
+                if module is not None and _is_users(module):
+                    ray_pickle.register_pickle_by_value(module)
+
+
+def _is_users(module: Any) -> bool:
+    name = module.__name__
+    path = getattr(module, "__file__", None)
+    if name == "__main__" or not path or name.split(".")[0] in ("rayrunnables", "ray"):
+        return False
+    real = os.path.realpath(path)
+    return not any(real.startswith(root) for root in _INSTALLED) and "site-packages" not in real
+
+
+def _callables(node: Any) -> list[Any]:
+    found = []
+    for attr in ("func", "afunc", "cls"):
+        value = getattr(node, attr, None)
+        while callable(value):  # see through decorators and wrappers to the user's own function
+            found.append(value)
+            value = getattr(value, "__wrapped__", None)
+    return found
+
+
+def walk(node: Runnable[Any, Any]) -> Iterator[Runnable[Any, Any]]:
+    yield node
+    for _, child in node.children():
+        yield from walk(child)
+
+
+def find_unpicklable(
+    node: Runnable[Any, Any], path: tuple[str, ...]
+) -> tuple[tuple[str, ...], Runnable[Any, Any], BaseException]:
+    for segment, child in node.children():
+        try:
+            ray_pickle.dumps(child)
+        except Exception:
+            return find_unpicklable(child, (*path, segment) if segment else path)
+    try:
+        ray_pickle.dumps(node)
+    except Exception as error:
+        return (*path, node.label()), node, error
+    raise AssertionError("unreachable: the node pickled after all")
