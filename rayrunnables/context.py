@@ -59,7 +59,7 @@ class Limiter(Protocol):
 class RunContext:
     """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
 
-    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "services")
+    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "run_scopes", "services")
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class RunContext:
     ) -> None:
         self.config = {} if config is None else config
         self.services: Services = LOCAL_SERVICES if services is None else services
+        self.run_scopes: dict[int, Limiter] = {}  # one cap per ``with_config(max_concurrency=)`` per run
         self.cancel = CancelToken() if cancel is None else cancel
         self.limiters = limiters
         self.depth = depth
@@ -82,7 +83,7 @@ class RunContext:
     def _copy(self) -> RunContext:
         new = RunContext.__new__(RunContext)
         new.config, new.cancel, new.limiters, new.depth = self.config, self.cancel, self.limiters, self.depth
-        new.services = self.services
+        new.services, new.run_scopes = self.services, self.run_scopes
         new._base, new._parent, new._segment = self._base, self._parent, self._segment
         return new
 

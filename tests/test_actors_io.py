@@ -208,3 +208,11 @@ def test_killed_actor_is_replaced_and_no_item_is_lost_or_duplicated(cfg: dict[st
     late = [pid for item, pid, _ in seen[40:]]
     assert killed not in late[-20:]  # the dead process served nothing at the end: it was replaced
     assert len({inst for _, _, inst in seen}) >= 3  # a new instance was built in the replacement
+
+
+@pytest.mark.timeout(120)
+def test_a_steps_own_max_concurrency_caps_the_whole_batch(cfg: dict[str, Any]) -> None:
+    step = RunnableLambda(sleepy).with_options(io_bound=True).with_config(max_concurrency=3)
+    out = step.batch(list(range(30)), config=cfg)
+    assert len(out) == 30
+    assert max_overlap([(o[0], o[1]) for o in out]) <= 3

@@ -190,7 +190,13 @@ class RunnableBinding(Runnable[Input, Output]):
             return ctx
         inner = ctx.with_config(merge_configs(ctx.config, self.config))
         cap = self.config.get("max_concurrency")
-        return inner.with_limiter(ThreadLimiter(cap)) if cap else inner
+        if not cap:
+            return inner
+        # one cap shared by every item and branch of this run that passes through this binding
+        limiter = ctx.run_scopes.get(id(self))
+        if limiter is None:
+            limiter = ctx.run_scopes.setdefault(id(self), ThreadLimiter(cap))
+        return inner.with_limiter(limiter)
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         inner = self.enter(ctx)
