@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+from intervals import max_overlap
 
 import rayrunnables as rr
 from rayrunnables import RunnableActor, RunnableLambda, StepConstructionError, VectorizedOutputError
@@ -64,15 +65,6 @@ def sleepy(item: int) -> tuple[float, float, int, str]:
     start = time.time()
     time.sleep(0.1)
     return (start, time.time(), os.getpid(), threading.current_thread().name)
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    best = current = 0
-    for _, delta in events:
-        current += delta
-        best = max(best, current)
-    return best
 
 
 def expected_instances(backend: str, pool_size: int) -> int:

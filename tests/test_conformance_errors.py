@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from intervals import max_overlap
 
 import rayrunnables
 from rayrunnables import RunnableLambda, RunnableParallel, RunnablePassthrough, UnpicklableStepError
@@ -89,16 +90,6 @@ def read_later(d: dict[str, Any]) -> list[Any]:
 def append_and_return(d: dict[str, Any]) -> dict[str, Any]:
     d["items"].append("mutated")
     return d
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The largest number of intervals open at one instant (an end at t closes before a start at t)."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    best = current = 0
-    for _, delta in events:
-        current += delta
-        best = max(best, current)
-    return best
 
 
 def intervals_of(outputs: Any) -> list[tuple[float, float]]:
