@@ -29,9 +29,9 @@ def _where() -> str:
 
 
 def embed(text: str) -> dict[str, Any]:
-    """A CPU-bound hashing embedder (~25 ms per document in pure Python: the GIL serialises it on threads)."""
+    """A CPU-bound hashing embedder (~40 ms per document in pure Python: the GIL serialises it on threads)."""
     vector = [0.0] * DIM
-    for _ in range(120):
+    for _ in range(300):
         for token in text.split():
             digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
             vector[digest[0] % DIM] += 1.0 if digest[1] % 2 else -1.0
@@ -81,7 +81,8 @@ def run_demo(address: str | None = None, n_docs: int = 48, echo: Any = print) ->
             echo(f"Ray started in {time.perf_counter() - started:.1f} s "
                  f"({ray_backend.parallelism()} CPUs; address {address or 'local, started by this program'})")
             choice: Any = ray_backend
-            chain.invoke(payload | {"docs": payload["docs"][:4]}, {"backend": choice})  # warm the workers
+            chain.invoke(payload, {"backend": choice})  # warm-up: start the worker processes, then time
+            echo("(one warm-up run on Ray done: worker processes started)")
         else:
             choice = "local"
         started = time.perf_counter()
