@@ -29,7 +29,7 @@ from ..errors import BackendError, UnpicklableStepError
 from ..fanout import ChunkResult, ThreadChunkRunner
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
-from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, _notify
+from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
 from .base import Backend
 from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .ray_pending import Const
@@ -226,7 +226,7 @@ class RayBackend(Backend):
             for index, item in enumerate(items):
                 runs[index] = Run(name=cfg.get("run_name") or node.get_name(), inputs=item,
                                   tags=list(cfg.get("tags", [])), metadata=dict(cfg.get("metadata", {})))
-                _notify(listeners.on_start, runs[index], cfg)
+                notify_listener(listeners.on_start, runs[index], cfg)
                 yield item
 
         return_exceptions = kwargs.pop("return_exceptions")
@@ -236,12 +236,12 @@ class RayBackend(Backend):
             run.end_time = time.time()
             if isinstance(value, Exception):
                 run.error = value
-                _notify(listeners.on_error, run, cfg)
+                notify_listener(listeners.on_error, run, cfg)
                 if not return_exceptions:
                     raise value
             else:
                 run.outputs = value
-                _notify(listeners.on_end, run, cfg)
+                notify_listener(listeners.on_end, run, cfg)
             yield index, value
 
 

@@ -24,7 +24,7 @@ from ..fanout import POOL
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.passthrough import require_dict
-from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, _notify
+from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
 from .ray_pending import Apply, Const, Pending, Ref, flatten, rebuild
 from .ray_services import WORKER_SERVICES
 from .ray_shipping import walk
@@ -186,15 +186,15 @@ class Invocation:
         value = self.materialize(pending, barrier=True)
         run = Run(name=config.get("run_name") or unit.node.get_name(), inputs=value,
                   tags=list(config.get("tags", [])), metadata=dict(config.get("metadata", {})))
-        _notify(listeners.on_start, run, config)
+        notify_listener(listeners.on_start, run, config)
         try:
             run.outputs = self.materialize(self.submit(unit.inner, Const(value)), barrier=True)
         except Exception as exc:
             run.error, run.end_time = exc, time.time()
-            _notify(listeners.on_error, run, config)
+            notify_listener(listeners.on_error, run, config)
             raise
         run.end_time = time.time()
-        _notify(listeners.on_end, run, config)
+        notify_listener(listeners.on_end, run, config)
         return Const(run.outputs)
 
     # ---- waiting ---------------------------------------------------------------------------------------

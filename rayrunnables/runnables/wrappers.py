@@ -14,7 +14,15 @@ from ..context import RunContext, ThreadLimiter
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
 
-__all__ = ["RunnableRetry", "RunnableWithFallbacks", "RunnableBinding", "RunnableRateLimited", "Listeners", "Run"]
+__all__ = [
+    "Listeners",
+    "Run",
+    "RunnableBinding",
+    "RunnableRateLimited",
+    "RunnableRetry",
+    "RunnableWithFallbacks",
+    "notify_listener",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,7 +133,7 @@ class Run:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _notify(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
+def notify_listener(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
     if listener is None:
         return
     try:
@@ -208,15 +216,15 @@ class RunnableBinding(Runnable[Input, Output]):
             tags=list(inner.config.get("tags", [])),
             metadata=dict(inner.config.get("metadata", {})),
         )
-        _notify(self.listeners.on_start, run, inner.config)
+        notify_listener(self.listeners.on_start, run, inner.config)
         try:
             run.outputs = self.bound._invoke(input, inner)
         except Exception as exc:
             run.error, run.end_time = exc, time.time()
-            _notify(self.listeners.on_error, run, inner.config)
+            notify_listener(self.listeners.on_error, run, inner.config)
             raise
         run.end_time = time.time()
-        _notify(self.listeners.on_end, run, inner.config)
+        notify_listener(self.listeners.on_end, run, inner.config)
         return run.outputs  # type: ignore[no-any-return]
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
