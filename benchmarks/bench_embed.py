@@ -205,15 +205,12 @@ _FRESH: list[Any] = []
 
 def close_fresh_pools() -> None:
     """Stop the actors of the steps built by ``rayrunnables_actor`` (outside any timing), as Ray Data stops
-    its own after each execution. The backend keeps a step's pool while the driver lives and has no
-    public way to release it, so this reaches its ``pools`` table."""
+    its own after each execution."""
     from rayrunnables.backends import get_backend
 
-    pools = get_backend("ray").pools  # type: ignore[attr-defined]
+    backend = get_backend("ray")
     while _FRESH:
-        pool = pools.pop(_FRESH.pop().key, None)
-        if pool is not None:
-            pool.close()
+        backend.release(_FRESH.pop())  # type: ignore[attr-defined]
 
 
 _KEPT: list[Any] = []

@@ -208,3 +208,14 @@ def test_a_steps_own_max_concurrency_caps_the_whole_batch(cfg: dict[str, Any]) -
     out = step.batch(list(range(30)), config=cfg)
     assert len(out) == 30
     assert max_overlap([(o[0], o[1]) for o in out]) <= 3
+
+
+@pytest.mark.ray_only
+def test_release_stops_one_steps_pool_and_a_later_call_rebuilds_it(cfg: dict[str, Any]) -> None:
+    kept, freed = RunnableActor(Tagger, "k"), RunnableActor(Tagger, "f")
+    first = freed.batch([1, 2], config=cfg)[0][1]
+    kept.invoke(1, config=cfg)
+    backend = rr.get_backend("ray")
+    backend.release(freed)  # type: ignore[attr-defined]
+    assert freed.key not in backend.pools and kept.key in backend.pools  # type: ignore[attr-defined]
+    assert freed.invoke(3, config=cfg)[1] != first  # a new instance: the pool was rebuilt

@@ -34,7 +34,7 @@ from .base import Backend
 from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .ray_pending import Const
 from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
-from .ray_shipping import find_unpicklable, ship_user_modules
+from .ray_shipping import find_unpicklable, ship_user_modules, walk
 from .ray_tasks import (
     ContextState,
     cancel_pending,
@@ -135,16 +135,20 @@ class RayBackend(Backend):
         for _, child in node.children():
             self._start_services(child, options)
 
-    def release(self) -> None:
-        """Kill the actor pools and limiter actors this backend started (they live until then, so a
-        step's model stays loaded between calls)."""
-        for pool in self.pools.values():
-            pool.close()
-        for handle in self._limiters.values():
-            ray.kill(handle)
-        self.pools.clear()
-        self._limiters.clear()
-        self._checked = weakref.WeakSet()
+    def release(self, node: Runnable[Any, Any] | None = None) -> None:
+        """Kill the actor pools and limiter actors started for ``node``'s steps (all, without a node).
+        They live until then, so a step's model stays loaded between calls."""
+        keys = None if node is None else {
+            getattr(n, "key", None) for n in walk(node) if isinstance(n, (RunnableActor, RunnableRateLimited))
+        }
+        for key in [k for k in self.pools if keys is None or k in keys]:
+            self.pools.pop(key).close()
+        for key in [k for k in self._limiters if keys is None or k in keys]:
+            ray.kill(self._limiters.pop(key))
+        if node is None:
+            self._checked = weakref.WeakSet()
+        else:
+            self._checked.discard(node)  # used again, it gets fresh pools
 
     def pool_of(self, node: Runnable[Any, Any]) -> ActorPool | None:
         """The pool serving ``node`` when it is a stateful step (possibly wrapped in options/rate limit)."""
