@@ -176,6 +176,40 @@ def process_pool(docs: list[str]) -> list[np.ndarray]:
         return [vector for part in pool.map(_embed_chunk, chunks) for vector in part]
 
 
+_CEILING_POOL: list[Any] = []
+
+
+def machine_ceiling(docs: list[str]) -> list[np.ndarray]:
+    """What two busy processes cost on this machine with nothing scheduling them: a process pool started
+    (and its models loaded) before the timing, each process given half of the documents in one call."""
+    if not _CEILING_POOL:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(POOL, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_load_in_process)
+        list(pool.map(_embed_chunk, [docs[:2]] * POOL))
+        _CEILING_POOL.append(pool)
+    half = (len(docs) + 1) // 2
+    return [vector for part in _CEILING_POOL[0].map(_embed_chunk, [docs[:half], docs[half:]]) for vector in part]
+
+
+class _Empty:
+    def ready(self) -> int:
+        return os.getpid()
+
+
+def ray_actor_start(docs: list[str]) -> list[np.ndarray] | None:
+    """Ray's fixed cost alone: two actors of an empty class, from creation until both answer."""
+    import ray
+
+    actors = [ray.remote(_Empty).remote() for _ in range(POOL)]
+    ray.get([actor.ready.remote() for actor in actors])
+    for actor in actors:
+        ray.kill(actor)
+    return None
+
+
 def ray_data(docs: list[str]) -> list[np.ndarray]:
     import ray
 
@@ -255,15 +289,21 @@ def featurize_ms(model: HashingEmbedder, sample: list[str]) -> float:
     return best / len(sample) * 1e3
 
 
-def run_all(docs: list[str], rounds: int) -> list[Row]:
+CEILING = f"machine ceiling: {POOL} bare processes (started, models loaded), half the documents each in one call"
+START = f"Ray's fixed cost alone: {POOL} actors of an empty class, created until both answer"
+
+
+def run_all(docs: list[str], rounds: int) -> tuple[list[Row], str]:
     import ray
 
-    methods: dict[str, Callable[[list[str]], list[np.ndarray]]] = {
+    methods: dict[str, Callable[[list[str]], list[np.ndarray] | None]] = {
         "sequential: one instance, `__call__` per document": sequential_loop,
         "sequential: one instance, one `batch(all documents)` (reference)": sequential_vectorized,
         "langchain-core `RunnableLambda(instance).batch(docs)` (threads)": langchain_batch,
         f"reference: `ProcessPoolExecutor({POOL})` (spawn), model per process, {CHUNK}-document chunks": (
             process_pool),
+        CEILING: machine_ceiling,
+        START: ray_actor_start,
         f"Ray Data `from_items(docs).map_batches(Embedder, compute=ActorPoolStrategy(size={POOL}), "
         f"batch_size={RAY_DATA_BATCH})`": (
             ray_data),
@@ -276,7 +316,7 @@ def run_all(docs: list[str], rounds: int) -> list[Row]:
     ctx.print_on_execution_start = False
     warm = docs[:200]  # worker processes, imports and Ray Data's executor warmed before any timing
     for name, run in methods.items():
-        if "Ray" in name or "rayrunnables" in name or "ProcessPool" in name:
+        if "Ray" in name or "rayrunnables" in name or "ProcessPool" in name or name == CEILING:
             run(warm)
     close_fresh_pools()
     expected: list[np.ndarray] | None = None
@@ -288,11 +328,21 @@ def run_all(docs: list[str], rounds: int) -> list[Row]:
             out = run(docs)
             took = time.perf_counter() - start
             close_fresh_pools()
-            if expected is None:
-                expected = out
-            check_equal(name, out, expected)
+            if out is not None:
+                if expected is None:
+                    expected = out
+                check_equal(name, out, expected)
             best[name] = min(best.get(name, took), took)
+    for pool in _CEILING_POOL:
+        pool.shutdown()
+    _CEILING_POOL.clear()
     seq = next(iter(best.values()))
+    # The cold target's arithmetic: no scheduler does better than the machine's ceiling for the
+    # compute plus Ray's fixed cost of starting the actor processes (CPU-bound here: it takes both cores).
+    bound_s = best[CEILING] + best[START]
+    bound = (f"Bound for a cold actor pool in this run: ceiling {best[CEILING]:.2f} s + actor start "
+             f"{best[START]:.2f} s = {bound_s:.2f} s, i.e. at most {seq / bound_s:.2f}x the sequential loop "
+             "for any scheduler that starts Ray actors inside the timed call.")
     ray_data_s = next(s for n, s in best.items() if n.startswith("Ray Data"))
     rows = []
     for name, seconds in best.items():
@@ -304,7 +354,7 @@ def run_all(docs: list[str], rounds: int) -> list[Row]:
             row.target = ">= 1.8x sequential (pool already up)"
             row.meets = _verdict(seq / seconds >= 1.8)
         rows.append(row)
-    return rows
+    return rows, bound
 
 
 def _verdict(ok: bool) -> str:
@@ -316,8 +366,8 @@ def _verdict(ok: bool) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def render(rows: list[Row], docs: list[str], per_doc_ms: float, command: str, env: list[str], rounds: int,
-           seconds: float) -> list[str]:
+def render(rows: list[Row], bound: str, docs: list[str], per_doc_ms: float, command: str, env: list[str],
+           rounds: int, seconds: float) -> list[str]:
     lines = [
         f"## {HEADING}",
         "",
@@ -334,14 +384,20 @@ def render(rows: list[Row], docs: list[str], per_doc_ms: float, command: str, en
         "|---|---:|---:|---:|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row.implementation} | {row.seconds:.2f} s | {row.docs / row.seconds:,.0f} | "
-                     f"{row.relative:.2f}x | {row.target or '—'} | {row.meets} |")
+        rate, relative = f"{row.docs / row.seconds:,.0f}", f"{row.relative:.2f}x"
+        if row.implementation == START:  # a fixed cost, not a way to embed the documents
+            rate = relative = "—"
+        lines.append(f"| {row.implementation} | {row.seconds:.2f} s | {rate} | {relative} | "
+                     f"{row.target or '—'} | {row.meets} |")
     lines += [
+        "",
+        bound,
         "",
         f'"Meets target" refers to the first rayrunnables row. Method: best of {rounds} round(s), the methods '
         "interleaved in each round, after one warm-up call of each parallel method on 200 documents; every time "
         "is end to end (model or actor pool built inside the timed call, every vector back in the driver; "
-        "the last row alone reuses the pool its step built in the warm-up), and every method's vectors are "
+        "the last row alone reuses the pool its step built in the warm-up; the ceiling row's processes are "
+        "started before it, and the actor-start row computes nothing), and every method's vectors are "
         "checked equal to the sequential loop's.",
         "",
     ]
@@ -376,10 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(**RAY_INIT)
     try:
         print(f"running embed ... (load {_loadavg()})", file=sys.stderr, flush=True)
-        rows = run_all(docs, rounds)
+        rows, bound = run_all(docs, rounds)
     finally:
         ray.shutdown()
-    body = render(rows, docs, per_doc_ms, command, env, rounds, time.perf_counter() - started)
+    body = render(rows, bound, docs, per_doc_ms, command, env, rounds, time.perf_counter() - started)
     print("\n".join(body))
     if args.write_results:
         write_results(RESULTS_MD, HEADING, body)  # re-reads the file just before writing

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import RunContext
@@ -26,6 +27,9 @@ __all__ = ["ChunkRunner", "iter_batch", "MAX_CHUNK"]
 MAX_CHUNK = 10_000
 VECTORIZED_MIN_CHUNK = 64
 GROWTH = 4
+# When the number of items is known, chunks may be this many times the runner's target: the guided
+# cap below keeps the tail short, and fewer, larger chunks cost the workers less hand-off time.
+KNOWN_LENGTH_TARGET_FACTOR = 4
 
 
 class ChunkRunner(Protocol):
@@ -44,10 +48,14 @@ class ChunkRunner(Protocol):
 
 
 class _Sizer:
-    """Chooses the next chunk size from the measured seconds per item."""
+    """Chooses the next chunk size from the measured seconds per item.
 
-    def __init__(self, target: float, fixed: int | None, floor: int = 1) -> None:
-        self.target, self.fixed, self.floor = target, fixed, floor
+    With a known number of items it also applies guided self-scheduling: no chunk holds more than
+    ``remaining / spread`` items, so chunks shrink towards the end and every worker finishes at about
+    the same time (instead of one worker running a last large chunk while the others idle)."""
+
+    def __init__(self, target: float, fixed: int | None, floor: int = 1, spread: int = 1) -> None:
+        self.target, self.fixed, self.floor, self.spread = target, fixed, floor, max(1, spread)
         self.per_item: float | None = None
         self.last = 1
 
@@ -56,14 +64,18 @@ class _Sizer:
             sample = result.seconds / len(result.outcomes)
             self.per_item = sample if self.per_item is None else 0.5 * self.per_item + 0.5 * sample
 
-    def next(self) -> int:
+    def next(self, remaining: int | None = None) -> int:
         if self.fixed:
             return self.fixed
         if self.per_item is None:
             return self.floor
-        # as many items as fill ``target`` seconds (no tail-balancing below that: a chunk that
-        # takes ``target`` seconds costs at most ``target`` of imbalance at the end)
-        size = int(self.target / max(self.per_item, 1e-9))
+        if remaining is None:
+            # as many items as fill ``target`` seconds: a chunk that takes ``target`` seconds costs at
+            # most ``target`` of imbalance at the end of a stream of unknown length
+            size = int(self.target / max(self.per_item, 1e-9))
+        else:
+            size = int(self.target * KNOWN_LENGTH_TARGET_FACTOR / max(self.per_item, 1e-9))
+            size = min(size, math.ceil(remaining / self.spread))
         self.last = max(self.floor, min(size, self.last * GROWTH, MAX_CHUNK))
         return self.last
 
@@ -92,7 +104,8 @@ def iter_batch(
     # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
     # the per-item time measured on small chunks would keep them small: start it at a useful size.
     floor = VECTORIZED_MIN_CHUNK if getattr(node, "vectorized", False) else 1
-    sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor)
+    sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor, spread=runner.default_window)
+    remaining = len(inputs) if isinstance(inputs, Sized) else None
     source = enumerate(inputs)
     in_flight: dict[Any, list[int]] = {}
     pending: dict[int, Any] = {}
@@ -105,10 +118,12 @@ def iter_batch(
     try:
         while True:
             while not exhausted and len(in_flight) < window and (not ordered or len(open_ends) < held_cap):
-                items = list(itertools.islice(source, sizer.next()))
+                items = list(itertools.islice(source, sizer.next(remaining)))
                 if not items:
                     exhausted = True
                     break
+                if remaining is not None:
+                    remaining = max(0, remaining - len(items))
                 in_flight[runner.submit(node, items, ctx, return_exceptions)] = [i for i, _ in items]
                 if ordered:
                     open_ends.append(items[-1][0] + 1)
