@@ -50,9 +50,10 @@ class ChunkRunner(Protocol):
 class _Sizer:
     """Chooses the next chunk size from the measured seconds per item.
 
-    With a known number of items it also applies guided self-scheduling: no chunk holds more than
-    ``remaining / spread`` items, so chunks shrink towards the end and every worker finishes at about
-    the same time (instead of one worker running a last large chunk while the others idle)."""
+    With a known number of items, chunks may grow to ``KNOWN_LENGTH_TARGET_FACTOR`` times the target, but
+    (guided self-scheduling) never beyond ``remaining / spread`` items, so they shrink back towards the
+    end and every worker finishes at about the same time. They never shrink below the target's size:
+    the hand-off cost stays amortised however wide the window (threads) is."""
 
     def __init__(self, target: float, fixed: int | None, floor: int = 1, spread: int = 1) -> None:
         self.target, self.fixed, self.floor, self.spread = target, fixed, floor, max(1, spread)
@@ -69,13 +70,12 @@ class _Sizer:
             return self.fixed
         if self.per_item is None:
             return self.floor
-        if remaining is None:
-            # as many items as fill ``target`` seconds: a chunk that takes ``target`` seconds costs at
-            # most ``target`` of imbalance at the end of a stream of unknown length
-            size = int(self.target / max(self.per_item, 1e-9))
-        else:
-            size = int(self.target * KNOWN_LENGTH_TARGET_FACTOR / max(self.per_item, 1e-9))
-            size = min(size, math.ceil(remaining / self.spread))
+        # as many items as fill ``target`` seconds: a chunk that takes ``target`` seconds costs at most
+        # ``target`` of imbalance at the end of a stream of unknown length
+        size = int(self.target / max(self.per_item, 1e-9))
+        if remaining is not None:  # larger, but never more than a fair share of what is left
+            larger = int(self.target * KNOWN_LENGTH_TARGET_FACTOR / max(self.per_item, 1e-9))
+            size = max(size, min(larger, math.ceil(remaining / self.spread)))
         self.last = max(self.floor, min(size, self.last * GROWTH, MAX_CHUNK))
         return self.last
 

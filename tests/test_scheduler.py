@@ -57,21 +57,28 @@ def generator(n: int) -> Iterator[int]:
     yield from range(n)
 
 
-def test_known_length_chunks_shrink_towards_the_end() -> None:
-    runner = ScriptedRunner(per_item=0.01)
+def test_known_length_chunks_grow_then_shrink_towards_the_end() -> None:
+    runner = ScriptedRunner(per_item=0.01, target=0.02)  # the target alone: 2 items per chunk
     assert run(runner, list(range(400))) == [x * 10 for x in range(400)]
     sizes = runner.sizes
     assert sum(sizes) == 400
     assert sizes[0] == 1  # slow start: the cost per item is unknown
-    largest = max(sizes)
-    assert largest == int(0.05 * KNOWN_LENGTH_TARGET_FACTOR / 0.01)  # 20 items of 10 ms
-    # guided: no chunk is more than the remaining items over the window, so the tail is short
-    submitted = 0
-    for size in sizes[1:]:
-        submitted += size
-        remaining_before = 400 - (submitted - size) - sizes[0]
-        assert size <= max(1, math.ceil(remaining_before / runner.default_window))
+    assert max(sizes) == int(0.02 * KNOWN_LENGTH_TARGET_FACTOR / 0.01)  # 8 items: larger chunks
+    # guided: no chunk is more than a fair share of what is left (nor less than the target's 2 items),
+    # so the chunks shrink again and the tail is short
+    for k, size in enumerate(sizes):
+        remaining_before = 400 - sum(sizes[:k])
+        assert size <= max(2, math.ceil(remaining_before / runner.default_window))
     assert sizes[-1] <= 2 and sizes[-2] <= 2
+
+
+def test_a_wide_window_does_not_shrink_chunks_below_the_target() -> None:
+    runner = ScriptedRunner(per_item=0.001, target=0.05, window=64)  # threads: a wide window
+    assert run(runner, list(range(2_000))) == [x * 10 for x in range(2_000)]
+    # a fair share (2,000 / 64 = 32 items) is below the target's 50 items: no growth, and no shrinking
+    assert max(runner.sizes) == 50
+    grown = runner.sizes[runner.sizes.index(50):-1]  # after the slow start, before the remainder
+    assert set(grown) == {50}, runner.sizes
 
 
 def test_unknown_length_chunks_fill_the_target_only() -> None:
