@@ -302,6 +302,39 @@ def _git_head() -> str:
     return f"commit {head}" + (" + uncommitted changes in rayrunnables/" if dirty else "")
 
 
+def _cpu_busy(window: float) -> float | None:
+    """Share of all cores busy over ``window`` seconds (Linux /proc/stat), or None where unknown."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def settle(busy_below: float = 0.15, max_wait: float = 10.0, window: float = 0.25) -> float:
+    """Wait until the machine is nearly idle (or ``max_wait`` passed); return the seconds waited.
+
+    Called before every timed method in the Ray benchmarks: stopping a Ray Data execution or an actor pool
+    keeps both cores busy for a second or more after the call returns, and the next method must not pay
+    for the previous one's teardown."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait:
+        busy = _cpu_busy(window)
+        if busy is None:
+            time.sleep(1.0)
+            break
+        if busy < busy_below:
+            break
+    return time.perf_counter() - start
+
+
 def _loadavg() -> str:
     try:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"

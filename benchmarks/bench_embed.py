@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import RESULTS_MD, _loadavg, environment, write_results  # noqa: E402
+from bench_core import RESULTS_MD, _loadavg, environment, settle, write_results  # noqa: E402
 
 HEADING = "Embedding workload (issue 4)"
 RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False}
@@ -324,6 +324,7 @@ def run_all(docs: list[str], rounds: int) -> tuple[list[Row], str]:
     for _ in range(rounds):  # rounds interleave the methods, so load bursts hit all of them alike
         for name, run in methods.items():
             print(f"  {name} ...", file=sys.stderr, flush=True)
+            settle()  # the previous method's processes and actors have stopped, not only returned
             start = time.perf_counter()
             out = run(docs)
             took = time.perf_counter() - start
@@ -394,7 +395,8 @@ def render(rows: list[Row], bound: str, docs: list[str], per_doc_ms: float, comm
         bound,
         "",
         f'"Meets target" refers to the first rayrunnables row. Method: best of {rounds} round(s), the methods '
-        "interleaved in each round, after one warm-up call of each parallel method on 200 documents; every time "
+        "interleaved in each round, each started once the machine is idle again (the previous method's teardown "
+        "done), after one warm-up call of each parallel method on 200 documents; every time "
         "is end to end (model or actor pool built inside the timed call, every vector back in the driver; "
         "the last row alone reuses the pool its step built in the warm-up; the ceiling row's processes are "
         "started before it, and the actor-start row computes nothing), and every method's vectors are "

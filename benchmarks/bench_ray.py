@@ -40,7 +40,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import RESULTS_MD, _loadavg, environment, write_results  # noqa: E402
+from bench_core import RESULTS_MD, _loadavg, environment, settle, write_results  # noqa: E402
 
 HEADING = "Ray backend"
 RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False}
@@ -164,6 +164,7 @@ def bench_cpu(ray: Any, rr: Any, lc: Any, rounds: int, loops: int) -> list[Row]:
     try:
         for _ in range(rounds):
             for name, run in methods.items():
+                settle()  # nothing of the previous method still running
                 start = time.perf_counter()
                 out = run()
                 times[name].append(time.perf_counter() - start)
@@ -289,7 +290,8 @@ def table(rows: list[Row]) -> list[str]:
 def render(rows: list[Row], command: str, env: list[str], quick: bool, seconds: float) -> list[str]:
     cpu_rounds, samples = (1, 7) if quick else (CPU_ROUNDS, 21)
     method = (
-        f"CPU items: median (and best) of {cpu_rounds} round(s), methods interleaved, after a warm-up of every "
+        f"CPU items: median (and best) of {cpu_rounds} round(s), methods interleaved, each started once the "
+        "machine is idle again, after a warm-up of every "
         "pool; relative = median vs the sequential loop's median, and the median over rounds of the "
         "time over the machine ceiling's time in the same round (1.00x = no cost beyond what two busy "
         "processes cost on this machine). "
