@@ -20,7 +20,7 @@ from .errors import attach_step
 if TYPE_CHECKING:
     from .runnables.base import Runnable
 
-__all__ = ["run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL"]
+__all__ = ["run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem"]
 
 POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
 
@@ -48,6 +48,32 @@ def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable
     return [future.result() for future in futures]
 
 
+class PerItem:
+    """An item that runs with its own config: ``batch(inputs, [config, ...])`` as in LangChain.
+
+    The scheduler only wraps the items whose config differs from the batch's (the first one), so a
+    batch with one config pays nothing. Unwrapped in ``run_chunk``, wherever the chunk runs.
+    """
+
+    __slots__ = ("config", "value")
+
+    def __init__(self, config: dict[str, Any], value: Any) -> None:
+        self.config, self.value = config, value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return PerItem, (self.config, self.value)
+
+
+def _unwrap(value: Any, ctx: RunContext) -> tuple[Any, RunContext]:
+    if type(value) is PerItem:
+        return value.value, ctx.with_config(value.config)
+    return value, ctx
+
+
+def _config_of(value: Any) -> dict[str, Any] | None:
+    return value.config if type(value) is PerItem else None
+
+
 @dataclass
 class ChunkResult:
     """Outcomes of one chunk: ``(index, ok, value, remote_traceback)`` per item run, and compute time."""
@@ -71,6 +97,22 @@ def run_chunk(
     """
     outcomes: list[tuple[int, bool, Any, str | None]] = []
     start = time.perf_counter()
+    if getattr(node, "vectorized", False) and any(type(value) is PerItem for _, value in items):
+        # one call per run of items sharing a config: a vectorized call has one config
+        groups: list[list[tuple[int, Any]]] = []
+        for index, value in items:
+            config = value.config if type(value) is PerItem else None
+            if groups and _config_of(groups[-1][0][1]) == config:
+                groups[-1].append((index, value))
+            else:
+                groups.append([(index, value)])
+        for group in groups:
+            _, group_ctx = _unwrap(group[0][1], ctx)
+            part = run_chunk(node, [(i, _unwrap(v, ctx)[0]) for i, v in group], group_ctx, return_exceptions, remote)
+            outcomes.extend(part.outcomes)
+            if not return_exceptions and any(not ok for _, ok, _, _ in part.outcomes):
+                break
+        return ChunkResult(outcomes, time.perf_counter() - start)
     if getattr(node, "vectorized", False):
         try:
             values = [value if remote else isolate(value) for _, value in items]
@@ -87,9 +129,10 @@ def run_chunk(
         ]
         return ChunkResult(done, time.perf_counter() - start)
     private = remote  # items unpickled in a worker are already private copies (``pack`` saw to shared ones)
-    for index, value in items:
+    for index, item in items:
+        value, item_ctx = _unwrap(item, ctx)
         try:
-            outcomes.append((index, True, node._invoke(value if private else isolate(value), ctx), None))
+            outcomes.append((index, True, node._invoke(value if private else isolate(value), item_ctx), None))
         except Exception as exc:
             attach_step(exc, ctx.path_str if ctx.path else node.label(), index)
             tb = _format(exc) if remote else None

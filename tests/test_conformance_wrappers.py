@@ -346,3 +346,96 @@ def test_explain_lists_every_step_path_and_options(backend: str) -> None:
         "'llm'",
     ]:
         assert expected in text, f"{expected!r} missing from explain():\n{text}"
+
+
+# ---- one config per input (LangChain's batch(inputs, [config, ...])) --------------------------------
+
+
+def tag_user(x: int, config: dict[str, Any]) -> tuple[int, str, list[str]]:
+    return x, config.get("metadata", {}).get("user", "-"), sorted(config.get("tags", []))
+
+
+def per_item(cfg: dict[str, Any], users: list[str]) -> list[dict[str, Any]]:
+    return [{**cfg, "metadata": {"user": u}, "tags": [f"t-{u}"]} for u in users]
+
+
+def test_batch_with_one_config_per_input(cfg: dict[str, Any]) -> None:
+    step = RunnableLambda(inc) | RunnableLambda(tag_user)
+    out = step.batch([1, 2, 3], per_item(cfg, ["a", "b", "c"]))
+    assert out == [(2, "a", ["t-a"]), (3, "b", ["t-b"]), (4, "c", ["t-c"])]
+
+
+def test_per_input_configs_reach_every_branch_and_merge_with_bindings(cfg: dict[str, Any]) -> None:
+    step = RunnableParallel(
+        plain=RunnableLambda(tag_user),
+        bound=RunnableLambda(tag_user).with_config(tags=["bound"]),
+    )
+    out = step.batch([1, 2], per_item(cfg, ["a", "b"]))
+    assert out == [
+        {"plain": (1, "a", ["t-a"]), "bound": (1, "a", ["bound", "t-a"])},
+        {"plain": (2, "b", ["t-b"]), "bound": (2, "b", ["bound", "t-b"])},
+    ]
+
+
+def test_per_input_configs_many_items_in_chunks(cfg: dict[str, Any]) -> None:
+    users = [f"u{i % 7}" for i in range(300)]  # chunks mix items of the batch's config and their own
+    users[0] = users[7] = "u0"
+    out = RunnableLambda(tag_user).batch(list(range(300)), per_item(cfg, users))
+    assert [user for _, user, _ in out] == users
+
+
+def test_per_input_configs_in_batch_as_completed(cfg: dict[str, Any]) -> None:
+    pairs = RunnableLambda(tag_user).batch_as_completed([1, 2], per_item(cfg, ["a", "b"]))
+    assert sorted(pairs) == [(0, (1, "a", ["t-a"])), (1, (2, "b", ["t-b"]))]
+
+
+def test_per_input_configs_in_abatch(cfg: dict[str, Any]) -> None:
+    out = asyncio.run(RunnableLambda(tag_user).abatch([1, 2], per_item(cfg, ["a", "b"])))
+    assert out == [(1, "a", ["t-a"]), (2, "b", ["t-b"])]
+
+
+def test_per_input_configs_reach_listeners(cfg: dict[str, Any]) -> None:
+    ends: list[tuple[Any, Any, Any]] = []
+    step = RunnableLambda(inc).with_listeners(
+        on_end=lambda run: ends.append((run.inputs, run.name, dict(run.metadata)))
+    )
+    configs = [{**cfg, "run_name": f"item{i}", "metadata": {"i": i}} for i in range(3)]
+    assert step.batch([10, 20, 30], configs) == [11, 21, 31]
+    assert sorted(ends) == [(10, "item0", {"i": 0}), (20, "item1", {"i": 1}), (30, "item2", {"i": 2})]
+
+
+def test_per_input_configs_with_vectorized_step(cfg: dict[str, Any]) -> None:
+    def users_of(xs: list[int], config: dict[str, Any]) -> list[str]:
+        return [f"{x}:{config.get('metadata', {}).get('user', '-')}" for x in xs]
+
+    step = RunnableLambda(users_of, batched=True)
+    users = ["a"] * 100 + ["b"] * 50 + ["a"] * 50
+    out = step.batch(list(range(200)), per_item(cfg, users))
+    assert out == [f"{x}:{u}" for x, u in zip(range(200), users, strict=True)]
+
+
+def test_per_input_config_failure_names_the_item_and_keeps_the_others(cfg: dict[str, Any]) -> None:
+    def fail_for_b(x: int, config: dict[str, Any]) -> int:
+        if config["metadata"]["user"] == "b":
+            raise ValueError(f"no access for item {x}")
+        return x
+
+    out = RunnableLambda(fail_for_b).batch([1, 2, 3], per_item(cfg, ["a", "b", "c"]), return_exceptions=True)
+    assert out[0] == 1 and out[2] == 3
+    assert isinstance(out[1], ValueError)
+    assert rayrunnables.item_index_of(out[1]) == 1
+
+
+def test_per_input_configs_bad_input(cfg: dict[str, Any]) -> None:
+    step = RunnableLambda(inc)
+    with pytest.raises(ValueError, match="2 configs for 3 inputs"):
+        step.batch([1, 2, 3], [cfg, cfg])
+    with pytest.raises(ConfigError, match=r"config\[1\]: unknown config key"):
+        step.batch([1, 2], [cfg, {**cfg, "bogus": 1}])
+    other = "ray" if cfg["backend"] == "local" else "local"
+    with pytest.raises(ConfigError, match="one batch runs on one backend"):
+        step.batch([1, 2], [cfg, {**cfg, "backend": other}])
+    with pytest.raises(ConfigError, match="a dict or a list of dicts"):
+        step.batch([1, 2], "local")  # type: ignore[arg-type]
+    assert step.batch([1, 2], [cfg, dict(cfg)]) == [2, 3]  # equal configs: the plain path
+    assert step.batch([], []) == []

@@ -26,7 +26,7 @@ from ..batching import iter_batch
 from ..config import merge_configs
 from ..context import RunContext, isolate
 from ..errors import BackendError, UnpicklableStepError
-from ..fanout import ChunkResult, ThreadChunkRunner
+from ..fanout import ChunkResult, PerItem, ThreadChunkRunner
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
@@ -226,27 +226,37 @@ class RayBackend(Backend):
         cfg = merge_configs(config, node.config)
         runs: dict[int, Run] = {}
 
+        run_configs: dict[int, dict[str, Any]] = {}
+
         def started(items: Any) -> Iterator[Any]:
             for index, item in enumerate(items):
-                runs[index] = Run(name=cfg.get("run_name") or node.get_name(), inputs=item,
-                                  tags=list(cfg.get("tags", [])), metadata=dict(cfg.get("metadata", {})))
-                notify_listener(listeners.on_start, runs[index], cfg)
+                own = merge_configs(item.config, node.config) if type(item) is PerItem else cfg
+                value = item.value if type(item) is PerItem else item
+                runs[index] = Run(name=own.get("run_name") or node.get_name(), inputs=value,
+                                  tags=list(own.get("tags", [])), metadata=dict(own.get("metadata", {})))
+                run_configs[index] = own
+                notify_listener(listeners.on_start, runs[index], own)
                 yield item
 
         return_exceptions = kwargs.pop("return_exceptions")
         bare = RunnableBinding(node.bound, node.config, node.options)
         for index, value in self.iter_batch(bare, started(inputs), config, return_exceptions=True, **kwargs):
-            run = runs.pop(index)
+            run, own = runs.pop(index), run_configs.pop(index)
             run.end_time = time.time()
             if isinstance(value, Exception):
                 run.error = value
-                notify_listener(listeners.on_error, run, cfg)
+                notify_listener(listeners.on_error, run, own)
                 if not return_exceptions:
                     raise value
             else:
                 run.outputs = value
-                notify_listener(listeners.on_end, run, cfg)
+                notify_listener(listeners.on_end, run, own)
             yield index, value
+
+
+def _sendable(item: PerItem) -> PerItem:
+    """An item's own config without what stays in the driver (as ``RayBackend.state`` does for the batch's)."""
+    return PerItem({k: v for k, v in item.config.items() if k not in _NOT_SENT}, item.value)
 
 
 class RayChunkRunner:
@@ -271,6 +281,7 @@ class RayChunkRunner:
             remote = run_chunk_task.options(name=f"{node.label()} chunk", **options)
             prepared = self._prepared[id(node)] = (ray.put(node), remote)
         node_ref, remote = prepared
+        items = [(i, _sendable(v)) if type(v) is PerItem else (i, v) for i, v in items]
         if self.pool is not None:  # least-loaded member of the step's actor pool
             index = self.pool.pick()
             handle = self.pool.actors[index].run_chunk.remote(

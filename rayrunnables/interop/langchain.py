@@ -465,18 +465,11 @@ class RayRunnable(LCRunnable[Any, Any]):
         self._no_kwargs(kwargs, "ainvoke")
         return await self._acall_with_config(_lc_callable(call), input, config)
 
-    def _batch_groups(self, inputs: list[Any], configs: list[LCConfig], return_exceptions: bool) -> list[Any]:
-        ours = [self._ours(c) for c in configs]
-        out: list[Any] = [None] * len(inputs)
-        pending = list(range(len(inputs)))
-        while pending:  # one batch per distinct config (usually exactly one)
-            cfg = ours[pending[0]]
-            group = [i for i in pending if ours[i] == cfg]
-            results = self.runnable.batch([inputs[i] for i in group], cfg, return_exceptions=return_exceptions)
-            for i, value in zip(group, results, strict=True):
-                out[i] = value
-            pending = [i for i in pending if ours[i] != cfg]
-        return out
+    def _batch_ours(self, inputs: list[Any], configs: list[LCConfig], return_exceptions: bool) -> list[Any]:
+        """One batch; an item whose converted config differs from the first's carries its own."""
+        result: list[Any] = self.runnable.batch(inputs, [self._ours(c) for c in configs],
+                                                return_exceptions=return_exceptions)
+        return result
 
     def batch(
         self,
@@ -490,7 +483,7 @@ class RayRunnable(LCRunnable[Any, Any]):
             return []
 
         def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
-            return self._batch_groups(values, config, return_exceptions)
+            return self._batch_ours(values, config, return_exceptions)
 
         self._no_kwargs(kwargs, "batch")
         return self._batch_with_config(_lc_callable(call), list(inputs), config, return_exceptions=return_exceptions)
@@ -508,7 +501,7 @@ class RayRunnable(LCRunnable[Any, Any]):
         import asyncio
 
         async def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
-            return await asyncio.to_thread(self._batch_groups, values, config, return_exceptions)
+            return await asyncio.to_thread(self._batch_ours, values, config, return_exceptions)
 
         self._no_kwargs(kwargs, "abatch")
         return await self._abatch_with_config(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..config import resolve_backend, validate_config
-from ..errors import OptionsError
+from ..errors import ConfigError, OptionsError
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -23,6 +23,8 @@ __all__ = ["Runnable", "coerce_to_runnable", "Input", "Output"]
 Input = TypeVar("Input")
 Output = TypeVar("Output")
 Other = TypeVar("Other")
+# one config for the whole batch, or one per input (LangChain's ``batch(inputs, [config, ...])``)
+BatchConfig = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 
 class Runnable(Generic[Input, Output]):
@@ -71,13 +73,12 @@ class Runnable(Generic[Input, Output]):
     def batch(
         self,
         inputs: Sequence[Input],
-        config: Mapping[str, Any] | None = None,
+        config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Output]:
-        cfg = _call_config(config, kwargs, "batch")
-        items = list(inputs)
+        cfg, items = _batch_config(config, list(inputs), kwargs, "batch")
         out: list[Any] = [None] * len(items)
         for index, value in resolve_backend(cfg).iter_batch(
             self, items, cfg, return_exceptions=return_exceptions, ordered=False
@@ -88,19 +89,18 @@ class Runnable(Generic[Input, Output]):
     def batch_as_completed(
         self,
         inputs: Sequence[Input],
-        config: Mapping[str, Any] | None = None,
+        config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> Iterator[tuple[int, Output | Exception]]:
-        cfg = _call_config(config, kwargs, "batch_as_completed")  # checked now, not at first next()
-        return resolve_backend(cfg).iter_batch(self, list(inputs), cfg, return_exceptions=return_exceptions,
-                                               ordered=False)
+        cfg, items = _batch_config(config, list(inputs), kwargs, "batch_as_completed")  # checked now
+        return resolve_backend(cfg).iter_batch(self, items, cfg, return_exceptions=return_exceptions, ordered=False)
 
     async def abatch(
         self,
         inputs: Sequence[Input],
-        config: Mapping[str, Any] | None = None,
+        config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
@@ -110,7 +110,7 @@ class Runnable(Generic[Input, Output]):
     async def abatch_as_completed(
         self,
         inputs: Sequence[Input],
-        config: Mapping[str, Any] | None = None,
+        config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
@@ -313,6 +313,41 @@ def _call_config(config: Mapping[str, Any] | None, kwargs: dict[str, Any], where
     if kwargs:
         raise TypeError(f"{where}() got unexpected keyword argument(s) {sorted(kwargs)}")
     return validate_config(config, where)
+
+
+def _batch_config(
+    config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, items: list[Any], kwargs: dict[str, Any],
+    where: str,
+) -> tuple[dict[str, Any], list[Any]]:
+    """The batch's config, and its items: LangChain's ``batch(inputs, [config, ...])`` gives each input
+    its own config. The first config is the batch's (its backend and ``max_concurrency`` apply to the
+    whole batch, as in LangChain); an item whose config differs from it carries its own."""
+    if config is None or isinstance(config, Mapping):
+        return _call_config(config, kwargs, where), items
+    if kwargs:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {sorted(kwargs)}")
+    if isinstance(config, (str, bytes)) or not isinstance(config, Sequence):
+        raise ConfigError(
+            f"{where}: config must be a dict or a list of dicts (one per input), got {type(config).__name__}"
+        )
+    if len(config) != len(items):
+        raise ValueError(
+            f"{where}() got {len(config)} configs for {len(items)} inputs: give one config, or one per input"
+        )
+    configs = [validate_config(c, f"{where}: config[{i}]") for i, c in enumerate(config)]
+    if not configs:
+        return {}, items
+    first = configs[0]
+    for i, c in enumerate(configs):
+        if c.get("backend") != first.get("backend"):
+            raise ConfigError(
+                f"{where}: config[{i}] names backend {c.get('backend')!r} but config[0] names "
+                f"{first.get('backend')!r}: one batch runs on one backend"
+            )
+    from ..fanout import PerItem
+
+    own = [first if c == first else {k: v for k, v in c.items() if k != "backend"} for c in configs]
+    return first, [item if c is first else PerItem(c, item) for item, c in zip(items, own, strict=True)]
 
 
 def coerce_to_runnable(thing: Any) -> Runnable[Any, Any]:
