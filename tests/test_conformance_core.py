@@ -368,3 +368,49 @@ def test_branch_first_matching_condition_and_default(cfg: dict[str, Any]) -> Non
 def test_branch_needs_a_default() -> None:
     with pytest.raises(TypeError):
         RunnableBranch(double)
+
+
+# ---- numpy arrays stay writable (Ray hands out read-only views of its object store) ----------------
+
+
+def vectors(n: int) -> dict[str, Any]:
+    import numpy as np
+
+    return {"small": np.ones(3), "big": np.ones(50_000), "nested": [(np.ones(2), "tag")]}
+
+
+def scale_in_place(value: dict[str, Any]) -> dict[str, Any]:
+    value["small"] *= 2  # in place: fails on a read-only array
+    value["big"] /= 4
+    value["nested"][0][0][:] = 7
+    return value
+
+
+def _all_writable(value: dict[str, Any]) -> bool:
+    return bool(value["small"].flags.writeable and value["big"].flags.writeable
+                and value["nested"][0][0].flags.writeable)
+
+
+def test_numpy_outputs_are_writable(cfg: dict[str, Any]) -> None:
+    step = RunnableLambda(vectors)
+    assert _all_writable(step.invoke(1, config=cfg))
+    assert all(_all_writable(v) for v in step.batch([1, 2], config=cfg))
+    assert all(_all_writable(v) for v in step.map().invoke([1, 2], config=cfg))
+    assert all(_all_writable(v) for v in step.imap(iter([1, 2]), config=cfg))
+
+
+def test_a_step_may_change_an_array_it_received_in_place(cfg: dict[str, Any]) -> None:
+    # different options: on Ray the second step runs in its own task and gets the first's output by ref
+    chain = RunnableLambda(vectors).with_options(num_cpus=1) | RunnableLambda(scale_in_place)
+    out = chain.invoke(1, config=cfg)
+    assert out["small"].tolist() == [2.0, 2.0, 2.0]
+    assert float(out["big"][0]) == 0.25
+    assert out["nested"][0][0].tolist() == [7.0, 7.0]
+    fanned = {"a": RunnableLambda(vectors), "b": RunnableLambda(vectors)} | RunnableLambda(
+        lambda d: scale_in_place(d["a"])
+    )
+    assert fanned.invoke(1, config=cfg)["small"].tolist() == [2.0, 2.0, 2.0]
+    mapped = RunnableLambda(lambda n: [vectors(i) for i in range(n)]).with_options(num_cpus=1) | RunnableLambda(
+        scale_in_place
+    ).map()
+    assert [v["small"][0] for v in mapped.invoke(3, config=cfg)] == [2.0, 2.0, 2.0]

@@ -7,11 +7,12 @@ end in the driver), so no step forces the driver to fetch an intermediate result
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Ref", "Const", "Apply", "Pending", "flatten", "rebuild"]
+__all__ = ["Ref", "Const", "Apply", "Pending", "flatten", "rebuild", "writable"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,51 @@ def flatten(pending: Pending, refs: list[Any] | None = None) -> tuple[Any, list[
 def rebuild(recipe: Any, values: list[Any] | tuple[Any, ...]) -> Any:
     kind = recipe[0]
     if kind == "ref":
-        return values[recipe[1]]
+        return writable(values[recipe[1]])
     if kind == "const":
         return recipe[1]
     return recipe[1](*(rebuild(r, values) for r in recipe[2]))
+
+
+_SCALARS = (int, float, str, bytes, bool, type(None))
+
+
+def writable(value: Any) -> Any:
+    """``value`` (just fetched from Ray) with every numpy array in it writable, as it is in-process.
+
+    Ray hands out arrays as read-only views of its object store, so ``vector /= norm`` would fail on Ray
+    and work on the local backend. Like Ray Data's default (``zero_copy_batch=False``), a read-only array
+    is copied. Only lists, tuples and dicts are searched; lists and dicts are fixed in place (Ray has
+    just built them for us), a tuple is rebuilt only if it held such an array.
+    """
+    np = sys.modules.get("numpy")
+    if np is None:  # nothing can have produced an array
+        return value
+    return _own(value, np.ndarray)
+
+
+def _own(value: Any, ndarray: type) -> Any:
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, ndarray):
+        return value if value.flags.writeable else value.copy()  # type: ignore[attr-defined]
+    if kind is list:
+        for i, item in enumerate(value):
+            if type(item) not in _SCALARS:
+                owned = _own(item, ndarray)
+                if owned is not item:
+                    value[i] = owned
+        return value
+    if kind is dict:
+        for key, item in value.items():
+            if type(item) not in _SCALARS:
+                owned = _own(item, ndarray)
+                if owned is not item:
+                    value[key] = owned
+        return value
+    if kind is tuple:
+        owned_items = [_own(item, ndarray) for item in value]
+        if any(o is not i for o, i in zip(owned_items, value, strict=True)):
+            return tuple(owned_items)
+    return value

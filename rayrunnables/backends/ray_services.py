@@ -20,7 +20,7 @@ from ..errors import StepConstructionError
 from ..fanout import ChunkResult, run_chunk
 from ..runnables.actor import RunnableActor
 from ..services import TokenBucket
-from .ray_pending import rebuild
+from .ray_pending import rebuild, writable
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -60,10 +60,10 @@ class _PoolProxy:
         self.handles = handles
 
     def __call__(self, item: Any) -> Any:
-        return ray.get(random.choice(self.handles).call_one.remote(item))
+        return writable(ray.get(random.choice(self.handles).call_one.remote(item)))
 
     def batch(self, items: list[Any]) -> list[Any]:
-        result: list[Any] = ray.get(random.choice(self.handles).call_batch.remote(items))
+        result: list[Any] = writable(ray.get(random.choice(self.handles).call_batch.remote(items)))
         return result
 
 
