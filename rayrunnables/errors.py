@@ -53,6 +53,10 @@ class UnpicklableStepError(RayRunnablesError, TypeError):
     """A step cannot be sent to another process; raised before anything is submitted."""
 
 
+class UnpicklableOutputError(RayRunnablesError, TypeError):
+    """A step's output cannot be sent back from a Ray worker (it holds a lock, a socket, a generator...)."""
+
+
 class StepConstructionError(RayRunnablesError, RuntimeError):
     """A stateful step's class failed in ``__init__``; reported once, never retried."""
 

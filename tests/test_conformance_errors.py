@@ -287,3 +287,24 @@ def test_remote_traceback_is_kept_as_cause_in_invoke(cfg: dict[str, Any]) -> Non
         (RunnableLambda(ident) | fail_on_three).invoke(3, config=cfg)
     assert info.value.__cause__ is not None
     assert "fail_on_three" in str(info.value.__cause__)
+
+
+def lock_for_odd(x: int) -> Any:
+    return threading.Lock() if x % 2 else x
+
+
+@pytest.mark.ray_only
+def test_an_output_that_cannot_leave_the_worker_names_step_and_item(cfg: dict[str, Any]) -> None:
+    from rayrunnables import UnpicklableOutputError
+
+    step = RunnableLambda(ident) | RunnableLambda(lock_for_odd, name="makes_lock")
+    out = step.batch([0, 1, 2, 4], config=cfg, return_exceptions=True)
+    assert out[0] == 0 and out[2] == 2 and out[3] == 4  # the chunk's other items are kept
+    assert isinstance(out[1], UnpicklableOutputError) and isinstance(out[1], TypeError)
+    assert rayrunnables.item_index_of(out[1]) == 1
+    assert "makes_lock" in (rayrunnables.step_path_of(out[1]) or "")
+    assert "_thread.lock" in str(out[1])
+    with pytest.raises(UnpicklableOutputError, match="makes_lock"):
+        step.invoke(1, config=cfg)
+    with pytest.raises(UnpicklableOutputError, match=r"makes_lock.*item 1"):
+        step.map().invoke([0, 1, 2], config=cfg)

@@ -32,6 +32,7 @@ EXPECTED_ALL = {
     "RunnableSequence",
     "RunnableWithFallbacks",
     "StepRecursionError",
+    "UnpicklableOutputError",
     "UnpicklableStepError",
     "__version__",
     "available_backends",
@@ -81,11 +82,13 @@ def test_error_hierarchy() -> None:
         rr.OptionsError,
         rr.StepRecursionError,
         rr.UnpicklableStepError,
+        rr.UnpicklableOutputError,
         rr.BackendError,
     ):
         assert issubclass(cls, rr.RayRunnablesError)
     assert issubclass(rr.InputTypeError, TypeError)
     assert issubclass(rr.UnpicklableStepError, TypeError)
+    assert issubclass(rr.UnpicklableOutputError, TypeError)
     assert issubclass(rr.ConfigError, ValueError)
     assert issubclass(rr.OptionsError, ValueError)
     assert issubclass(rr.StepRecursionError, RecursionError)

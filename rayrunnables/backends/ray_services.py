@@ -112,7 +112,13 @@ class _StepActor:
         return RunContext(config, base if path is None else path, None, limiters, depth, self.services)
 
     def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
-        return self.node._invoke(rebuild(recipe, values), self.context(state, path))
+        from .ray_tasks import producer, unsendable  # (ray_tasks imports this module)
+
+        value = self.node._invoke(rebuild(recipe, values), self.context(state, path))
+        error = unsendable(value, producer(self.node, path))
+        if error is not None:
+            raise error
+        return value
 
     def call_one(self, item: Any) -> Any:
         return self.node._invoke(item, self.context(({}, (), 0, ())))
@@ -122,10 +128,18 @@ class _StepActor:
 
     def run_chunk(self, node: Any, packed: bytes, state: Any, return_exceptions: bool) -> ChunkResult:
         """``node`` is this step, possibly wrapped (options, rate limit); it runs on our instance."""
-        return run_chunk(node, ray_pickle.loads(packed), self.context(state), return_exceptions, remote=True)
+        from .ray_tasks import sendable_outcomes
+
+        ctx = self.context(state)
+        result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
+        return sendable_outcomes(result, node, ctx, return_exceptions)
 
     def run_list(self, node: Any, packed: bytes, state: Any) -> list[Any]:
-        result = run_chunk(node, ray_pickle.loads(packed), self.context(state), return_exceptions=False)
+        from .ray_tasks import sendable_outcomes
+
+        ctx = self.context(state)
+        result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node,
+                                   ctx, return_exceptions=False)
         for _, ok, value, _ in result.outcomes:
             if not ok:
                 raise value

@@ -14,8 +14,9 @@ import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
 from ..context import RunContext, isolate
-from ..errors import RemoteTraceback
+from ..errors import RemoteTraceback, UnpicklableOutputError, attach_step
 from ..fanout import ChunkResult, run_chunk
+from ..runnables.sequence import RunnableSequence
 from .ray_pending import rebuild
 from .ray_services import WORKER_SERVICES
 
@@ -30,6 +31,9 @@ __all__ = [
     "run_chunk_task",
     "run_list_task",
     "run_task",
+    "producer",
+    "sendable_outcomes",
+    "unsendable",
 ]
 
 ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
@@ -75,12 +79,65 @@ def concat(*chunks: list[Any]) -> list[Any]:
     return out
 
 
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _needs_pickle_check(value: Any, budget: list[int]) -> bool:
+    """Whether ``value`` holds anything but plain data, numpy arrays and containers of them (a bounded
+    look: past ``budget`` values, the rest is trusted). Plain data always pickles; the rest is tried."""
+    budget[0] -= 1
+    if budget[0] < 0 or type(value) in _PLAIN:
+        return False
+    if type(value) in (list, tuple):
+        return any(_needs_pickle_check(item, budget) for item in value)
+    if type(value) is dict:
+        return any(_needs_pickle_check(k, budget) or _needs_pickle_check(v, budget) for k, v in value.items())
+    return type(value).__module__ != "numpy"
+
+
+def producer(node: Any, path: tuple[str, ...]) -> str:
+    """The path of the step whose output ``node`` returns: a sequence's is its last step's."""
+    parts = list(path)
+    while isinstance(node, RunnableSequence) and node.steps:
+        if node.name:
+            parts.append(f"'{node.name}'")
+        parts.append(f"step {len(node.steps)}")
+        node = node.steps[-1]
+    parts.append(node.label())
+    return " > ".join(parts)
+
+
+def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOutputError | None:
+    """The error to report if ``value`` cannot leave this worker, naming the step (and the item).
+
+    Ray would otherwise fail while storing the task's result, with a bare ``TypeError`` naming neither,
+    and lose every other item of the chunk with it."""
+    if not _needs_pickle_check(value, [256]):
+        return None
+    try:
+        ray_pickle.dumps(value)
+    except Exception as exc:
+        item = "" if index is None else f" for item {index}"
+        error = UnpicklableOutputError(
+            f"{path}: its output{item} ({type(value).__name__}) cannot be sent back from the Ray worker: "
+            f"{type(exc).__name__}: {exc}. Return plain data (or build the object where it is used)."
+        )
+        attach_step(error, path, index)
+        return error
+    return None
+
+
 @ray.remote
 def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, recipe: Any, *values: Any) -> Any:
     """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
     value = rebuild(recipe, values)
     for path, node in steps:
         value = node._invoke(value, make_context(state, path))
+    if steps:
+        path, node = steps[-1]
+        error = unsendable(value, producer(node, path))
+        if error is not None:
+            raise error
     return value
 
 
@@ -101,16 +158,35 @@ def pack(items: list[tuple[int, Any]]) -> bytes:
     return ray_pickle.dumps(private)
 
 
+def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
+    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay."""
+    path = producer(node, ctx.path)
+    outcomes = result.outcomes
+    for n, (index, ok, value, _) in enumerate(outcomes):
+        if ok:
+            error = unsendable(value, path, index)
+            if error is not None:
+                outcomes[n] = (index, False, error, None)
+                if not return_exceptions:
+                    del outcomes[n + 1 :]
+                    break
+    return result
+
+
 @ray.remote
 def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
     """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
-    return run_chunk(node, ray_pickle.loads(packed), make_context(state), return_exceptions, remote=True)
+    ctx = make_context(state)
+    result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
+    return sendable_outcomes(result, node, ctx, return_exceptions)
 
 
 @ray.remote
 def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
     """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
-    result = run_chunk(node, ray_pickle.loads(packed), make_context(state), return_exceptions=False)
+    ctx = make_context(state)
+    result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node, ctx,
+                               return_exceptions=False)
     for _, ok, value, _ in result.outcomes:
         if not ok:
             raise value
