@@ -32,7 +32,7 @@ from ..runnables.lambda_ import RunnableLambda
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
 from .base import Backend
 from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
-from .ray_pending import Const, writable
+from .ray_pending import Const, writable_outcomes
 from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
 from .ray_shipping import find_unpicklable, ship_user_modules, walk
 from .ray_tasks import (
@@ -304,7 +304,7 @@ class RayChunkRunner:
         except RayTaskError as err:
             raise_converted(err)
             raise
-        writable(result.outcomes)  # a list of fresh tuples: fixed in place
+        writable_outcomes(result.outcomes)
         return result
 
     def cancel(self, handles: list[Any]) -> None:

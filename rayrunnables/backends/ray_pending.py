@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Ref", "Const", "Apply", "Pending", "flatten", "rebuild", "writable"]
+__all__ = ["Ref", "Const", "Apply", "Pending", "flatten", "rebuild", "writable", "writable_outcomes"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def rebuild(recipe: Any, values: list[Any] | tuple[Any, ...]) -> Any:
     return recipe[1](*(rebuild(r, values) for r in recipe[2]))
 
 
-_SCALARS = (int, float, str, bytes, bool, type(None))
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def writable(value: Any) -> Any:
@@ -93,7 +93,25 @@ def _own(value: Any, ndarray: type) -> Any:
                     value[key] = owned
         return value
     if kind is tuple:
+        for item in value:
+            if type(item) not in _SCALARS:
+                break
+        else:  # the common case, e.g. a batch outcome ``(index, ok, 42, None)``: nothing to look into
+            return value
         owned_items = [_own(item, ndarray) for item in value]
         if any(o is not i for o, i in zip(owned_items, value, strict=True)):
             return tuple(owned_items)
     return value
+
+
+def writable_outcomes(outcomes: list[tuple[int, bool, Any, Any]]) -> None:
+    """``writable`` for a chunk's ``(index, ok, value, traceback)`` outcomes, in place: only values are
+    looked at (this runs once per item of every batch, so plain values cost one set lookup)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return
+    for n, (index, ok, value, tb) in enumerate(outcomes):
+        if ok and type(value) not in _SCALARS:
+            owned = _own(value, np.ndarray)
+            if owned is not value:
+                outcomes[n] = (index, ok, owned, tb)

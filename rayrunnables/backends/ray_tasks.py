@@ -108,7 +108,7 @@ def concat(*chunks: list[Any]) -> list[Any]:
     return out
 
 
-_PLAIN = (str, int, float, bool, bytes, type(None))
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _needs_pickle_check(value: Any, budget: list[int]) -> bool:
@@ -192,7 +192,7 @@ def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_ex
     path = producer(node, ctx.path)
     outcomes = result.outcomes
     for n, (index, ok, value, _) in enumerate(outcomes):
-        if ok:
+        if ok and type(value) not in _PLAIN:  # plain values (most items) cost one set lookup
             error = unsendable(value, path, index)
             if error is not None:
                 outcomes[n] = (index, False, error, None)
