@@ -7,8 +7,6 @@ own in-process meaning, so a step computes exactly what it computes on the local
 from __future__ import annotations
 
 import math
-import threading
-import time
 from typing import Any
 
 import ray
@@ -62,43 +60,16 @@ def raise_converted(err: BaseException) -> None:
     raise exc from exc.__cause__
 
 
-# After the first cancel, look again this long after (seconds, cumulative): a cancel that reaches a task
-# while its worker is being leased can be lost (the task then runs to the end), seen in a full test
-# run where the sibling's worker had to be started first. A cancelled task's ref resolves (to
-# TaskCancelledError), so only refs of tasks that are still running are cancelled again.
-RECANCEL_AFTER = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def cancel_pending(refs: list[Any], follow_up: bool = True) -> None:
+def cancel_pending(refs: list[Any]) -> None:
     """``ray.cancel`` only what has not finished: Ray 2.60 aborts the caller when asked to cancel a
-    finished task (ray-project/ray#54846), so each ref's readiness is checked right before. What is
-    still not finished is cancelled again a few times, in a daemon thread."""
-    unfinished = _cancel_unfinished(refs)
-    if unfinished and follow_up:
-        threading.Thread(target=_recancel, args=(unfinished,), name="rayrunnables-recancel", daemon=True).start()
-
-
-def _cancel_unfinished(refs: list[Any]) -> list[Any]:
-    unfinished = []
+    finished task (ray-project/ray#54846), so each ref's readiness is checked right before."""
     for ref in refs:
         try:
             ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
             if not ready:
                 ray.cancel(ref, recursive=True)
-                unfinished.append(ref)
         except Exception:  # gone already: nothing to cancel
             pass
-    return unfinished
-
-
-def _recancel(refs: list[Any]) -> None:
-    waited = 0.0
-    for at in RECANCEL_AFTER:
-        time.sleep(at - waited)
-        waited = at
-        if not refs or not ray.is_initialized():
-            return
-        refs = _cancel_unfinished(refs)
 
 
 def concat(*chunks: list[Any]) -> list[Any]:
