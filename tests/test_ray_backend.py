@@ -354,6 +354,57 @@ def test_first_failure_cancels_the_slow_sibling(tmp_path: Path) -> None:
     assert count() == before, "the slow sibling is still running: it was not cancelled"
 
 
+_BACKGROUND_DRIVER = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to `python job.py &`
+import ray
+import rayrunnables as rr
+
+beats = sys.argv[1]
+
+def slow(x):
+    end = time.monotonic() + 20
+    next_beat = 0.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_beat:
+            with open(beats, "a") as f:
+                f.write(".")
+            next_beat = time.monotonic() + 0.1
+    return x
+
+def fail_once_slow_runs(x):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(beats) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError("the fail branch failed")
+
+ray.init(address="local", num_cpus=2, include_dashboard=False)
+try:
+    rr.RunnableParallel({"fail": fail_once_slow_runs, "slow": slow}).invoke(1, {"backend": "ray"})
+except ValueError:
+    pass
+time.sleep(1.5)
+before = os.path.getsize(beats)
+time.sleep(2.0)
+print("cancelled" if os.path.getsize(beats) == before else "still running")
+ray.shutdown()
+"""
+
+
+def test_cancel_reaches_running_siblings_when_the_driver_ignores_sigint(tmp_path: Path) -> None:
+    """A driver run as a background job has SIGINT ignored, and so would Ray's workers: a cancel then
+    does nothing. Our tasks restore Python's handler in their worker (a fresh Ray, in a subprocess)."""
+    import subprocess
+
+    script = tmp_path / "driver.py"
+    script.write_text(_BACKGROUND_DRIVER)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "beats")], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "cancelled", done.stdout
+
+
 def test_batch_failure_keeps_type_index_and_remote_traceback() -> None:
     with pytest.raises(ValueError, match="bad item 7") as info:
         RunnableLambda(maybe_fail).batch(list(range(12)), config=RAY)

@@ -7,6 +7,8 @@ own in-process meaning, so a step computes exactly what it computes on the local
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from typing import Any
 
 import ray
@@ -25,6 +27,7 @@ __all__ = [
     "cancel_pending",
     "concat",
     "convert",
+    "interruptible",
     "map_chunks",
     "pack",
     "raise_converted",
@@ -37,6 +40,30 @@ __all__ = [
 ]
 
 ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
+
+
+_interruptible_checked = False
+
+
+def interruptible() -> None:
+    """Let ``ray.cancel`` interrupt this worker's running task (once per worker process).
+
+    Ray's non-forced cancel raises ``KeyboardInterrupt`` through Python's SIGINT handler. A driver started
+    as a background job (``python job.py &``, ``nohup``) has SIGINT ignored, as POSIX shells do for
+    asynchronous commands; Ray's processes inherit that, Python then installs no handler, and a cancel
+    does nothing: the first failure would leave its running siblings to run to the end.
+    """
+    global _interruptible_checked
+    if _interruptible_checked:
+        return
+    _interruptible_checked = True
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not the main thread after all, or no signals here
+        pass
 
 
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
@@ -130,6 +157,7 @@ def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOu
 @ray.remote
 def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, recipe: Any, *values: Any) -> Any:
     """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
+    interruptible()
     value = rebuild(recipe, values)
     for path, node in steps:
         value = node._invoke(value, make_context(state, path))
@@ -176,6 +204,7 @@ def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_ex
 @ray.remote
 def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
     """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
+    interruptible()
     ctx = make_context(state)
     result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
     return sendable_outcomes(result, node, ctx, return_exceptions)
@@ -184,6 +213,7 @@ def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_excepti
 @ray.remote
 def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
     """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
+    interruptible()
     ctx = make_context(state)
     result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node, ctx,
                                return_exceptions=False)
@@ -221,6 +251,7 @@ def run_fanout_task(
     each: Any, state: ContextState, options: dict[str, Any], recipe: Any, *values: Any
 ) -> list[Any]:
     """A ``.map()`` over a list an earlier task computed: split here, beside the data, not in the driver."""
+    interruptible()
     items = each.check_input(rebuild(recipe, values), make_context(state))
     refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
     try:
