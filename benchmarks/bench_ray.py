@@ -1,6 +1,6 @@
 """Ray backend benchmarks (issue 3): rayrunnables on Ray side by side with its peers, in one run.
 
-    python benchmarks/bench_ray.py                   # full run (about 2 minutes on 2 cores)
+    python benchmarks/bench_ray.py                   # full run (about 3 minutes on 2 cores)
     python benchmarks/bench_ray.py --quick           # one round per method, fewer latency samples
     python benchmarks/bench_ray.py --write-results   # also replace the "## Ray backend" section of RESULTS.md
 
