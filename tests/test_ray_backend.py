@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cancel_steps import beats, fail_once_beating, heartbeat, still_beating
 
 ray = pytest.importorskip("ray")
 
@@ -319,74 +320,30 @@ def test_killed_worker_still_yields_every_result_once(how: str, tmp_path: Path) 
 
 # ---- 8. the first failure cancels its siblings ------------------------------------------------------------------
 def test_first_failure_cancels_the_slow_sibling(tmp_path: Path) -> None:
-    """The failing branch fails only once its sibling is running, so the cancel meets a running task.
-
-    The sibling is a busy loop: Ray's non-forced cancel interrupts Python between bytecodes, and it can
-    miss a task blocked in ``time.sleep`` or one that is just starting (ray-project/ray#32954, #32826;
-    both seen here as a sibling that ran on after a cancel)."""
-    beats = tmp_path / "slow-heartbeat"
-
-    def slow(x: Any) -> Any:  # up to 20 s of heartbeats: long enough to be running whatever the load
-        end = time.monotonic() + 20
-        next_beat = 0.0
-        while time.monotonic() < end:
-            if time.monotonic() >= next_beat:
-                with open(beats, "a") as f:
-                    f.write(".")
-                next_beat = time.monotonic() + 0.1
-        return x
-
-    def fail_once_slow_runs(x: Any) -> Any:
-        wait_for(beats.exists, 30, step=0.01)
-        raise ValueError("the fail branch failed")
-
-    def count() -> int:
-        return beats.stat().st_size if beats.exists() else 0
-
-    chain = rr.RunnableParallel({"fail": fail_once_slow_runs, "slow": slow})
+    """The failing branch fails only once its busy sibling is running: the cancel meets a running task."""
+    beating = str(tmp_path / "heartbeat")
+    chain = rr.RunnableParallel({"fail": fail_once_beating, "slow": heartbeat})
     with pytest.raises(ValueError, match="the fail branch failed") as info:
-        chain.invoke(1, config=RAY)
+        chain.invoke(beating, config=RAY)
     assert "parallel['fail']" in (rr.step_path_of(info.value) or "")
-    assert count() > 0  # it was running when the failure came
-    time.sleep(1.5)  # the cancel has landed
-    before = count()
-    time.sleep(2.0)
-    assert count() == before, "the slow sibling is still running: it was not cancelled"
+    assert beats(beating) > 0  # it was running when the failure came
+    assert not still_beating(beating), "the slow sibling is still running: it was not cancelled"
 
 
 _BACKGROUND_DRIVER = """
-import os, signal, sys, time
+import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to `python job.py &`
 import ray
 import rayrunnables as rr
-
-beats = sys.argv[1]
-
-def slow(x):
-    end = time.monotonic() + 20
-    next_beat = 0.0
-    while time.monotonic() < end:
-        if time.monotonic() >= next_beat:
-            with open(beats, "a") as f:
-                f.write(".")
-            next_beat = time.monotonic() + 0.1
-    return x
-
-def fail_once_slow_runs(x):
-    deadline = time.monotonic() + 30
-    while not os.path.exists(beats) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    raise ValueError("the fail branch failed")
+sys.path.insert(0, sys.argv[2])
+from cancel_steps import fail_once_beating, heartbeat, still_beating
 
 ray.init(address="local", num_cpus=2, include_dashboard=False)
 try:
-    rr.RunnableParallel({"fail": fail_once_slow_runs, "slow": slow}).invoke(1, {"backend": "ray"})
+    rr.RunnableParallel({"fail": fail_once_beating, "slow": heartbeat}).invoke(sys.argv[1], {"backend": "ray"})
 except ValueError:
     pass
-time.sleep(1.5)
-before = os.path.getsize(beats)
-time.sleep(2.0)
-print("cancelled" if os.path.getsize(beats) == before else "still running")
+print("still running" if still_beating(sys.argv[1]) else "cancelled")
 ray.shutdown()
 """
 
@@ -399,8 +356,9 @@ def test_cancel_reaches_running_siblings_when_the_driver_ignores_sigint(tmp_path
     script = tmp_path / "driver.py"
     script.write_text(_BACKGROUND_DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "beats")], capture_output=True, text=True,
-                          timeout=180, env=env)
+    tests_dir = str(Path(__file__).resolve().parent)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "beats"), tests_dir], capture_output=True,
+                          text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "cancelled", done.stdout
 

@@ -1,0 +1,42 @@
+"""Steps for the sibling-cancellation tests: a branch that beats a heartbeat file, and a branch that
+fails once the heartbeat has started, so the cancel always meets a running task.
+
+Module-level, so the subprocess driver of the SIGINT test imports the very same steps (rayrunnables
+ships this module to the workers by value). The input of both branches is the heartbeat file's path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def heartbeat(path: str) -> str:
+    """Up to 20 s of a busy loop that appends a byte every 0.1 s: running whatever the machine's load."""
+    end = time.monotonic() + 20
+    next_beat = 0.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_beat:
+            with open(path, "a") as f:
+                f.write(".")
+            next_beat = time.monotonic() + 0.1
+    return path
+
+
+def fail_once_beating(path: str) -> str:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError("the fail branch failed")
+
+
+def beats(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def still_beating(path: str) -> bool:
+    """Whether the heartbeat goes on once a cancel has had time to land."""
+    time.sleep(1.5)
+    before = beats(path)
+    time.sleep(2.0)
+    return beats(path) != before
