@@ -9,6 +9,7 @@ never starves it (no deadlock), while ``max_concurrency`` is enforced on user ca
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
@@ -99,16 +100,10 @@ def run_chunk(
     start = time.perf_counter()
     if getattr(node, "vectorized", False) and any(type(value) is PerItem for _, value in items):
         # one call per run of items sharing a config: a vectorized call has one config
-        groups: list[list[tuple[int, Any]]] = []
-        for index, value in items:
-            config = value.config if type(value) is PerItem else None
-            if groups and _config_of(groups[-1][0][1]) == config:
-                groups[-1].append((index, value))
-            else:
-                groups.append([(index, value)])
-        for group in groups:
-            _, group_ctx = _unwrap(group[0][1], ctx)
-            part = run_chunk(node, [(i, _unwrap(v, ctx)[0]) for i, v in group], group_ctx, return_exceptions, remote)
+        for config, group in itertools.groupby(items, key=lambda pair: _config_of(pair[1])):
+            group_ctx = ctx if config is None else ctx.with_config(config)
+            values = [(i, v.value if type(v) is PerItem else v) for i, v in group]
+            part = run_chunk(node, values, group_ctx, return_exceptions, remote)
             outcomes.extend(part.outcomes)
             if not return_exceptions and any(not ok for _, ok, _, _ in part.outcomes):
                 break

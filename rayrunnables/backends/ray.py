@@ -36,6 +36,7 @@ from .ray_pending import Const, writable_outcomes
 from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
 from .ray_shipping import find_unpicklable, ship_user_modules, walk
 from .ray_tasks import (
+    NOT_SENT,
     ContextState,
     cancel_pending,
     pack,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RayBackend", "RunStats"]
 
-_NOT_SENT = frozenset({"backend", "callbacks"})
 
 
 class RayBackend(Backend):
@@ -156,7 +156,7 @@ class RayBackend(Backend):
         return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
-        config = {k: v for k, v in ctx.config.items() if k not in _NOT_SENT}
+        config = {k: v for k, v in ctx.config.items() if k not in NOT_SENT}
         return (config, ctx.path, ctx.depth, ctx.limiters)
 
     def root_context(self, config: dict[str, Any]) -> RunContext:
@@ -254,11 +254,6 @@ class RayBackend(Backend):
             yield index, value
 
 
-def _sendable(item: PerItem) -> PerItem:
-    """An item's own config without what stays in the driver (as ``RayBackend.state`` does for the batch's)."""
-    return PerItem({k: v for k, v in item.config.items() if k not in _NOT_SENT}, item.value)
-
-
 class RayChunkRunner:
     """Chunk primitives for the shared scheduler: one Ray task per chunk, ``ray.wait`` for the window."""
 
@@ -281,7 +276,6 @@ class RayChunkRunner:
             remote = run_chunk_task.options(name=f"{node.label()} chunk", **options)
             prepared = self._prepared[id(node)] = (ray.put(node), remote)
         node_ref, remote = prepared
-        items = [(i, _sendable(v)) if type(v) is PerItem else (i, v) for i, v in items]
         if self.pool is not None:  # least-loaded member of the step's actor pool
             index = self.pool.pick()
             handle = self.pool.actors[index].run_chunk.remote(

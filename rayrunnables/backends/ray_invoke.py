@@ -19,7 +19,7 @@ from ray.exceptions import RayTaskError
 
 from .. import plan as planning
 from ..config import merge_configs
-from ..context import RunContext
+from ..context import RunContext, ThreadLimiter
 from ..fanout import POOL
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
@@ -64,8 +64,7 @@ class ActorLimiter:
 
     @staticmethod
     def create(n: int) -> ActorLimiter:
-        actor: Any = _SemaphoreActor
-        return ActorLimiter(actor.options(max_concurrency=n + 64, num_cpus=0).remote(n))
+        return ActorLimiter(_SemaphoreActor.options(max_concurrency=n + 64, num_cpus=0).remote(n))
 
     def acquire(self) -> None:
         ray.get(self.handle.acquire.remote())
@@ -74,18 +73,8 @@ class ActorLimiter:
         ray.get(self.handle.release.remote())
 
 
-@ray.remote
-class _SemaphoreActor:
-    def __init__(self, n: int) -> None:
-        import threading
-
-        self.sem = threading.BoundedSemaphore(n)
-
-    def acquire(self) -> None:
-        self.sem.acquire()
-
-    def release(self) -> None:
-        self.sem.release()
+# the in-process limiter, as a threaded actor: its semaphore is the one cap for the whole cluster
+_SemaphoreActor: Any = ray.remote(ThreadLimiter)
 
 
 class Invocation:

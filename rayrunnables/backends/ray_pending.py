@@ -78,19 +78,12 @@ def _own(value: Any, ndarray: type) -> Any:
         return value
     if isinstance(value, ndarray):
         return value if value.flags.writeable else value.copy()  # type: ignore[attr-defined]
-    if kind is list:
-        for i, item in enumerate(value):
+    if kind is list or kind is dict:
+        for key, item in enumerate(value) if kind is list else value.items():
             if type(item) not in _SCALARS:
                 owned = _own(item, ndarray)
                 if owned is not item:
-                    value[i] = owned
-        return value
-    if kind is dict:
-        for key, item in value.items():
-            if type(item) not in _SCALARS:
-                owned = _own(item, ndarray)
-                if owned is not item:
-                    value[key] = owned
+                    value[key] = owned  # an existing key or index: safe while iterating
         return value
     if kind is tuple:
         for item in value:

@@ -17,13 +17,14 @@ from ray.exceptions import RayTaskError
 
 from ..context import RunContext, isolate
 from ..errors import RemoteTraceback, UnpicklableOutputError, attach_step
-from ..fanout import ChunkResult, run_chunk
+from ..fanout import ChunkResult, PerItem, run_chunk
 from ..runnables.sequence import RunnableSequence
 from .ray_pending import rebuild
 from .ray_services import WORKER_SERVICES
 
 __all__ = [
     "ContextState",
+    "NOT_SENT",
     "cancel_pending",
     "concat",
     "convert",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
+
+# config keys that never leave the driver: the backend object, and LangChain callbacks (unpicklable)
+NOT_SENT = frozenset({"backend", "callbacks"})
 
 
 _interruptible_checked = False
@@ -106,7 +110,8 @@ def concat(*chunks: list[Any]) -> list[Any]:
     return out
 
 
-_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+_PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
+_PLAIN = frozenset(_PLAIN_TYPES)
 
 
 def _needs_pickle_check(value: Any, budget: list[int]) -> bool:
@@ -176,12 +181,21 @@ def pack(items: list[tuple[int, Any]]) -> bytes:
     here; every other item is private once unpickled and the worker need not copy it again.
     """
     seen: set[int] = set()
+
+    def unshared(value: Any) -> Any:
+        if id(value) in seen:
+            value = isolate(value)
+        seen.add(id(value))
+        return value
+
     private = []
     for index, value in items:
-        if not isinstance(value, (str, int, float, bool, bytes, type(None))):
-            if id(value) in seen:
-                value = isolate(value)
-            seen.add(id(value))
+        if not isinstance(value, _PLAIN_TYPES):
+            if type(value) is PerItem:  # its own config, less what stays in the driver (as ``state`` does)
+                inner = value.value if isinstance(value.value, _PLAIN_TYPES) else unshared(value.value)
+                value = PerItem({k: v for k, v in value.config.items() if k not in NOT_SENT}, inner)
+            else:
+                value = unshared(value)
         private.append((index, value))
     return ray_pickle.dumps(private)
 
