@@ -302,6 +302,19 @@ def _git_head() -> str:
     return f"commit {head}" + (" + uncommitted changes in rayrunnables/" if dirty else "")
 
 
+def neutral_environment(*extra: str) -> None:
+    """Drop the variables that would make one side of a comparison trace, or run somewhere else."""
+    for var in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING", "RAYRUNNABLES_BACKEND", *extra):
+        if os.environ.get(var):
+            print(f"note: ignoring {var}={os.environ[var]!r} for a fair comparison", file=sys.stderr)
+            os.environ.pop(var)
+
+
+def command_line(script: str) -> str:
+    """The command that reproduces this run, for the results' header."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(script), *sys.argv[1:]])
+
+
 def _cpu_busy(window: float) -> float | None:
     """Share of all cores busy over ``window`` seconds (Linux /proc/stat), or None where unknown."""
     def sample() -> tuple[int, int]:
@@ -423,16 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown workload(s) {sorted(unknown)}; known: {[w.name for w in WORKLOADS]}")
     if args.only and args.write_results:
         parser.error("--write-results needs every row of a section; drop --only")
-    for var in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING", "RAYRUNNABLES_BACKEND"):
-        if os.environ.get(var):
-            print(f"note: ignoring {var}={os.environ[var]!r} for a fair comparison", file=sys.stderr)
-            os.environ.pop(var)
+    neutral_environment()
 
     import rayrunnables
 
     opts = Options(quick=args.quick)
     env = environment()  # before the run, so the load average is the machine's, not ours
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
+    command = command_line(__file__)
     for section in SECTIONS.values():
         if not section.enabled(args):
             continue

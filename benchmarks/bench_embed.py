@@ -35,7 +35,6 @@ import datetime as _dt  # noqa: E402
 import itertools  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -49,7 +48,15 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import RESULTS_MD, _loadavg, environment, settle, write_results  # noqa: E402
+from bench_core import (  # noqa: E402
+    RESULTS_MD,
+    _loadavg,
+    command_line,
+    environment,
+    neutral_environment,
+    settle,
+    write_results,
+)
 
 HEADING = "Embedding workload (issue 4)"
 RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False}
@@ -166,15 +173,18 @@ def _embed_chunk(texts: list[str]) -> list[np.ndarray]:
     return _PROCESS_MODEL[0].batch(texts)
 
 
+def _chunks(docs: list[str]) -> list[list[str]]:
+    return [docs[i : i + CHUNK] for i in range(0, len(docs), CHUNK)]
+
+
 def process_pool(docs: list[str]) -> list[np.ndarray]:
     """Reference: the stdlib, by hand: a model per process (initializer), chunks of ``CHUNK`` documents."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    chunks = [docs[i : i + CHUNK] for i in range(0, len(docs), CHUNK)]
     ctx = multiprocessing.get_context("spawn")  # this process runs Ray's threads: no fork
     with ProcessPoolExecutor(POOL, mp_context=ctx, initializer=_load_in_process) as pool:
-        return [vector for part in pool.map(_embed_chunk, chunks) for vector in part]
+        return [vector for part in pool.map(_embed_chunk, _chunks(docs)) for vector in part]
 
 
 _CEILING_POOL: list[Any] = []
@@ -191,8 +201,7 @@ def machine_ceiling(docs: list[str]) -> list[np.ndarray]:
                                    initializer=_load_in_process)
         list(pool.map(_embed_chunk, [docs[:2]] * POOL))
         _CEILING_POOL.append(pool)
-    chunks = [docs[i : i + CHUNK] for i in range(0, len(docs), CHUNK)]
-    return [vector for part in _CEILING_POOL[0].map(_embed_chunk, chunks) for vector in part]
+    return [vector for part in _CEILING_POOL[0].map(_embed_chunk, _chunks(docs)) for vector in part]
 
 
 class _Empty:
@@ -422,16 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"replace the '## {HEADING}' section of {RESULTS_MD.relative_to(HERE.parent)} (or append it)",
     )
     args = parser.parse_args(argv)
-    for var in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING", "RAYRUNNABLES_BACKEND", "RAY_ADDRESS"):
-        if os.environ.get(var):
-            print(f"note: ignoring {var}={os.environ[var]!r} for a fair comparison", file=sys.stderr)
-            os.environ.pop(var)
+    neutral_environment("RAY_ADDRESS")
 
     import ray
     import ray.data  # before timing: pandas and pyarrow take seconds to load
 
     env = environment()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
+    command = command_line(__file__)
     rounds = 1 if args.quick else args.rounds
     started = time.perf_counter()
     docs = make_docs(2_000 if args.quick else DOCS)

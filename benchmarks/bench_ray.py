@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import multiprocessing
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -40,7 +38,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import RESULTS_MD, _loadavg, environment, settle, write_results  # noqa: E402
+from bench_core import (  # noqa: E402
+    RESULTS_MD,
+    _loadavg,
+    command_line,
+    environment,
+    neutral_environment,
+    settle,
+    write_results,
+)
 
 HEADING = "Ray backend"
 RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False}
@@ -319,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"replace the '## {HEADING}' section of {RESULTS_MD.relative_to(HERE.parent)} (or append it)",
     )
     args = parser.parse_args(argv)
-    for var in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING", "RAYRUNNABLES_BACKEND", "RAY_ADDRESS"):
-        if os.environ.get(var):
-            print(f"note: ignoring {var}={os.environ[var]!r} for a fair comparison", file=sys.stderr)
-            os.environ.pop(var)
+    neutral_environment("RAY_ADDRESS")
 
     import langchain_core.runnables as lc
     import ray
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     import rayrunnables as rr
 
     env = environment()  # before Ray starts, so the load average is the machine's, not ours
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
+    command = command_line(__file__)
     rounds = 1 if args.quick else CPU_ROUNDS
     started = time.perf_counter()
     loops = calibrate(CPU_ITEM_S)  # before Ray starts: its worker processes boot in the background
