@@ -20,6 +20,7 @@ from ..errors import StepConstructionError
 from ..fanout import ChunkResult, run_chunk
 from ..runnables.actor import RunnableActor
 from ..services import TokenBucket
+from .ray_outputs import producer, sendable_outcomes, unsendable
 from .ray_pending import rebuild, writable
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
@@ -112,8 +113,6 @@ class _StepActor:
         return RunContext(config, base if path is None else path, None, limiters, depth, self.services)
 
     def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
-        from .ray_tasks import producer, unsendable  # (ray_tasks imports this module)
-
         value = self.node._invoke(rebuild(recipe, values), self.context(state, path))
         error = unsendable(value, producer(self.node, path))
         if error is not None:
@@ -128,15 +127,11 @@ class _StepActor:
 
     def run_chunk(self, node: Any, packed: bytes, state: Any, return_exceptions: bool) -> ChunkResult:
         """``node`` is this step, possibly wrapped (options, rate limit); it runs on our instance."""
-        from .ray_tasks import sendable_outcomes
-
         ctx = self.context(state)
         result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
         return sendable_outcomes(result, node, ctx, return_exceptions)
 
     def run_list(self, node: Any, packed: bytes, state: Any) -> list[Any]:
-        from .ray_tasks import sendable_outcomes
-
         ctx = self.context(state)
         result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node,
                                    ctx, return_exceptions=False)

@@ -16,9 +16,9 @@ import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
 from ..context import RunContext, isolate
-from ..errors import RemoteTraceback, UnpicklableOutputError, attach_step
+from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, PerItem, run_chunk
-from ..runnables.sequence import RunnableSequence
+from .ray_outputs import PLAIN_TYPES, producer, sendable_outcomes, unsendable
 from .ray_pending import rebuild
 from .ray_services import WORKER_SERVICES
 
@@ -110,55 +110,6 @@ def concat(*chunks: list[Any]) -> list[Any]:
     return out
 
 
-_PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
-_PLAIN = frozenset(_PLAIN_TYPES)
-
-
-def _needs_pickle_check(value: Any, budget: list[int]) -> bool:
-    """Whether ``value`` holds anything but plain data, numpy arrays and containers of them (a bounded
-    look: past ``budget`` values, the rest is trusted). Plain data always pickles; the rest is tried."""
-    budget[0] -= 1
-    if budget[0] < 0 or type(value) in _PLAIN:
-        return False
-    if type(value) in (list, tuple):
-        return any(_needs_pickle_check(item, budget) for item in value)
-    if type(value) is dict:
-        return any(_needs_pickle_check(k, budget) or _needs_pickle_check(v, budget) for k, v in value.items())
-    return type(value).__module__ != "numpy"
-
-
-def producer(node: Any, path: tuple[str, ...]) -> str:
-    """The path of the step whose output ``node`` returns: a sequence's is its last step's."""
-    parts = list(path)
-    while isinstance(node, RunnableSequence) and node.steps:
-        if node.name:
-            parts.append(f"'{node.name}'")
-        parts.append(f"step {len(node.steps)}")
-        node = node.steps[-1]
-    parts.append(node.label())
-    return " > ".join(parts)
-
-
-def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOutputError | None:
-    """The error to report if ``value`` cannot leave this worker, naming the step (and the item).
-
-    Ray would otherwise fail while storing the task's result, with a bare ``TypeError`` naming neither,
-    and lose every other item of the chunk with it."""
-    if not _needs_pickle_check(value, [256]):
-        return None
-    try:
-        ray_pickle.dumps(value)
-    except Exception as exc:
-        item = "" if index is None else f" for item {index}"
-        error = UnpicklableOutputError(
-            f"{path}: its output{item} ({type(value).__name__}) cannot be sent back from the Ray worker: "
-            f"{type(exc).__name__}: {exc}. Return plain data (or build the object where it is used)."
-        )
-        attach_step(error, path, index)
-        return error
-    return None
-
-
 @ray.remote
 def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, recipe: Any, *values: Any) -> Any:
     """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
@@ -190,29 +141,14 @@ def pack(items: list[tuple[int, Any]]) -> bytes:
 
     private = []
     for index, value in items:
-        if not isinstance(value, _PLAIN_TYPES):
+        if not isinstance(value, PLAIN_TYPES):
             if type(value) is PerItem:  # its own config, less what stays in the driver (as ``state`` does)
-                inner = value.value if isinstance(value.value, _PLAIN_TYPES) else unshared(value.value)
+                inner = value.value if isinstance(value.value, PLAIN_TYPES) else unshared(value.value)
                 value = PerItem({k: v for k, v in value.config.items() if k not in NOT_SENT}, inner)
             else:
                 value = unshared(value)
         private.append((index, value))
     return ray_pickle.dumps(private)
-
-
-def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
-    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay."""
-    path = producer(node, ctx.path)
-    outcomes = result.outcomes
-    for n, (index, ok, value, _) in enumerate(outcomes):
-        if ok and type(value) not in _PLAIN:  # plain values (most items) cost one set lookup
-            error = unsendable(value, path, index)
-            if error is not None:
-                outcomes[n] = (index, False, error, None)
-                if not return_exceptions:
-                    del outcomes[n + 1 :]
-                    break
-    return result
 
 
 @ray.remote

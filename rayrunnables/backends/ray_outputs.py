@@ -1,0 +1,80 @@
+"""What may leave a Ray worker: a step's output is checked before Ray stores it, so one that cannot be
+pickled is reported as that item's error, naming the step, instead of failing the whole task inside
+Ray's serializer. Used by the tasks and by the actor pools' methods alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.cloudpickle as ray_pickle
+
+from ..context import RunContext
+from ..errors import UnpicklableOutputError, attach_step
+from ..fanout import ChunkResult
+from ..runnables.sequence import RunnableSequence
+
+__all__ = ["PLAIN_TYPES", "producer", "sendable_outcomes", "unsendable"]
+
+PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
+_PLAIN = frozenset(PLAIN_TYPES)
+
+
+def _needs_pickle_check(value: Any, budget: list[int]) -> bool:
+    """Whether ``value`` holds anything but plain data, numpy arrays and containers of them (a bounded
+    look: past ``budget`` values, the rest is trusted). Plain data always pickles; the rest is tried."""
+    budget[0] -= 1
+    if budget[0] < 0 or type(value) in _PLAIN:
+        return False
+    if type(value) in (list, tuple):
+        return any(_needs_pickle_check(item, budget) for item in value)
+    if type(value) is dict:
+        return any(_needs_pickle_check(k, budget) or _needs_pickle_check(v, budget) for k, v in value.items())
+    return type(value).__module__ != "numpy"
+
+
+def producer(node: Any, path: tuple[str, ...]) -> str:
+    """The path of the step whose output ``node`` returns: a sequence's is its last step's."""
+    parts = list(path)
+    while isinstance(node, RunnableSequence) and node.steps:
+        if node.name:
+            parts.append(f"'{node.name}'")
+        parts.append(f"step {len(node.steps)}")
+        node = node.steps[-1]
+    parts.append(node.label())
+    return " > ".join(parts)
+
+
+def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOutputError | None:
+    """The error to report if ``value`` cannot leave this worker, naming the step (and the item).
+
+    Ray would otherwise fail while storing the task's result, with a bare ``TypeError`` naming neither,
+    and lose every other item of the chunk with it."""
+    if not _needs_pickle_check(value, [256]):
+        return None
+    try:
+        ray_pickle.dumps(value)
+    except Exception as exc:
+        item = "" if index is None else f" for item {index}"
+        error = UnpicklableOutputError(
+            f"{path}: its output{item} ({type(value).__name__}) cannot be sent back from the Ray worker: "
+            f"{type(exc).__name__}: {exc}. Return plain data (or build the object where it is used)."
+        )
+        attach_step(error, path, index)
+        return error
+    return None
+
+
+def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
+    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay."""
+    path = producer(node, ctx.path)
+    outcomes = result.outcomes
+    for n, (index, ok, value, _) in enumerate(outcomes):
+        if ok and type(value) not in _PLAIN:  # plain values (most items) cost one set lookup
+            error = unsendable(value, path, index)
+            if error is not None:
+                outcomes[n] = (index, False, error, None)
+                if not return_exceptions:
+                    del outcomes[n + 1 :]
+                    break
+    return result
