@@ -36,6 +36,10 @@ class ChunkRunner(Protocol):
     target_chunk_seconds: float
     default_window: int
 
+    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
+        """Whether ``submit`` runs ``node``'s chunks in the calling thread (they are then taken one by one)."""
+        ...
+
     def submit(
         self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
     ) -> Any: ...
@@ -115,9 +119,12 @@ def iter_batch(
     held_cap = 2 * window
     next_index = 0
     exhausted = False
+    # a runner that runs a computing step's chunks inline, in this thread, gets them one at a time: a
+    # failure then stops the batch at once, and ``imap`` yields as it goes
     try:
         while True:
-            while not exhausted and len(in_flight) < window and (not ordered or len(open_ends) < held_cap):
+            limit = 1 if runner.runs_inline(node) else window
+            while not exhausted and len(in_flight) < limit and (not ordered or len(open_ends) < held_cap):
                 items = list(itertools.islice(source, sizer.next(remaining)))
                 if not items:
                     exhausted = True

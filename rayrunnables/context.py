@@ -7,7 +7,6 @@ its full path (``step 1 > parallel['context'] > step 2 > lambda 'embed'``) witho
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 from .config import DEFAULT_RECURSION_LIMIT
 from .errors import StepRecursionError
 from .services import LOCAL_SERVICES, Services
+from .sharing import isolate
 
 __all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled", "isolate"]
 
@@ -171,18 +171,3 @@ class ThreadLimiter:
 
     def release(self) -> None:
         self._sem.release()
-
-
-_ATOMIC = (str, int, float, bool, bytes, type(None), complex, frozenset)
-
-
-def isolate(value: Any) -> Any:
-    """A private copy of a mutable input, so siblings never see each other's mutations (as on Ray)."""
-    if isinstance(value, _ATOMIC):
-        return value
-    if isinstance(value, tuple) and all(isinstance(v, _ATOMIC) for v in value):
-        return value
-    try:
-        return copy.deepcopy(value)
-    except Exception:  # objects that refuse to be copied (locks, clients) are shared, as LangChain does
-        return value

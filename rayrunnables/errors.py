@@ -19,6 +19,7 @@ __all__ = [
     "BackendError",
     "StepConstructionError",
     "VectorizedOutputError",
+    "ReadOnlyInputError",
     "RemoteTraceback",
     "attach_step",
     "step_path_of",
@@ -63,6 +64,11 @@ class StepConstructionError(RayRunnablesError, RuntimeError):
 
 class VectorizedOutputError(RayRunnablesError, ValueError):
     """A vectorized (batched) step returned a different number of outputs than it got inputs."""
+
+
+class ReadOnlyInputError(RayRunnablesError, ValueError):
+    """A step wrote into a numpy array it received: inputs are shared between branches and items
+    without copying, as read-only views (Ray's object store hands them out read-only too)."""
 
 
 class BackendError(RayRunnablesError, RuntimeError):

@@ -15,8 +15,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .context import Cancelled, RunContext, isolate
+from .context import RunContext
 from .errors import attach_step
+from .execution import COMPUTING, subtree_class
+from .sharing import freeze, isolate
 
 if TYPE_CHECKING:
     from .runnables.base import Runnable
@@ -27,26 +29,48 @@ POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
 
 
 def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable[Any, Any]]]) -> list[Any]:
-    """Run every branch on its own copy of ``input``; the first failure in time is raised at once."""
+    """Run every branch on its own share of ``input``; the first failure in time is raised at once.
+
+    Branches that wait (or are not learned yet) overlap in threads; branches that compute run inline in
+    this thread, meanwhile: in threads they would only take turns at the GIL, and pay a hand-off each.
+    """
     if not branches:
         return []
     forked = ctx.fork()
-    futures: list[Future[Any]] = [
-        POOL.submit(step._invoke, isolate(input), forked.child(segment)) for segment, step in branches
-    ]
+    failures: list[BaseException] = []  # in the order they happened: the first one is raised
+
+    def run(segment: str, step: Runnable[Any, Any]) -> Any:
+        try:
+            return step._invoke(isolate(input), forked.child(segment))
+        except BaseException as exc:
+            failures.append(exc)
+            forked.cancel.cancel()  # siblings stop at their next step
+            raise
+
+    threaded = [subtree_class(step) != COMPUTING for _, step in branches]
+    if sum(threaded) == 1 and len(branches) == 1:
+        threaded = [False]  # one branch alone: nothing to overlap with
+    futures = {n: POOL.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
+    results: list[Any] = [None] * len(branches)
     try:
-        for future in as_completed(futures):
-            exc = future.exception()
-            if exc is not None and not isinstance(exc, Cancelled):
-                raise exc
-            if isinstance(exc, Cancelled):  # our parent was cancelled: stop quietly
-                raise exc
-    except BaseException:
+        for n, in_thread in enumerate(threaded):
+            if not in_thread:
+                if failures:
+                    raise failures[0]
+                results[n] = run(*branches[n])
+        for future in as_completed(futures.values()):
+            if future.exception() is not None:
+                raise failures[0]
+    except BaseException as exc:
         forked.cancel.cancel()
-        for future in futures:
+        for future in futures.values():
             future.cancel()
+        if failures and failures[0] is not exc:
+            raise failures[0] from None
         raise
-    return [future.result() for future in futures]
+    for n, future in futures.items():
+        results[n] = future.result()
+    return results
 
 
 class PerItem:
@@ -110,7 +134,7 @@ def run_chunk(
         return ChunkResult(outcomes, time.perf_counter() - start)
     if getattr(node, "vectorized", False):
         try:
-            values = [value if remote else isolate(value) for _, value in items]
+            values = [freeze(value) if remote else isolate(value) for _, value in items]
             outputs = node._invoke_batch(values, ctx)  # type: ignore[attr-defined]
         except Exception as exc:  # the one call failed: every item of the chunk carries its error
             path = ctx.path_str if ctx.path else node.label()
@@ -123,11 +147,13 @@ def run_chunk(
             (i, True, out, None) for (i, _), out in zip(items, outputs, strict=True)
         ]
         return ChunkResult(done, time.perf_counter() - start)
-    private = remote  # items unpickled in a worker are already private copies (``pack`` saw to shared ones)
+    # items unpickled in a worker are private copies already (``pack`` saw to shared ones): their arrays
+    # are only marked read-only, as the local backend's shared views are
+    share = freeze if remote else isolate
     for index, item in items:
         value, item_ctx = _unwrap(item, ctx)
         try:
-            outcomes.append((index, True, node._invoke(value if private else isolate(value), item_ctx), None))
+            outcomes.append((index, True, node._invoke(share(value), item_ctx), None))
         except Exception as exc:
             attach_step(exc, ctx.path_str if ctx.path else node.label(), index)
             tb = _format(exc) if remote else None
@@ -144,17 +170,25 @@ def _format(exc: BaseException) -> str:
 
 
 class ThreadChunkRunner:
-    """Chunk primitives on the shared thread pool, for the scheduler in ``batching``."""
+    """Chunk primitives for the scheduler in ``batching``: chunks of waiting (or not yet learned) steps
+    overlap on the shared thread pool; chunks of computing steps run inline, in the calling thread."""
 
     target_chunk_seconds = 0.001
 
     def __init__(self, window: int = 32) -> None:
         self.default_window = window
 
+    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
+        return subtree_class(node) == COMPUTING
+
     def submit(
         self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
     ) -> Future[ChunkResult]:
-        return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
+        if not self.runs_inline(node):
+            return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
+        done: Future[ChunkResult] = Future()
+        done.set_result(run_chunk(node, items, ctx, return_exceptions))
+        return done
 
     def wait(self, handles: list[Future[ChunkResult]]) -> list[Future[ChunkResult]]:
         done, _ = wait(handles, return_when=FIRST_COMPLETED)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import rayrunnables
+import rayrunnables as rr
 from rayrunnables import (
     InputTypeError,
     RunnableBranch,
@@ -410,7 +411,40 @@ def test_a_step_may_change_an_array_it_received_in_place(cfg: dict[str, Any]) ->
         lambda d: scale_in_place(d["a"])
     )
     assert fanned.invoke(1, config=cfg)["small"].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_arrays_shared_with_siblings_are_read_only(cfg: dict[str, Any]) -> None:
+    """``.map()`` items, batch items, fan-out branches and the chain's input share arrays as read-only
+    views (nothing copied); writing into one is a clear error naming the step, on every backend."""
     mapped = RunnableLambda(lambda n: [vectors(i) for i in range(n)]).with_options(num_cpus=1) | RunnableLambda(
         scale_in_place
     ).map()
-    assert [v["small"][0] for v in mapped.invoke(3, config=cfg)] == [2.0, 2.0, 2.0]
+    with pytest.raises(rr.ReadOnlyInputError, match=r"lambda 'scale_in_place'.*copy first") as info:
+        mapped.invoke(3, config=cfg)
+    assert isinstance(info.value, ValueError)
+    assert rr.step_path_of(info.value) == "step 2 > map > lambda 'scale_in_place'"
+    assert rr.item_index_of(info.value) == 0
+    fanned = RunnableParallel({"a": scale_in_place, "b": lambda d: float(d["big"].sum())})
+    with pytest.raises(rr.ReadOnlyInputError, match="parallel\\['a'\\]"):
+        fanned.invoke(vectors(0), config=cfg)
+    outs = RunnableLambda(scale_in_place).batch([vectors(0), 1], config=cfg, return_exceptions=True)
+    assert all(isinstance(o, rr.ReadOnlyInputError) for o in outs[:1]) and isinstance(outs[1], TypeError)
+
+
+def test_shared_arrays_are_views_and_what_the_caller_gets_is_writable(cfg: dict[str, Any]) -> None:
+    import numpy as np
+
+    seen: list[bool] = []
+
+    def reads(d: dict[str, Any]) -> float:
+        seen.append(bool(d["big"].flags.writeable))
+        return float(d["big"][:10].sum())
+
+    data = vectors(0)
+    out = RunnableParallel({"a": reads, "b": reads, "same": RunnablePassthrough()}).invoke(data, config=cfg)
+    assert out["a"] == out["b"] == 10.0
+    if cfg["backend"] == "local":
+        assert seen == [False, False]
+        assert np.shares_memory(out["same"]["big"], data["big"])  # a view of the caller's array, not a copy
+    assert out["same"]["big"].flags.writeable and data["big"].flags.writeable
+    out["same"]["small"][0] = 5.0  # the caller may write into what it got back

@@ -14,6 +14,7 @@ EXPECTED_ALL = {
     "InputTypeError",
     "OptionsError",
     "RayRunnablesError",
+    "ReadOnlyInputError",
     "Runnable",
     "RunnableAssign",
     "RunnableBinding",

@@ -28,6 +28,9 @@ class ScriptedRunner:
         self.sizes: list[int] = []
         self.done: dict[int, ChunkResult] = {}
 
+    def runs_inline(self, node: Any) -> bool:
+        return False
+
     def submit(self, node: Any, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool) -> Any:
         self.sizes.append(len(items))
         outcomes = [(i, True, node.invoke(x), None) for i, x in items]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..context import isolate
 from ..fanout import ThreadChunkRunner
+from ..sharing import isolate, writable
 from .base import Backend
 
 if TYPE_CHECKING:
@@ -17,10 +18,11 @@ __all__ = ["LocalBackend"]
 
 
 class LocalBackend(Backend):
-    """Runs the chain in this process; concurrent branches and items use threads.
+    """Runs the chain in this process: computing steps inline, waiting steps overlapping in threads.
 
-    The caller's input is copied on entry when mutable, so a step mutating its input behaves as on
-    Ray (where every task receives its own copy).
+    The caller's input is shared on entry as Ray shares it (containers rebuilt, arrays as read-only
+    views: ``rayrunnables.sharing``), so a step mutating its input behaves as on Ray; what the caller
+    gets back is writable.
     """
 
     name = "local"
@@ -29,10 +31,17 @@ class LocalBackend(Backend):
         self._runner = ThreadChunkRunner(window=max_workers)
 
     def invoke(self, node: Runnable[Any, Any], input: Any, config: dict[str, Any]) -> Any:
-        return node._invoke(isolate(input), self.root_context(config))
+        return writable(node._invoke(isolate(input), self.root_context(config)))
 
     def stream(self, node: Runnable[Any, Any], input: Any, config: dict[str, Any]) -> Iterator[Any]:
-        yield from node._stream(isolate(input), self.root_context(config))
+        for chunk in node._stream(isolate(input), self.root_context(config)):
+            yield writable(chunk)
+
+    def iter_batch(self, node: Runnable[Any, Any], inputs: Iterable[Any], config: dict[str, Any],
+                   **kwargs: Any) -> Iterator[tuple[int, Any]]:
+        with contextlib.closing(super().iter_batch(node, inputs, config, **kwargs)) as pairs:
+            for index, value in pairs:
+                yield index, writable(value)
 
     def chunk_runner(self, config: dict[str, Any]) -> ChunkRunner:
         return self._runner

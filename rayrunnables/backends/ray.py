@@ -24,15 +24,16 @@ from ray.exceptions import RayTaskError
 from .. import plan as planning
 from ..batching import iter_batch
 from ..config import merge_configs
-from ..context import RunContext, isolate
+from ..context import RunContext
 from ..errors import BackendError, UnpicklableStepError
 from ..fanout import ChunkResult, PerItem, ThreadChunkRunner
+from ..sharing import isolate, writable_outcomes
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
 from .base import Backend
 from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
-from .ray_pending import Const, writable_outcomes
+from .ray_pending import Const, Share
 from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
 from .ray_shipping import find_unpicklable, ship_user_modules, walk
 from .ray_tasks import (
@@ -170,7 +171,7 @@ class RayBackend(Backend):
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
         try:
-            return run.materialize(run.submit(planning.plan(node), Const(input)))
+            return run.materialize(run.submit(planning.plan(node), Share(Const(input))))
         finally:
             run.close()
 
@@ -179,7 +180,7 @@ class RayBackend(Backend):
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
         try:
-            pending = await asyncio.to_thread(run.submit, planning.plan(node), Const(input))
+            pending = await asyncio.to_thread(run.submit, planning.plan(node), Share(Const(input)))
             return await run.amaterialize(pending)
         finally:
             run.close()
@@ -267,6 +268,9 @@ class RayChunkRunner:
         self.default_window = 2 * (len(self.pool.actors) if self.pool else backend.parallelism())
         self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
         self._actor_of_handle: dict[Any, int] = {}
+
+    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
+        return False
 
     def submit(self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext,
                return_exceptions: bool) -> Any:

@@ -21,11 +21,12 @@ from .. import plan as planning
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
 from ..fanout import POOL
+from ..sharing import writable
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.passthrough import require_dict
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
-from .ray_pending import Apply, Const, Pending, Ref, flatten, rebuild
+from .ray_pending import Apply, Const, Pending, Ref, Share, flatten, owned, rebuild, shared, unmarked
 from .ray_services import WORKER_SERVICES
 from .ray_shipping import walk
 from .ray_tasks import (
@@ -118,13 +119,15 @@ class Invocation:
             self.stats.tasks.append(unit.name)
             return Ref(ref)
         if isinstance(unit, planning.Seq):
-            for part in unit.parts:
-                pending = self.submit(part, pending)
+            for n, part in enumerate(unit.parts):
+                pending = self.submit(part, owned(pending) if n else pending)
             return pending
         if isinstance(unit, planning.Fan):
-            if isinstance(pending, Const) and len(unit.branches) > 1 and not _is_small(pending.value):
-                pending = Ref(ray.put(pending.value))  # one copy in the object store for every branch
+            base = unmarked(pending)
+            if isinstance(base, Const) and len(unit.branches) > 1 and not _is_small(base.value):
+                pending = Ref(ray.put(base.value))  # one copy in the object store for every branch
                 self.stats.puts += 1
+            pending = shared(pending)  # every branch reads it, none copies it
             if any(_has_barrier(branch) for branch in unit.branches):
                 # a branch that waits in the driver must not hold back its siblings' submission
                 futures = [POOL.submit(self.submit, branch, pending) for branch in unit.branches]
@@ -153,8 +156,8 @@ class Invocation:
             value = self.materialize(pending, barrier=True)
             ctx = RunContext(state[0], unit.path, None, self.ctx.limiters, 0, WORKER_SERVICES)
             return Const(unit.node._invoke(value, ctx))
-        if isinstance(pending, Const):
-            items = unit.node.check_input(pending.value, RunContext(path=unit.path))
+        if isinstance(unmarked(pending), Const):
+            items = unit.node.check_input(unmarked(pending).value, RunContext(path=unit.path))  # type: ignore[union-attr]
             pool = self.backend.pool_of(unit.node.bound)
             refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
             self.submitted.extend(refs)
@@ -173,11 +176,12 @@ class Invocation:
         assert listeners is not None
         config = self.ctx.config
         value = self.materialize(pending, barrier=True)
+        as_given = Share(Const(value)) if isinstance(pending, Share) else Const(value)
         run = Run(name=config.get("run_name") or unit.node.get_name(), inputs=value,
                   tags=list(config.get("tags", [])), metadata=dict(config.get("metadata", {})))
         notify_listener(listeners.on_start, run, config)
         try:
-            run.outputs = self.materialize(self.submit(unit.inner, Const(value)), barrier=True)
+            run.outputs = self.materialize(self.submit(unit.inner, as_given), barrier=True)
         except Exception as exc:
             run.error, run.end_time = exc, time.time()
             notify_listener(listeners.on_error, run, config)
@@ -201,6 +205,8 @@ class Invocation:
             raise
 
     def materialize(self, pending: Pending, barrier: bool = False) -> Any:
+        """The value in the driver: for a step that runs here (``barrier``) shared as any step's input
+        is, else, as the caller's result, writable (an array from the object store copied once, here)."""
         recipe, refs = flatten(pending)
         if refs and barrier:
             self.stats.barriers += 1
@@ -209,7 +215,8 @@ class Invocation:
             while remaining:  # first failure in time: look at each result as it lands
                 ready, remaining = ray.wait(remaining, num_returns=1)
                 ray.get(ready)
-            return rebuild(recipe, ray.get(refs) if refs else [])
+            value = rebuild(recipe, ray.get(refs) if refs else [], driver=True)
+            return value if barrier else writable(value)
 
     async def amaterialize(self, pending: Pending) -> Any:
         recipe, refs = flatten(pending)
@@ -221,7 +228,7 @@ class Invocation:
                     for fut in done:
                         if fut.exception() is not None:
                             raise fut.exception()  # type: ignore[misc]
-                return rebuild(recipe, [f.result() for f in futures])
+                return writable(rebuild(recipe, [f.result() for f in futures], driver=True))
         finally:
             for fut in futures:
                 fut.cancel()

@@ -14,6 +14,8 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
+from ..execution import UNKNOWN, measured, profile_of
+from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 
 __all__ = ["RunnableActor", "check_batch_output", "has_call"]
@@ -36,6 +38,8 @@ def check_batch_output(node: Runnable[Any, Any], ctx: RunContext, got: Any, expe
 @dataclass(frozen=True, eq=False, init=False)
 class RunnableActor(Runnable[Any, Any]):
     """``RunnableActor(Embedder, "model-name", pool_size=2)``; options via ``.with_options(num_cpus=...)``."""
+
+    learns = True
 
     cls: type
     args: tuple[Any, ...]
@@ -71,6 +75,21 @@ class RunnableActor(Runnable[Any, Any]):
     def vectorized(self) -> bool:
         return callable(getattr(self.cls, "batch", None))
 
+    def _call(self, fn: Any, arg: Any, ctx: RunContext) -> Any:
+        """One call of the instance (or of its ``batch``), measured while its class is being learned."""
+        with ctx.call_slot():
+            try:
+                profile = self.__dict__.get("_profile")
+                if profile is None or profile.kind == UNKNOWN:
+                    return measured(profile or profile_of(self), fn, arg)
+                return fn(arg)
+            except Exception as exc:
+                path = ctx.child(self.label()).path_str
+                if is_readonly_write(exc):
+                    raise readonly_input_error(exc, path) from exc
+                attach_step(exc, path)
+                raise
+
     def construct(self) -> Any:
         """Build the instance; a failing constructor becomes one clear error naming the step."""
         try:
@@ -80,21 +99,11 @@ class RunnableActor(Runnable[Any, Any]):
 
     def _invoke(self, input: Any, ctx: RunContext) -> Any:
         instance = ctx.services.instance(self)
-        with ctx.call_slot():
-            try:
-                if has_call(type(instance)):
-                    return instance(input)
-                return check_batch_output(self, ctx, instance.batch([input]), 1)[0]
-            except Exception as exc:
-                attach_step(exc, ctx.child(self.label()).path_str)
-                raise
+        if has_call(type(instance)):
+            return self._call(instance, input, ctx)
+        return check_batch_output(self, ctx, self._call(instance.batch, [input], ctx), 1)[0]
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
         instance = ctx.services.instance(self)
-        with ctx.call_slot():
-            try:
-                got = instance.batch(inputs)
-            except Exception as exc:
-                attach_step(exc, ctx.child(self.label()).path_str)
-                raise
+        got = self._call(instance.batch, inputs, ctx)
         return check_batch_output(self, ctx, got, len(inputs))

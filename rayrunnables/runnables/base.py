@@ -35,6 +35,16 @@ class Runnable(Generic[Input, Output]):
     """
 
     name: str | None
+    #: whether the node calls a user function itself, so its execution class is learned from its calls
+    learns = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a node learned in this process (``rayrunnables.execution``) stays here: every process,
+        every Ray worker, learns for itself."""
+        state = self.__dict__
+        if "_profile" in state or "_class" in state:
+            state = {k: v for k, v in state.items() if k not in ("_profile", "_class")}
+        return state
 
     # ---- what a node is ------------------------------------------------------------------------
     def get_name(self) -> str:

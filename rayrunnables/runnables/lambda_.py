@@ -10,6 +10,8 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..errors import attach_step
+from ..execution import UNKNOWN, measured, profile_of
+from ..sharing import is_readonly_write, readonly_input_error
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
 
@@ -42,6 +44,8 @@ class RunnableLambda(Runnable[Input, Output]):
     ``batched=True`` marks a vectorized function: it takes a list of inputs and returns a list of outputs,
     and ``.map()``/``batch`` call it once per chunk.
     """
+
+    learns = True
 
     func: Callable[..., Any]
     afunc: Callable[..., Any] | None = None
@@ -117,11 +121,18 @@ class RunnableLambda(Runnable[Input, Output]):
 
     def _guarded(self, input: Any, ctx: RunContext) -> Any:
         try:
+            profile = self.__dict__.get("_profile")
+            if profile is None or profile.kind == UNKNOWN:  # still learning whether it computes or waits
+                if not self.is_async:
+                    return measured(profile or profile_of(self), self._call, input, ctx)
             if self.wants_config or self.is_async or self.is_generator:
                 return self._call(input, ctx)
             return self.func(input)
         except Exception as exc:
-            attach_step(exc, ctx.child(self.label()).path_str)
+            path = ctx.child(self.label()).path_str
+            if is_readonly_write(exc):
+                raise readonly_input_error(exc, path) from exc
+            attach_step(exc, path)
             raise
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:

@@ -9,6 +9,8 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..errors import InputTypeError, attach_step
+from ..execution import UNKNOWN, measured, profile_of
+from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 from .parallel import RunnableParallel
 
@@ -32,6 +34,10 @@ class RunnablePassthrough(Runnable[Any, Any]):
     func: Callable[..., Any] | None = None
     name: str | None = None
 
+    @property
+    def learns(self) -> bool:  # type: ignore[override]
+        return self.func is not None
+
     def label(self) -> str:
         return f"'{self.name}'" if self.name else "passthrough"
 
@@ -44,10 +50,16 @@ class RunnablePassthrough(Runnable[Any, Any]):
             here = ctx.child(self.label())
             with ctx.call_slot():
                 try:
-                    result = self.func(input)
+                    profile = self.__dict__.get("_profile")
+                    if profile is None or profile.kind == UNKNOWN:
+                        result = measured(profile or profile_of(self), self.func, input)
+                    else:
+                        result = self.func(input)
                     if hasattr(result, "__await__"):
                         run_coro_sync(result)
                 except Exception as exc:
+                    if is_readonly_write(exc):
+                        raise readonly_input_error(exc, here.path_str) from exc
                     attach_step(exc, here.path_str)
                     raise
         return input
