@@ -119,32 +119,53 @@ def _declared(node: Any) -> str | None:
 
 
 def subtree_class(node: Any) -> str:
-    """The class of everything ``node`` runs: cached on the node once final (computing or waiting)."""
+    """The class of everything ``node`` runs, cached on the node once it cannot change.
+
+    Steps never called in this process (a fallback never needed, a branch never taken) say nothing:
+    the class comes from the steps that ran, and is recomputed until every step has run and is known.
+    """
     cached: str | None = node.__dict__.get("_class")
     if cached is not None:
         return cached
-    kind = _declared(node)
-    if kind is None:
-        own: StepProfile | None = node.__dict__.get("_profile")
-        kinds = {UNKNOWN if own is None and _calls_user_code(node) else (own.kind if own else COMPUTING)}
-        kinds.update(subtree_class(child) for _, child in node.children())
-        kind = WAITING if WAITING in kinds else UNKNOWN if UNKNOWN in kinds else COMPUTING
-    if kind != UNKNOWN:
+    kind, final = _classify(node)
+    if final and kind is not None:
         object.__setattr__(node, "_class", kind)
-    return kind
+    return kind or UNKNOWN
 
 
-def _calls_user_code(node: Any) -> bool:
-    """Whether the node itself calls a user function (a leaf to learn), not only its children."""
-    return bool(getattr(node, "learns", False))
+def _classify(node: Any) -> tuple[str | None, bool]:
+    """``(class or None when nothing of it ran yet, whether that is final)``."""
+    cached: str | None = node.__dict__.get("_class")
+    if cached is not None:
+        return cached, True
+    declared = _declared(node)
+    if declared is not None:
+        return declared, True
+    kinds: list[str | None] = []
+    finals: list[bool] = []
+    if getattr(node, "learns", False):
+        profile: StepProfile | None = node.__dict__.get("_profile")
+        kinds.append(None if profile is None else profile.kind)
+        finals.append(profile is not None and profile.kind != UNKNOWN)
+    for _, child in node.children():
+        kind, final = _classify(child)
+        kinds.append(kind)
+        finals.append(final)
+    if WAITING in kinds:
+        return WAITING, True  # one waiting step is enough, whatever the others turn out to be
+    if UNKNOWN in kinds:
+        return UNKNOWN, False
+    if COMPUTING in kinds or not kinds:  # no user code at all (a pick, a bare passthrough): nothing waits
+        return COMPUTING, all(finals)
+    return None, False
 
 
 def describe_class(node: Any) -> str:
     """How ``explain()`` shows a step's class in this process."""
     declared = _declared(node)
     if declared is not None:
-        return f"{declared}, declared"
+        return f"{declared}: declared"
     if not getattr(node, "learns", False):
         return ""
     kind = subtree_class(node)
-    return "not yet learned" if kind == UNKNOWN else f"{kind}, learned"
+    return "not yet learned in this process" if kind == UNKNOWN else f"{kind}: learned in this process"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import merge_configs
+from .execution import describe_class
 from .runnables.actor import RunnableActor
 from .runnables.base import Runnable
 from .runnables.each import RunnableEach
@@ -194,7 +195,9 @@ def _fmt_opts(options: dict[str, Any]) -> str:
 def _tree(node: Runnable[Any, Any], segment: str, depth: int, lines: list[str]) -> None:
     opts = node.options if isinstance(node, RunnableBinding) else {}
     head = f"{segment}: " if segment else ""
-    lines.append(f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]{_fmt_opts(opts)}")
+    kind = describe_class(node)
+    kind = f"  ({kind})" if kind else ""
+    lines.append(f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]{_fmt_opts(opts)}{kind}")
     for seg, child in node.children():
         _tree(child, seg, depth + 1, lines)
 
@@ -241,5 +244,8 @@ def explain(node: Runnable[Any, Any], backend: Any = None) -> str:
         lines.append(f"on {name}:")
         _units(plan(node), 1, lines)
     else:
-        lines.append("on local: runs in this process; parallel branches and mapped items use threads")
+        lines.append(
+            "on local: runs in this process; computing branches and mapped items run inline in the calling "
+            "thread, waiting (or not yet learned) ones overlap in threads"
+        )
     return "\n".join(lines)

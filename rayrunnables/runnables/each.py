@@ -9,7 +9,8 @@ from typing import Any
 from ..batching import iter_batch
 from ..context import RunContext
 from ..errors import InputTypeError, attach_step
-from ..fanout import ThreadChunkRunner
+from ..execution import COMPUTING, subtree_class
+from ..fanout import ThreadChunkRunner, run_chunk
 from .base import Input, Output, Runnable
 
 __all__ = ["RunnableEach"]
@@ -40,6 +41,12 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
     def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:
         ctx = self.scope(ctx)
         items = self.check_input(input, ctx)
+        if subtree_class(self.bound) == COMPUTING:  # every item in this thread, one after the other
+            result = run_chunk(self.bound, list(enumerate(items)), ctx.child("map"), return_exceptions=False)
+            for index, ok, value, _ in result.outcomes:
+                if not ok:
+                    raise attach_step(value, self.bound.label(), index)
+            return [value for _, _, value, _ in result.outcomes]
         out: list[Any] = [None] * len(items)
         for index, value in iter_batch(
             _RUNNER, self.bound, items, ctx.child("map"), return_exceptions=False, ordered=False

@@ -1,0 +1,181 @@
+"""Computing steps run inline, waiting steps overlap in threads: the classes are learned, or declared.
+
+Each test builds its own steps (a learned class lives on the node, in the process that ran it), and
+observes where calls ran through what the calls return (thread ids, pids, time intervals), so the
+same assertions hold inside Ray workers. Nothing here asserts a duration.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import rayrunnables as rr
+from rayrunnables import RunnableLambda, RunnableParallel
+from rayrunnables.execution import COMPUTING, UNKNOWN, WAITING, subtree_class
+from intervals import max_overlap
+
+
+def spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:  # CPU time, not wall time: a busy loop that really computes
+        pass
+
+
+def busy(x: Any) -> Any:
+    spin(0.002)
+    return x
+
+
+def nap(x: Any) -> Any:
+    time.sleep(0.01)
+    return x
+
+
+def where(x: Any) -> tuple[int, int]:
+    spin(0.001)
+    return os.getpid(), threading.get_ident()
+
+
+def three(x: Any) -> list[int]:
+    return [x, x, x]
+
+
+def busy_interval(x: Any) -> tuple[float, float]:
+    start = time.time()
+    spin(0.15)
+    return start, time.time()
+
+
+def nap_interval(x: Any) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(0.15)
+    return start, time.time()
+
+
+# ---- learning ------------------------------------------------------------------------------------------
+def test_a_computing_step_is_learned_as_computing() -> None:
+    step = RunnableLambda(busy)
+    assert subtree_class(step) == UNKNOWN
+    assert "not yet learned" in step.explain()
+    for i in range(3):
+        step.invoke(i)
+    assert subtree_class(step) == COMPUTING
+    assert "computing: learned in this process" in step.explain()
+
+
+def test_a_sleeping_step_is_learned_as_waiting() -> None:
+    step = RunnableLambda(nap)
+    step.batch([1, 2, 3])
+    assert subtree_class(step) == WAITING
+    assert "waiting: learned in this process" in step.explain()
+
+
+def test_computing_items_in_many_threads_are_still_learned_as_computing() -> None:
+    """The first items of a fresh step run in threads that share the GIL; each gets a fraction of its
+    wall time as CPU, and is still recognised as computing."""
+    step = RunnableLambda(busy)
+    step.map().invoke(list(range(16)))
+    assert subtree_class(step) == COMPUTING
+    sleeper = RunnableLambda(nap)
+    sleeper.map().invoke(list(range(16)))
+    assert subtree_class(sleeper) == WAITING
+
+
+def test_a_declared_class_wins_over_what_is_measured() -> None:
+    declared_waiting = RunnableLambda(busy).with_options(io_bound=True)
+    declared_computing = RunnableLambda(nap).with_options(io_bound=False)
+    assert subtree_class(declared_waiting) == WAITING
+    assert subtree_class(declared_computing) == COMPUTING
+    declared_waiting.batch([1, 2, 3, 4])
+    declared_computing.batch([1, 2, 3, 4])
+    assert subtree_class(declared_waiting) == WAITING
+    assert subtree_class(declared_computing) == COMPUTING
+    assert "waiting: declared" in declared_waiting.explain()
+
+
+def test_async_steps_are_waiting_without_a_call() -> None:
+    async def fetch(x: int) -> int:
+        return x
+
+    assert subtree_class(RunnableLambda(fetch)) == WAITING
+
+
+def test_a_subtree_waits_if_any_step_in_it_waits() -> None:
+    chain = RunnableLambda(busy) | RunnableLambda(nap)
+    chain.batch([1, 2, 3])
+    assert subtree_class(chain) == WAITING
+    assert subtree_class(RunnableLambda(busy) | RunnableLambda(busy)) == UNKNOWN
+
+
+def test_a_fallback_never_needed_does_not_keep_its_chain_unknown() -> None:
+    chain = RunnableLambda(busy).with_fallbacks([RunnableLambda(nap)])
+    chain.batch([1, 2, 3])
+    assert subtree_class(chain) == COMPUTING
+
+
+def test_what_a_process_learned_does_not_travel_with_the_step() -> None:
+    step = RunnableLambda(busy)
+    step.batch([1, 2, 3])
+    copy = pickle.loads(pickle.dumps(step))
+    assert subtree_class(step) == COMPUTING
+    assert subtree_class(copy) == UNKNOWN
+
+
+# ---- where calls run ---------------------------------------------------------------------------------------
+def test_computing_map_items_run_on_the_calling_thread() -> None:
+    step = RunnableLambda(where)
+    step.map().invoke([0, 1, 2])  # learn
+    places = step.map().invoke(list(range(20)))
+    assert set(places) == {(os.getpid(), threading.get_ident())}
+
+
+def test_computing_branches_run_on_the_calling_thread() -> None:
+    chain = RunnableParallel({"a": where, "b": where, "c": RunnableLambda(three) | RunnableLambda(where).map()})
+    chain.batch([0, 1, 2])  # learn
+    out = chain.invoke(0)
+    assert {out["a"], out["b"], *out["c"]} == {(os.getpid(), threading.get_ident())}
+
+
+def test_waiting_map_items_overlap_in_threads() -> None:
+    step = RunnableLambda(nap_interval)
+    step.map().invoke([0, 1, 2])  # learn
+    intervals = step.map().invoke(list(range(8)))
+    assert max_overlap(intervals) >= 4
+
+
+def test_structured_items_run_inline_in_their_worker(cfg: dict[str, Any]) -> None:
+    """Each item's dict and inner ``.map()`` run in the one thread that runs the item, on every backend:
+    on Ray, inside the worker running the chunk (once that process has learned the steps)."""
+    chain = RunnableParallel({"a": where, "b": where, "c": RunnableLambda(three) | RunnableLambda(where).map()})
+    chunk = 12
+    outs = list(chain.imap(range(2 * chunk), cfg, chunk_size=chunk))
+    learned = [out for n, out in enumerate(outs) if n % chunk >= 4]  # 3 calls teach a process each step
+    for out in learned:
+        assert len({out["a"], out["b"], *out["c"]}) == 1, out
+    if cfg["backend"] == "ray":
+        assert all(out["a"][0] != os.getpid() for out in outs)
+
+
+def test_a_waiting_branch_overlaps_a_computing_one(cfg: dict[str, Any]) -> None:
+    """The computing branch runs inline while the waiting one waits in a thread: they still overlap."""
+    chain = RunnableParallel({"cpu": busy_interval, "io": nap_interval})
+    outs = chain.batch([0, 1, 2, 3], cfg)  # the later items run with both classes learned
+    for out in outs[2:]:
+        assert max_overlap([out["cpu"], out["io"]]) == 2, out
+    local_chain = RunnableParallel({"cpu": busy_interval, "io": nap_interval})
+    local_chain.batch([0, 1, 2])
+    assert subtree_class(local_chain.steps["cpu"]) == COMPUTING
+    assert subtree_class(local_chain.steps["io"]) == WAITING
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_io_bound_option_is_checked(declared: bool) -> None:
+    with pytest.raises(rr.OptionsError):
+        RunnableLambda(busy).with_options(io_bound="yes")
+    assert subtree_class(RunnableLambda(busy).with_options(io_bound=declared)) == (WAITING if declared else COMPUTING)
