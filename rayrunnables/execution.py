@@ -5,22 +5,25 @@ Python under the GIL only fights its sibling threads for it. So every step has a
 
 - declared: ``with_options(io_bound=True)`` (waiting) or ``io_bound=False`` (computing); an ``async``
   function is waiting;
-- otherwise learned from its first calls in this process: the thread CPU time a call used, against
-  the CPU time it could have had. Under a GIL shared by ``k`` busy threads a computing call gets only
-  about ``1/k`` of its wall time, so "could have had" is the wall time less what the other threads of
-  the process used (never below ``wall / k``): a computing call takes all of it, a waiting call almost
-  none, however busy the process is.
+- otherwise learned from its first calls in this process. A call that never blocked (no voluntary
+  context switch of its thread, where the OS reports them) computed all along, however long other
+  processes kept it off the CPU. Otherwise the thread CPU time it used is compared with the CPU time
+  it could have had: under a GIL shared by ``k`` busy threads a computing call gets only about ``1/k``
+  of its wall time, so "could have had" is the wall time less what the other threads of the process
+  used (never below ``wall / k``). A computing call takes most of it, a waiting call almost none.
 
 A subtree is *waiting* if any step in it waits, *computing* once every step in it is known to compute,
-and *unknown* until then (the engine then keeps today's threads). Learned classes live on the node
-object of this process (never pickled, so every Ray worker learns for itself) and once learned cost
-one attribute read: no lock, no clock on the hot path.
+and *unknown* until then (the engine then keeps today's threads). What a process learned is never
+pickled (every Ray worker learns for itself), but a step keeps an id when it is pickled, so a worker
+that unpickles the same step again for every chunk finds what it learned from the earlier chunks.
+Once learned, a class costs one attribute read: no lock, no clock on the hot path.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +33,9 @@ __all__ = [
     "UNKNOWN",
     "StepProfile",
     "profile_of",
+    "step_state",
     "measured",
+    "call_step",
     "subtree_class",
     "describe_class",
     "SAMPLES_TO_LEARN",
@@ -38,12 +43,26 @@ __all__ = [
 
 COMPUTING, WAITING, UNKNOWN = "computing", "waiting", "unknown"
 SAMPLES_TO_LEARN = 3
-#: share of the available CPU a call must use to count as computing
-COMPUTING_SHARE = 0.5
+RESAMPLE_EVERY = 64
+RESAMPLE_WEIGHT = 0.25
+#: share of the available CPU a call must use to count as computing. Waiting calls use ~0 (a sleep, an
+#: HTTP or LLM call); the margin is for other processes taking the CPU from a computing one.
+COMPUTING_SHARE = 0.3
+
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # not on this platform: the CPU share alone decides
+    _RUSAGE_THREAD = None
+
+
+def _voluntary_switches() -> int:
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
 
 
 class _Active:
-    """How many measured calls run in this process right now (only while steps are being learned)."""
+    """How many measured calls run in this process right now."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,40 +81,92 @@ class _Active:
 
 
 _ACTIVE = _Active()
+# bumped whenever a step's class changes: subtrees cache their class for one generation
+_GENERATION = [0]
 
 
 class StepProfile:
-    """What this process has measured of one step's calls, until its class is known."""
+    """What this process has measured of one step's calls.
 
-    __slots__ = ("available", "cpu", "kind", "samples")
+    The class is decided by the mean CPU share of the first ``SAMPLES_TO_LEARN`` calls; after that one
+    call in ``RESAMPLE_EVERY`` is measured again and moves a running average, so a class learned in a
+    moment of contention (or a step that changes, such as a cache that stops hitting) is corrected.
+    The hot path is one decrement of ``countdown``: no clock, no lock.
+    """
+
+    __slots__ = ("countdown", "kind", "samples", "share")
 
     def __init__(self) -> None:
-        self.cpu = 0.0
-        self.available = 0.0
+        self.share = 0.0
         self.samples = 0
         self.kind = UNKNOWN
+        self.countdown = 0  # measure while < 0
 
-    def observe(self, cpu: float, available: float) -> None:
-        self.cpu += cpu
-        self.available += available
+    def observe(self, share: float) -> None:
         self.samples += 1
-        if self.samples >= SAMPLES_TO_LEARN:
-            share = self.cpu / self.available if self.available > 0 else 1.0
-            self.kind = COMPUTING if share >= COMPUTING_SHARE else WAITING
+        if self.samples <= SAMPLES_TO_LEARN:
+            self.share += share / SAMPLES_TO_LEARN
+            if self.samples < SAMPLES_TO_LEARN:
+                self.countdown = 0
+                return
+        else:
+            self.share += RESAMPLE_WEIGHT * (share - self.share)
+        kind = COMPUTING if self.share >= COMPUTING_SHARE else WAITING
+        if kind != self.kind:
+            self.kind = kind
+            _GENERATION[0] += 1
+        self.countdown = RESAMPLE_EVERY
 
 
 def profile_of(node: Any) -> StepProfile:
     """The node's profile in this process, created on first use."""
-    profile: StepProfile | None = node.__dict__.get("_profile")
+    profile = _known_profile(node)
     if profile is None:
         profile = StepProfile()
+        step_id = node.__dict__.get("_step_id")
+        if step_id is not None:
+            profile = _BY_STEP_ID.setdefault(step_id, profile)
         object.__setattr__(node, "_profile", profile)  # frozen dataclass: bookkeeping, not a field
     return profile
 
 
+# profiles of steps that arrived pickled, by step id: a Ray worker unpickles a step anew for every chunk
+_BY_STEP_ID: dict[str, StepProfile] = {}
+_LEARNED_HERE = ("_profile", "_class")
+
+
+def step_state(node: Any) -> dict[str, Any]:
+    """A node's pickled state: its fields and its step id, never what this process learned of it."""
+    state: dict[str, Any] = node.__dict__
+    if "_step_id" not in state:
+        object.__setattr__(node, "_step_id", uuid.uuid4().hex[:16])
+    return {k: v for k, v in state.items() if k not in _LEARNED_HERE}
+
+
+def _known_profile(node: Any) -> StepProfile | None:
+    profile: StepProfile | None = node.__dict__.get("_profile")
+    if profile is None:
+        step_id = node.__dict__.get("_step_id")
+        profile = None if step_id is None else _BY_STEP_ID.get(step_id)
+        if profile is not None:
+            object.__setattr__(node, "_profile", profile)
+    return profile
+
+
+def call_step(node: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for ``node``'s user function: measured while its class is learned, and now and then
+    after; otherwise a plain call."""
+    profile: StepProfile = node.__dict__.get("_profile") or profile_of(node)
+    profile.countdown -= 1
+    if profile.countdown >= 0:
+        return fn(*args)
+    return measured(profile, fn, *args)
+
+
 def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, adding one sample of its CPU use to ``profile``; a failing call adds none."""
+    """``fn(*args)``, adding one sample of its CPU share to ``profile``; a failing call adds none."""
     k_start = _ACTIVE.enter()
+    switches0 = _voluntary_switches()
     wall0, cpu0, proc0 = time.perf_counter(), time.thread_time(), time.process_time()
     try:
         result = fn(*args)
@@ -104,8 +175,11 @@ def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
         cpu = time.thread_time() - cpu0
         others = time.process_time() - proc0 - cpu
         k = max(k_start, _ACTIVE.leave())
-    if wall > 0:
-        profile.observe(cpu, max(wall - others, wall / k, cpu))
+        never_blocked = switches0 >= 0 and _voluntary_switches() == switches0
+    if never_blocked or wall <= 0:
+        profile.observe(1.0)
+    else:
+        profile.observe(cpu / max(wall - others, wall / k, cpu, 1e-9))
     return result
 
 
@@ -124,27 +198,27 @@ def subtree_class(node: Any) -> str:
     Steps never called in this process (a fallback never needed, a branch never taken) say nothing:
     the class comes from the steps that ran, and is recomputed until every step has run and is known.
     """
-    cached: str | None = node.__dict__.get("_class")
-    if cached is not None:
-        return cached
+    cached: tuple[str, int] | None = node.__dict__.get("_class")
+    if cached is not None and cached[1] == _GENERATION[0]:
+        return cached[0]
     kind, final = _classify(node)
     if final and kind is not None:
-        object.__setattr__(node, "_class", kind)
+        object.__setattr__(node, "_class", (kind, _GENERATION[0]))
     return kind or UNKNOWN
 
 
 def _classify(node: Any) -> tuple[str | None, bool]:
     """``(class or None when nothing of it ran yet, whether that is final)``."""
-    cached: str | None = node.__dict__.get("_class")
-    if cached is not None:
-        return cached, True
+    cached: tuple[str, int] | None = node.__dict__.get("_class")
+    if cached is not None and cached[1] == _GENERATION[0]:
+        return cached[0], True
     declared = _declared(node)
     if declared is not None:
         return declared, True
     kinds: list[str | None] = []
     finals: list[bool] = []
     if getattr(node, "learns", False):
-        profile: StepProfile | None = node.__dict__.get("_profile")
+        profile = _known_profile(node)
         kinds.append(None if profile is None else profile.kind)
         finals.append(profile is not None and profile.kind != UNKNOWN)
     for _, child in node.children():

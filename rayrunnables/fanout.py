@@ -56,18 +56,23 @@ def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable
         for n, in_thread in enumerate(threaded):
             if not in_thread:
                 if failures:
-                    raise failures[0]
+                    break
                 results[n] = run(*branches[n])
-        for future in as_completed(futures.values()):
-            if future.exception() is not None:
-                raise failures[0]
-    except BaseException as exc:
+        if not failures:
+            for future in as_completed(futures.values()):
+                if future.exception() is not None:
+                    break
+    except BaseException:
+        if not failures:  # interrupted from outside (KeyboardInterrupt): not a branch's failure
+            forked.cancel.cancel()
+            for future in futures.values():
+                future.cancel()
+            raise
+    if failures:
         forked.cancel.cancel()
         for future in futures.values():
             future.cancel()
-        if failures and failures[0] is not exc:
-            raise failures[0] from None
-        raise
+        raise failures[0]  # the first failure in time, whichever thread it happened in
     for n, future in futures.items():
         results[n] = future.result()
     return results

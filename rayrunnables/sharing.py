@@ -92,13 +92,13 @@ def freeze(value: Any) -> Any:
     return value
 
 
-def _freeze(value: Any, ndarray: type) -> None:
+def _freeze(value: Any, ndarray: Any) -> None:
     kind = type(value)
     if kind in _ATOMIC:
         return
     if isinstance(value, ndarray):
-        if value.flags.writeable and not value.dtype.hasobject:  # type: ignore[attr-defined]
-            value.flags.writeable = False  # type: ignore[attr-defined]
+        if value.flags.writeable and not value.dtype.hasobject:
+            value.flags.writeable = False
     elif kind is list or kind is tuple:
         for item in value:
             _freeze(item, ndarray)
@@ -120,20 +120,20 @@ def writable(value: Any) -> Any:
     return _own(value, np.ndarray)
 
 
-def _own(value: Any, ndarray: type) -> Any:
+def _own(value: Any, ndarray: Any) -> Any:
     kind = type(value)
     if kind in _ATOMIC:
         return value
     if isinstance(value, ndarray):
-        if value.flags.writeable:  # type: ignore[attr-defined]
+        if value.flags.writeable:
             return value
-        if value.base is None:  # type: ignore[attr-defined]  # a read-only array of the caller's own: kept so
-            return value.copy()  # type: ignore[attr-defined]
+        if value.base is None:  # a read-only array of the caller's own: never flipped
+            return value.copy()
         try:
-            value.flags.writeable = True  # type: ignore[attr-defined]
+            value.flags.writeable = True
             return value
         except ValueError:  # memory it does not own writably: Ray's object store, a read-only buffer
-            return value.copy()  # type: ignore[attr-defined]
+            return value.copy()
     if kind is list or kind is dict:
         for key, item in enumerate(value) if kind is list else value.items():
             if type(item) not in _ATOMIC:

@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 import pytest
+from intervals import max_overlap
 
 import rayrunnables as rr
 from rayrunnables import RunnableLambda, RunnableParallel
-from rayrunnables.execution import COMPUTING, UNKNOWN, WAITING, subtree_class
-from intervals import max_overlap
+from rayrunnables.execution import COMPUTING, RESAMPLE_EVERY, UNKNOWN, WAITING, profile_of, subtree_class
 
 
 def spin(seconds: float) -> None:
@@ -119,12 +119,41 @@ def test_a_fallback_never_needed_does_not_keep_its_chain_unknown() -> None:
     assert subtree_class(chain) == COMPUTING
 
 
+def test_a_class_learned_in_a_moment_of_contention_is_corrected() -> None:
+    """One call in ``RESAMPLE_EVERY`` is measured again: a computing step first taken for a waiting one
+    (say, while other processes held the CPU) is set right, and so is a step whose calls change."""
+    step = RunnableLambda(busy)
+    profile = profile_of(step)
+    for _ in range(3):
+        profile.observe(0.0)  # what a starved computing step might have shown
+    assert subtree_class(step) == WAITING
+    for i in range(6 * RESAMPLE_EVERY):
+        step.invoke(i)
+    assert subtree_class(step) == COMPUTING
+
+
 def test_what_a_process_learned_does_not_travel_with_the_step() -> None:
     step = RunnableLambda(busy)
     step.batch([1, 2, 3])
+    state = step.__getstate__()
+    assert "_profile" not in state and "_class" not in state and "_step_id" in state
     copy = pickle.loads(pickle.dumps(step))
     assert subtree_class(step) == COMPUTING
-    assert subtree_class(copy) == UNKNOWN
+    assert subtree_class(copy) == UNKNOWN  # learned before the step had an id: this copy learns anew
+
+
+@pytest.mark.ray_only
+def test_a_worker_keeps_what_it_learned_across_chunks(cfg: dict[str, Any]) -> None:
+    """Every chunk task unpickles the chain anew; the worker still knows its steps from earlier chunks,
+    so whole chunks, not only their later items, run each item's structure in one thread."""
+    chain = RunnableParallel({"a": where, "b": where, "c": RunnableLambda(three) | RunnableLambda(where).map()})
+    chunk = 4
+    outs = list(chain.imap(range(40 * chunk), cfg, chunk_size=chunk))
+    inline_chunks = [
+        all(len({o["a"], o["b"], *o["c"]}) == 1 for o in outs[i : i + chunk]) for i in range(0, len(outs), chunk)
+    ]
+    # only a worker's first chunk teaches it (each of a few worker processes); before, no chunk ran inline
+    assert sum(inline_chunks) >= 30, inline_chunks
 
 
 # ---- where calls run ---------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +38,14 @@ class LocalBackend(Backend):
 
     def iter_batch(self, node: Runnable[Any, Any], inputs: Iterable[Any], config: dict[str, Any],
                    **kwargs: Any) -> Iterator[tuple[int, Any]]:
-        with contextlib.closing(super().iter_batch(node, inputs, config, **kwargs)) as pairs:
+        pairs = super().iter_batch(node, inputs, config, **kwargs)
+        try:
             for index, value in pairs:
                 yield index, writable(value)
+        finally:
+            close = getattr(pairs, "close", None)
+            if close is not None:  # closing this closes the scheduler at once (cancelling its work in flight)
+                close()
 
     def chunk_runner(self, config: dict[str, Any]) -> ChunkRunner:
         return self._runner

@@ -27,10 +27,10 @@ from ..config import merge_configs
 from ..context import RunContext
 from ..errors import BackendError, UnpicklableStepError
 from ..fanout import ChunkResult, PerItem, ThreadChunkRunner
-from ..sharing import isolate, writable_outcomes
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
+from ..sharing import isolate, writable_outcomes
 from .base import Backend
 from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .ray_pending import Const, Share

@@ -21,11 +21,11 @@ from .. import plan as planning
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
 from ..fanout import POOL
-from ..sharing import writable
 from ..runnables.actor import RunnableActor
 from ..runnables.lambda_ import RunnableLambda
 from ..runnables.passthrough import require_dict
 from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
+from ..sharing import writable
 from .ray_pending import Apply, Const, Pending, Ref, Share, flatten, owned, rebuild, shared, unmarked
 from .ray_services import WORKER_SERVICES
 from .ray_shipping import walk

@@ -50,6 +50,9 @@ class Own:
 Pending = Ref | Const | Apply | Share | Own
 
 
+_PENDING = (Ref, Const, Apply, Share, Own)
+
+
 def unmarked(pending: Pending) -> Pending:
     return pending.inner if isinstance(pending, (Share, Own)) else pending
 
@@ -75,7 +78,7 @@ def flatten(pending: Pending, refs: list[Any] | None = None) -> tuple[Any, list[
         return ("const", pending.value), refs
     if isinstance(pending, (Share, Own)):
         return ("share" if isinstance(pending, Share) else "own", flatten(pending.inner, refs)[0]), refs
-    args = [flatten(a, refs)[0] if isinstance(a, (Ref, Const, Apply, Share, Own)) else ("const", a) for a in pending.args]
+    args = [flatten(a, refs)[0] if isinstance(a, _PENDING) else ("const", a) for a in pending.args]
     return ("apply", pending.fn, args), refs
 
 

@@ -20,8 +20,8 @@ from ..errors import StepConstructionError
 from ..fanout import ChunkResult, run_chunk
 from ..runnables.actor import RunnableActor
 from ..services import TokenBucket
-from .ray_outputs import producer, sendable_outcomes, unsendable
 from ..sharing import writable
+from .ray_outputs import producer, sendable_outcomes, unsendable
 from .ray_pending import rebuild
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]

@@ -18,8 +18,8 @@ from ray.exceptions import RayTaskError
 from ..context import RunContext
 from ..errors import RemoteTraceback
 from ..fanout import ChunkResult, PerItem, run_chunk
-from .ray_outputs import PLAIN_TYPES, producer, sendable_outcomes, unsendable
 from ..sharing import isolate
+from .ray_outputs import PLAIN_TYPES, producer, sendable_outcomes, unsendable
 from .ray_pending import rebuild
 from .ray_services import WORKER_SERVICES
 

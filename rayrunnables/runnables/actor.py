@@ -14,7 +14,7 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
-from ..execution import UNKNOWN, measured, profile_of
+from ..execution import call_step
 from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 
@@ -79,10 +79,7 @@ class RunnableActor(Runnable[Any, Any]):
         """One call of the instance (or of its ``batch``), measured while its class is being learned."""
         with ctx.call_slot():
             try:
-                profile = self.__dict__.get("_profile")
-                if profile is None or profile.kind == UNKNOWN:
-                    return measured(profile or profile_of(self), fn, arg)
-                return fn(arg)
+                return call_step(self, fn, arg)
             except Exception as exc:
                 path = ctx.child(self.label()).path_str
                 if is_readonly_write(exc):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..config import resolve_backend, validate_config
 from ..errors import ConfigError, OptionsError
+from ..execution import step_state
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -41,10 +42,7 @@ class Runnable(Generic[Input, Output]):
     def __getstate__(self) -> dict[str, Any]:
         """What a node learned in this process (``rayrunnables.execution``) stays here: every process,
         every Ray worker, learns for itself."""
-        state = self.__dict__
-        if "_profile" in state or "_class" in state:
-            state = {k: v for k, v in state.items() if k not in ("_profile", "_class")}
-        return state
+        return step_state(self)
 
     # ---- what a node is ------------------------------------------------------------------------
     def get_name(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..errors import attach_step
-from ..execution import UNKNOWN, measured, profile_of
+from ..execution import call_step
 from ..sharing import is_readonly_write, readonly_input_error
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
@@ -121,13 +121,11 @@ class RunnableLambda(Runnable[Input, Output]):
 
     def _guarded(self, input: Any, ctx: RunContext) -> Any:
         try:
-            profile = self.__dict__.get("_profile")
-            if profile is None or profile.kind == UNKNOWN:  # still learning whether it computes or waits
-                if not self.is_async:
-                    return measured(profile or profile_of(self), self._call, input, ctx)
-            if self.wants_config or self.is_async or self.is_generator:
+            if self.is_async:  # waiting by declaration: nothing to learn
                 return self._call(input, ctx)
-            return self.func(input)
+            if self.wants_config or self.is_generator:
+                return call_step(self, self._call, input, ctx)
+            return call_step(self, self.func, input)
         except Exception as exc:
             path = ctx.child(self.label()).path_str
             if is_readonly_write(exc):

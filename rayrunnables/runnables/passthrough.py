@@ -9,7 +9,7 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..errors import InputTypeError, attach_step
-from ..execution import UNKNOWN, measured, profile_of
+from ..execution import call_step
 from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 from .parallel import RunnableParallel
@@ -50,11 +50,7 @@ class RunnablePassthrough(Runnable[Any, Any]):
             here = ctx.child(self.label())
             with ctx.call_slot():
                 try:
-                    profile = self.__dict__.get("_profile")
-                    if profile is None or profile.kind == UNKNOWN:
-                        result = measured(profile or profile_of(self), self.func, input)
-                    else:
-                        result = self.func(input)
+                    result = call_step(self, self.func, input)
                     if hasattr(result, "__await__"):
                         run_coro_sync(result)
                 except Exception as exc:
