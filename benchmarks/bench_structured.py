@@ -1,6 +1,6 @@
 """Structured chains (issue 11): a dict of branches over real documents, and a fan-out of one big input.
 
-    python benchmarks/bench_structured.py                   # full run (about 4 minutes on 2 cores)
+    python benchmarks/bench_structured.py                   # full run (about 6 minutes on 2 cores)
     python benchmarks/bench_structured.py --quick           # 200 documents, one round (a smoke check)
     python benchmarks/bench_structured.py --write-results   # also replace the section of benchmarks/RESULTS.md
 
@@ -75,7 +75,7 @@ class Options:
 
     @classmethod
     def of(cls, quick: bool) -> Options:
-        return cls(200, 1, 3) if quick else cls(1_000, 3, 5)
+        return cls(200, 1, 3) if quick else cls(1_000, 5, 5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,29 +222,33 @@ def bench_documents(ray: Any, rr: Any, lc: Any, docs: list[dict[str, str]], roun
     expected_few = process_many(few)
     for name, run in methods.items():  # correctness before any timing; also Ray's warm-up (workers, exports)
         check_docs(name, run(few), expected_few)
+    expected = process_many(docs)  # untimed: what every timed output is checked against
+    names = list(methods)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(rounds):
-        expected: list[dict[str, Any]] = []
-        for name, run in methods.items():
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no method always follows Ray
             settle()  # nothing of the previous method still running
             start = time.perf_counter()
-            out = run(docs)
+            out = methods[name](docs)
             times[name].append(time.perf_counter() - start)
-            expected = expected or out  # the plain loop runs first in every round
             check_docs(name, out, expected)  # outside the timing: the full output, every round
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{t[-1]:.2f}" for t in times.values())
               + f" s (load {_loadavg()})", file=sys.stderr, flush=True)
 
-    med = {name: statistics.median(samples) for name, samples in times.items()}
-    plain = med[PLAIN]
+    def paired(reference: str, name: str) -> float:
+        """The median over rounds of reference time / method time, each ratio from one round: the VM's
+        speed drifts between rounds, and both methods of a pair saw the same round."""
+        return statistics.median(a / b for a, b in zip(times[reference], times[name], strict=True))
+
     rows = []
     for name, samples in times.items():
-        speed = plain / med[name]
-        row = Row(name, med[name], min(samples), "1.00x (reference)" if name == PLAIN else f"{speed:.2f}x")
+        speed = paired(PLAIN, name)
+        row = Row(name, statistics.median(samples), min(samples),
+                  "1.00x (reference)" if name == PLAIN else f"{speed:.2f}x")
         if name == LOCAL:
             row.target, row.meets = ">= 0.95x plain loop", "yes" if speed >= 0.95 else "**no**"
         elif name == RAY:
-            vs_flat = med[FLAT] / med[name]
+            vs_flat = paired(FLAT, name)
             row.relative += f" ({vs_flat:.2f}x the flat form)"
             row.target = ">= 0.9x flat form; >= 1.6x plain loop"
             row.meets = "; ".join("yes" if ok else "**no**" for ok in (vs_flat >= 0.9, speed >= 1.6))
@@ -353,8 +357,10 @@ def render(doc_rows: list[Row], fan_rows: list[Row], docs: list[dict[str, str]],
         "",
         *table(doc_rows, "s", 1.0, 2, "speed vs plain loop"),
         "",
-        f"Method: median (and best) of {opts.rounds} round(s), the methods interleaved in each round, each started "
-        "once the machine is idle again (`settle()`); speed = the plain loop's median over the method's median. "
+        f"Method: {opts.rounds} round(s), the methods interleaved in each round (the order rotated from round to "
+        "round), each started once the machine is idle again (`settle()`); times are medians (and best) over the "
+        "rounds; speed = the median over rounds of the plain loop's time over the method's time in the same round "
+        "(paired: this VM's speed drifts between rounds). "
         f"Before timing, every method ran on the first {CHECK_DOCS} documents (the Ray methods' warm-up) and was "
         "checked against the plain loop; every timed output is checked too (outside the timing; embeddings with "
         "`np.allclose`).",
