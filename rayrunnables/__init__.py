@@ -3,8 +3,8 @@
 ``import rayrunnables`` never imports Ray; the Ray backend loads it on first use.
 """
 
-from .backends import Backend, available_backends, get_backend, register_backend
-from .config import RunnableConfig, use
+from .backends import Backend, available_backends, get_backend, register_backend, use
+from .config import RunnableConfig
 from .errors import (
     BackendError,
     ConfigError,

@@ -136,7 +136,7 @@ def run(
         job = _Job(chain, out, errs, bar, id_field)
         config: dict[str, Any] = {"backend": "local"}
         if backend == "ray" or (backend is None and address):
-            from .backends.ray import RayBackend
+            from .backends.ray.backend import RayBackend
 
             config["backend"] = RayBackend(address=address)
         try:

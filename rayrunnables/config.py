@@ -1,4 +1,4 @@
-"""Config dicts (LangChain's ``RunnableConfig`` keys plus ``backend``) and how a backend is chosen.
+"""Config dicts: LangChain's ``RunnableConfig`` keys plus ``backend``, checked at the call.
 
 A config is a plain dict so that LangChain users can pass the one they already have. We check its
 keys at the call, so a typo (``max_concurency``) fails loudly instead of being ignored.
@@ -6,18 +6,12 @@ keys at the call, so a typo (``max_concurency``) fails loudly instead of being i
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .backends.base import Backend
-
-__all__ = ["RunnableConfig", "CONFIG_KEYS", "validate_config", "merge_configs", "use", "resolve_backend"]
+__all__ = ["RunnableConfig", "CONFIG_KEYS", "validate_config", "merge_configs", "DEFAULT_RECURSION_LIMIT"]
 
 
 class RunnableConfig(TypedDict, total=False):
@@ -84,38 +78,3 @@ def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[
         else:
             merged[key] = value
     return merged
-
-
-_current_backend: contextvars.ContextVar[Any] = contextvars.ContextVar("rayrunnables_backend", default=None)
-
-
-@contextlib.contextmanager
-def use(backend: Any = "local", **kwargs: Any) -> Iterator[Backend]:
-    """Run every chain invoked inside the block on ``backend`` (a name or a backend object).
-
-    ``with rayrunnables.use("ray", address="auto"): chain.invoke(x)``
-    """
-    resolved = _make_backend(backend, kwargs)
-    token = _current_backend.set(resolved)
-    try:
-        yield resolved
-    finally:
-        _current_backend.reset(token)
-
-
-def resolve_backend(config: Mapping[str, Any] | None) -> Backend:
-    """config['backend'] beats ``use(...)``, which beats ``RAYRUNNABLES_BACKEND``; the default is local."""
-    choice = config.get("backend") if config else None
-    if choice is None:
-        choice = _current_backend.get()
-    if choice is None:
-        choice = os.environ.get("RAYRUNNABLES_BACKEND") or "local"
-    elif not isinstance(choice, str):
-        return _make_backend(choice, {})
-    return _make_backend(choice, {})
-
-
-def _make_backend(choice: Any, kwargs: dict[str, Any]) -> Backend:
-    from .backends import get_backend
-
-    return get_backend(choice, **kwargs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from .config import DEFAULT_RECURSION_LIMIT
+from .engine.sharing import isolate
 from .errors import StepRecursionError
-from .services import LOCAL_SERVICES, Services
-from .sharing import isolate
+from .protocols import ChunkRunner, ContextState, Limiter, Services
+from .services import LOCAL_SERVICES
 
 __all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled", "isolate"]
 
@@ -48,27 +49,23 @@ class CancelToken:
         return False
 
 
-class Limiter(Protocol):
-    """A cap on concurrently running calls (a semaphore, in this process or cluster-wide)."""
-
-    def acquire(self) -> None: ...
-
-    def release(self) -> None: ...
-
-
 class RunContext:
     """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
 
-    __slots__ = ("_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "run_scopes", "services")
+    __slots__ = (
+        "_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "map_runner", "run_scopes", "services",
+    )
 
     def __init__(
         self,
         config: dict[str, Any] | None = None,
         path: tuple[str, ...] = (),
+        *,
         cancel: CancelToken | None = None,
         limiters: tuple[Limiter, ...] = (),
         depth: int = 0,
         services: Services | None = None,
+        map_runner: ChunkRunner | None = None,
     ) -> None:
         self.config = {} if config is None else config
         self.services: Services = LOCAL_SERVICES if services is None else services
@@ -76,6 +73,9 @@ class RunContext:
         self.cancel = CancelToken() if cancel is None else cancel
         self.limiters = limiters
         self.depth = depth
+        # where a ``.map()`` inside the chain sends its chunks: None runs them in this process (inline or
+        # threads); a backend whose workers are other processes (an executor) sets its own
+        self.map_runner = map_runner
         self._base = path
         self._parent: RunContext | None = None
         self._segment = ""
@@ -83,7 +83,7 @@ class RunContext:
     def _copy(self) -> RunContext:
         new = RunContext.__new__(RunContext)
         new.config, new.cancel, new.limiters, new.depth = self.config, self.cancel, self.limiters, self.depth
-        new.services, new.run_scopes = self.services, self.run_scopes
+        new.services, new.run_scopes, new.map_runner = self.services, self.run_scopes, self.map_runner
         new._base, new._parent, new._segment = self._base, self._parent, self._segment
         return new
 
@@ -103,6 +103,18 @@ class RunContext:
     def path_str(self) -> str:
         path = self.path
         return " > ".join(path) if path else "<root>"
+
+    @classmethod
+    def from_state(
+        cls, state: ContextState, services: Services, path: tuple[str, ...] | None = None
+    ) -> RunContext:
+        """A context rebuilt in another process from what ``state`` sent."""
+        return cls(state.config, state.path if path is None else path, limiters=state.limiters, depth=state.depth,
+                   services=services)
+
+    def state(self, config: dict[str, Any], path: tuple[str, ...] | None = None) -> ContextState:
+        """This context as plain data (with ``config``: what may leave this process), for another process."""
+        return ContextState(config, self.path if path is None else path, self.depth, self.limiters)
 
     def child(self, segment: str) -> RunContext:
         if not segment:

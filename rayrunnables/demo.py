@@ -73,7 +73,7 @@ def run_demo(address: str | None = None, n_docs: int = 48, echo: Any = print) ->
     timings: dict[str, float] = {}
     for backend in ("local", "ray"):
         if backend == "ray":
-            from .backends.ray import RayBackend
+            from .backends.ray.backend import RayBackend
 
             started = time.perf_counter()
             ray_backend = RayBackend(address=address)

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+from .protocols import Services
 
 if TYPE_CHECKING:
     from .runnables.actor import RunnableActor
 
 __all__ = ["Services", "LocalServices", "TokenBucket", "LOCAL_SERVICES"]
-
-
-class RateLimiter(Protocol):
-    def reserve(self) -> float:
-        """Take one permit; return how many seconds the caller must wait before using it."""
-        ...
-
-
-class Services(Protocol):
-    def instance(self, node: RunnableActor) -> Any: ...
-
-    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> RateLimiter: ...
 
 
 class TokenBucket:

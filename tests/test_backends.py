@@ -31,9 +31,19 @@ class RecordingBackend(Backend):
         self.calls.append("invoke")
         return self._local.invoke(node, input, config)
 
-    def chunk_runner(self, config: dict[str, Any]) -> Any:
+    def stream(self, node: Any, input: Any, config: dict[str, Any]) -> Any:
+        self.calls.append("stream")
+        return self._local.stream(node, input, config)
+
+    def chunk_runner(self, node: Any, config: dict[str, Any]) -> Any:
         self.calls.append("chunk_runner")
-        return self._local.chunk_runner(config)
+        return self._local.chunk_runner(node, config)
+
+    def root_context(self, config: dict[str, Any], node: Any = None) -> Any:
+        return self._local.root_context(config, node)
+
+    def explain(self, node: Any) -> str:
+        return "mine: " + self._local.explain(node)
 
 
 @pytest.fixture
@@ -135,7 +145,8 @@ def test_registered_backend_default_methods(mine: RecordingBackend) -> None:
     assert list(RunnableLambda(inc).stream(1, config=cfg)) == [2]
     assert sorted(RunnableLambda(inc).batch_as_completed([1, 2], config=cfg)) == [(0, 2), (1, 3)]
     assert list(RunnableLambda(inc).imap(iter([1, 2]), config=cfg)) == [2, 3]
-    assert mine.calls.count("invoke") == 2
+    assert mine.calls == ["invoke", "stream", "chunk_runner", "chunk_runner"]  # ainvoke runs invoke in a thread
+    assert RunnableLambda(inc).explain(mine).startswith("mine: steps:")
 
 
 def test_register_backend_by_import_string(monkeypatch: pytest.MonkeyPatch) -> None:

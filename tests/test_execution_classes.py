@@ -18,7 +18,7 @@ from intervals import max_overlap
 
 import rayrunnables as rr
 from rayrunnables import RunnableLambda, RunnableParallel
-from rayrunnables.execution import COMPUTING, RESAMPLE_EVERY, UNKNOWN, WAITING, profile_of, subtree_class
+from rayrunnables.engine.execution import COMPUTING, RESAMPLE_EVERY, UNKNOWN, WAITING, profile_of, subtree_class
 
 
 def spin(seconds: float) -> None:

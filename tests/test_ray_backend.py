@@ -163,16 +163,16 @@ def _alternating_chain(n: int) -> Any:
 
 
 def test_driver_calls_ray_get_only_for_the_final_gather(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rayrunnables.backends.ray as ray_backend
+    import ray
 
-    real_get = ray_backend.ray.get
+    real_get = ray.get
     calls: list[int] = []
 
     def counting_get(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real_get(*args, **kwargs)
 
-    monkeypatch.setattr(ray_backend.ray, "get", counting_get)
+    monkeypatch.setattr(ray, "get", counting_get)
     counts = {}
     for n in (2, 6):
         calls.clear()

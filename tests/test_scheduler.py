@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 import rayrunnables as rr
-from rayrunnables.batching import KNOWN_LENGTH_TARGET_FACTOR, iter_batch
+from rayrunnables.engine.scheduler import KNOWN_LENGTH_TARGET_FACTOR, iter_batch
 from rayrunnables.context import RunContext
-from rayrunnables.fanout import ChunkResult
+from rayrunnables.engine.inprocess import ChunkResult
 
 
 class ScriptedRunner:

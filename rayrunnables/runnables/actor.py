@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import RunContext
+from ..engine.execution import call_step
+from ..engine.sharing import is_readonly_write, readonly_input_error
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
-from ..execution import call_step
-from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 
 __all__ = ["RunnableActor", "check_batch_output", "has_call"]
@@ -39,7 +39,9 @@ def check_batch_output(node: Runnable[Any, Any], ctx: RunContext, got: Any, expe
 class RunnableActor(Runnable[Any, Any]):
     """``RunnableActor(Embedder, "model-name", pool_size=2)``; options via ``.with_options(num_cpus=...)``."""
 
-    learns = True
+    @property
+    def learns(self) -> bool:
+        return True
 
     cls: type
     args: tuple[Any, ...]

@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..config import resolve_backend, validate_config
+from ..backends import resolve_backend
+from ..config import validate_config
+from ..engine.execution import step_state
+from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
-from ..execution import step_state
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -36,11 +38,18 @@ class Runnable(Generic[Input, Output]):
     """
 
     name: str | None
-    #: whether the node calls a user function itself, so its execution class is learned from its calls
-    learns = False
+    @property
+    def learns(self) -> bool:
+        """Whether the node calls a user function itself, so its execution class is learned from its calls."""
+        return False
+
+    @property
+    def vectorized(self) -> bool:
+        """Whether ``_invoke_batch`` takes a whole chunk of items in one call."""
+        return False
 
     def __getstate__(self) -> dict[str, Any]:
-        """What a node learned in this process (``rayrunnables.execution``) stays here: every process,
+        """What a node learned in this process (``rayrunnables.engine.execution``) stays here: every process,
         every Ray worker, learns for itself."""
         return step_state(self)
 
@@ -50,7 +59,11 @@ class Runnable(Generic[Input, Output]):
 
     def label(self) -> str:
         """How the node appears as the last segment of a step path."""
-        return f"'{self.name}'" if self.name else type(self).__name__
+        return self.named(type(self).__name__)
+
+    def named(self, default: str) -> str:
+        """The label of a node: its name in quotes when it has one, else ``default``."""
+        return f"'{self.name}'" if self.name else default
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         """(path segment, child) pairs, in order; leaves have none."""
@@ -63,6 +76,10 @@ class Runnable(Generic[Input, Output]):
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         """The in-process meaning of this node: the reference every backend reproduces."""
         raise NotImplementedError(f"{type(self).__name__} must implement _invoke")
+
+    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
+        """A chunk of items in one call (for ``vectorized`` nodes); others run item by item."""
+        return [self._invoke(value, ctx) for value in inputs]
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         yield self._invoke(input, ctx)
@@ -88,8 +105,8 @@ class Runnable(Generic[Input, Output]):
     ) -> list[Output]:
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch")
         out: list[Any] = [None] * len(items)
-        for index, value in resolve_backend(cfg).iter_batch(
-            self, items, cfg, return_exceptions=return_exceptions, ordered=False
+        for index, value in run_batch(
+            resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False
         ):
             out[index] = value
         return out
@@ -103,7 +120,7 @@ class Runnable(Generic[Input, Output]):
         **kwargs: Any,
     ) -> Iterator[tuple[int, Output | Exception]]:
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch_as_completed")  # checked now
-        return resolve_backend(cfg).iter_batch(self, items, cfg, return_exceptions=return_exceptions, ordered=False)
+        return run_batch(resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False)
 
     async def abatch(
         self,
@@ -146,8 +163,8 @@ class Runnable(Generic[Input, Output]):
         ``progress=True`` shows items done, rate, errors and ETA on stderr (``rayrunnables.progress``).
         """
         cfg = _call_config(config, {}, "imap")
-        pairs = resolve_backend(cfg).iter_batch(
-            self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
+        pairs = run_batch(
+            resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
         )
         return _values(_tracked(pairs, inputs) if progress else pairs)  # config checked at the call
@@ -164,8 +181,8 @@ class Runnable(Generic[Input, Output]):
     ) -> Iterator[tuple[int, Output | Exception]]:
         """``(index, output)`` pairs as they finish, consuming ``inputs`` lazily."""
         cfg = _call_config(config, {}, "imap_as_completed")
-        pairs = resolve_backend(cfg).iter_batch(
-            self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
+        pairs = run_batch(
+            resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
         )
         return _tracked(pairs, inputs) if progress else pairs  # config checked at the call
@@ -186,10 +203,9 @@ class Runnable(Generic[Input, Output]):
             yield item  # type: ignore[misc]
 
     def explain(self, backend: Any = None) -> str:
-        """A readable plan: every step, its path, its options and (for ``backend='ray'``) its tasks."""
-        from ..plan import explain
-
-        return explain(self, backend=backend)
+        """Every step with its path, options and execution class, and where the backend will run it
+        (``backend``: a name or backend object; by default the one a call would use)."""
+        return resolve_backend({"backend": backend} if backend is not None else None).explain(self)
 
     # ---- composition -----------------------------------------------------------------------------
     def __or__(self, other: Any) -> Runnable[Input, Any]:
@@ -352,7 +368,7 @@ def _batch_config(
                 f"{where}: config[{i}] names backend {c.get('backend')!r} but config[0] names "
                 f"{first.get('backend')!r}: one batch runs on one backend"
             )
-    from ..fanout import PerItem
+    from ..engine.inprocess import PerItem
 
     own = [first if c == first else {k: v for k, v in c.items() if k != "backend"} for c in configs]
     return first, [item if c is first else PerItem(c, item) for item, c in zip(items, own, strict=True)]

@@ -34,7 +34,7 @@ class RunnableBranch(Runnable[Any, Any]):
         object.__setattr__(self, "name", name)
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "branch"
+        return self.named("branch")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         kids: list[tuple[str, Runnable[Any, Any]]] = []

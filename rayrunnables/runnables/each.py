@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..batching import iter_batch
 from ..context import RunContext
+from ..engine.execution import COMPUTING, subtree_class
+from ..engine.inprocess import ThreadChunkRunner, run_chunk
+from ..engine.scheduler import iter_batch
 from ..errors import InputTypeError, attach_step
-from ..execution import COMPUTING, subtree_class
-from ..fanout import ThreadChunkRunner, run_chunk
 from .base import Input, Output, Runnable
 
 __all__ = ["RunnableEach"]
@@ -24,7 +24,7 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
     name: str | None = None
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "map"
+        return self.named("map")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("map", self.bound)]
@@ -41,7 +41,8 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
     def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:
         ctx = self.scope(ctx)
         items = self.check_input(input, ctx)
-        if subtree_class(self.bound) == COMPUTING:  # every item in this thread, one after the other
+        runner = ctx.map_runner or _RUNNER  # a backend of other processes sends the chunks there
+        if runner is _RUNNER and subtree_class(self.bound) == COMPUTING:  # every item in this thread, in turn
             result = run_chunk(self.bound, list(enumerate(items)), ctx.child("map"), return_exceptions=False)
             for index, ok, value, _ in result.outcomes:
                 if not ok:
@@ -49,7 +50,7 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
             return [value for _, _, value, _ in result.outcomes]
         out: list[Any] = [None] * len(items)
         for index, value in iter_batch(
-            _RUNNER, self.bound, items, ctx.child("map"), return_exceptions=False, ordered=False
+            runner, self.bound, items, ctx.child("map"), return_exceptions=False, ordered=False
         ):
             out[index] = value
         return out

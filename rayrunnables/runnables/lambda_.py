@@ -9,9 +9,9 @@ from typing import Any
 
 from .._aio import run_coro_sync
 from ..context import RunContext
+from ..engine.execution import call_step
+from ..engine.sharing import is_readonly_write, readonly_input_error
 from ..errors import attach_step
-from ..execution import call_step
-from ..sharing import is_readonly_write, readonly_input_error
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
 
@@ -45,7 +45,9 @@ class RunnableLambda(Runnable[Input, Output]):
     and ``.map()``/``batch`` call it once per chunk.
     """
 
-    learns = True
+    @property
+    def learns(self) -> bool:
+        return True
 
     func: Callable[..., Any]
     afunc: Callable[..., Any] | None = None

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import RunContext
+from ..engine.inprocess import run_branches
 from ..errors import InputTypeError
-from ..fanout import run_branches
 from .base import Runnable, coerce_to_runnable
 
 __all__ = ["RunnableParallel"]
@@ -35,7 +35,7 @@ class RunnableParallel(Runnable[Any, dict[str, Any]]):
         object.__setattr__(self, "name", name)
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "parallel"
+        return self.named("parallel")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [(f"parallel[{key!r}]", step) for key, step in self.steps.items()]

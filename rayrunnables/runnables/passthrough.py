@@ -8,9 +8,9 @@ from typing import Any
 
 from .._aio import run_coro_sync
 from ..context import RunContext
+from ..engine.execution import call_step
+from ..engine.sharing import is_readonly_write, readonly_input_error
 from ..errors import InputTypeError, attach_step
-from ..execution import call_step
-from ..sharing import is_readonly_write, readonly_input_error
 from .base import Runnable
 from .parallel import RunnableParallel
 
@@ -35,11 +35,11 @@ class RunnablePassthrough(Runnable[Any, Any]):
     name: str | None = None
 
     @property
-    def learns(self) -> bool:  # type: ignore[override]
+    def learns(self) -> bool:
         return self.func is not None
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "passthrough"
+        return self.named("passthrough")
 
     @classmethod
     def assign(cls, **kwargs: Any) -> RunnableAssign:  # type: ignore[override]
@@ -73,7 +73,7 @@ class RunnableAssign(Runnable[Mapping[str, Any], dict[str, Any]]):
         return cls(RunnableParallel(dict(kwargs)))
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "assign"
+        return self.named("assign")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("assign", self.mapper)]

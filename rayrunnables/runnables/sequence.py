@@ -41,7 +41,7 @@ class RunnableSequence(Runnable[Input, Output]):
         return self.steps[-1]
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "sequence"
+        return self.named("sequence")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [(f"step {i}", step) for i, step in enumerate(self.steps, 1)]

@@ -22,6 +22,8 @@ __all__ = [
     "RunnableRetry",
     "RunnableWithFallbacks",
     "notify_listener",
+    "start_run",
+    "finish_run",
 ]
 
 
@@ -48,7 +50,7 @@ class RunnableRetry(Runnable[Input, Output]):
         return cls(bound, **kwargs)
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else f"retry({self.bound.label()})"
+        return self.named(f"retry({self.bound.label()})")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
@@ -86,7 +88,7 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
     name: str | None = None
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else "fallbacks"
+        return self.named("fallbacks")
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.runnable), *((f"fallback {i}", f) for i, f in enumerate(self.fallbacks, 1))]
@@ -133,6 +135,29 @@ class Run:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def start_run(binding: RunnableBinding[Any, Any], value: Any, config: dict[str, Any]) -> Run:
+    """A listened run begins: ``on_start`` sees it. Wherever the bound step runs, listeners run here."""
+    run = Run(name=config.get("run_name") or binding.get_name(), inputs=value,
+              tags=list(config.get("tags", [])), metadata=dict(config.get("metadata", {})))
+    if binding.listeners is not None:
+        notify_listener(binding.listeners.on_start, run, config)
+    return run
+
+
+def finish_run(
+    binding: RunnableBinding[Any, Any], run: Run, config: dict[str, Any], output: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    """A listened run ends: ``on_end`` with its output, or ``on_error`` with its error."""
+    run.end_time = time.time()
+    if error is not None:
+        run.error = error
+    else:
+        run.outputs = output
+    if binding.listeners is not None:
+        notify_listener(binding.listeners.on_error if error is not None else binding.listeners.on_end, run, config)
+
+
 def notify_listener(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
     if listener is None:
         return
@@ -176,7 +201,7 @@ class RunnableBinding(Runnable[Input, Output]):
         return cls(bound, config or {}, options or {}, listeners)
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else self.bound.label()
+        return self.named(self.bound.label())
 
     def get_name(self) -> str:
         return self.name or self.bound.get_name()
@@ -186,11 +211,10 @@ class RunnableBinding(Runnable[Input, Output]):
 
     @property
     def vectorized(self) -> bool:
-        return self.listeners is None and bool(getattr(self.bound, "vectorized", False))
+        return self.listeners is None and self.bound.vectorized
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
-        result: list[Any] = self.bound._invoke_batch(inputs, self.enter(ctx))  # type: ignore[attr-defined]
-        return result
+        return self.bound._invoke_batch(inputs, self.enter(ctx))
 
     def enter(self, ctx: RunContext) -> RunContext:
         """The context ``bound`` runs in: our config merged, and a cap of our own if we set one."""
@@ -210,22 +234,14 @@ class RunnableBinding(Runnable[Input, Output]):
         inner = self.enter(ctx)
         if self.listeners is None:
             return self.bound._invoke(input, inner)
-        run = Run(
-            name=inner.config.get("run_name") or self.get_name(),
-            inputs=input,
-            tags=list(inner.config.get("tags", [])),
-            metadata=dict(inner.config.get("metadata", {})),
-        )
-        notify_listener(self.listeners.on_start, run, inner.config)
+        run = start_run(self, input, inner.config)
         try:
-            run.outputs = self.bound._invoke(input, inner)
+            output = self.bound._invoke(input, inner)
         except Exception as exc:
-            run.error, run.end_time = exc, time.time()
-            notify_listener(self.listeners.on_error, run, inner.config)
+            finish_run(self, run, inner.config, error=exc)
             raise
-        run.end_time = time.time()
-        notify_listener(self.listeners.on_end, run, inner.config)
-        return run.outputs  # type: ignore[no-any-return]
+        finish_run(self, run, inner.config, output)
+        return output
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         if self.listeners is not None:
@@ -247,7 +263,7 @@ class RunnableRateLimited(Runnable[Input, Output]):
     name: str | None = None
 
     def label(self) -> str:
-        return f"'{self.name}'" if self.name else self.bound.label()
+        return self.named(self.bound.label())
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
@@ -259,12 +275,11 @@ class RunnableRateLimited(Runnable[Input, Output]):
 
     @property
     def vectorized(self) -> bool:
-        return bool(getattr(self.bound, "vectorized", False))
+        return self.bound.vectorized
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
         self._wait_turn(ctx)
-        result: list[Any] = self.bound._invoke_batch(inputs, ctx)  # type: ignore[attr-defined]
-        return result
+        return self.bound._invoke_batch(inputs, ctx)
 
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         self._wait_turn(ctx)

@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import merge_configs
-from .execution import describe_class
-from .runnables.actor import RunnableActor
-from .runnables.base import Runnable
-from .runnables.each import RunnableEach
-from .runnables.lambda_ import RunnableLambda
-from .runnables.parallel import RunnableParallel
-from .runnables.passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
-from .runnables.sequence import RunnableSequence
-from .runnables.wrappers import RunnableBinding
+from ...config import merge_configs
+from ...engine.steps import step_tree
+from ...protocols import Node
+from ...runnables.actor import RunnableActor
+from ...runnables.each import RunnableEach
+from ...runnables.lambda_ import RunnableLambda
+from ...runnables.parallel import RunnableParallel
+from ...runnables.passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
+from ...runnables.sequence import RunnableSequence
+from ...runnables.wrappers import RunnableBinding
 
 __all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Listen", "Unit", "plan", "explain", "task_options"]
 
@@ -29,7 +29,7 @@ class Task:
     """Steps run one after the other inside one task (fused); ``where='driver'`` for io_bound steps,
     ``'actor'`` for a stateful step served by its actor pool."""
 
-    steps: list[tuple[tuple[str, ...], Runnable[Any, Any]]]
+    steps: list[tuple[tuple[str, ...], Node]]
     options: dict[str, Any]
     where: str = "worker"
     config: dict[str, Any] = field(default_factory=dict)  # from enclosing ``with_config`` bindings
@@ -62,7 +62,7 @@ class Fan:
 class Assign:
     path: tuple[str, ...]
     mapper: Fan
-    node: Runnable[Any, Any]
+    node: Node
 
 
 @dataclass
@@ -97,7 +97,7 @@ Unit = Task | Seq | Fan | Assign | Map | Pass | Pick | Listen
 
 
 def plan(
-    node: Runnable[Any, Any],
+    node: Node,
     path: tuple[str, ...] = (),
     options: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
@@ -192,16 +192,6 @@ def _fmt_opts(options: dict[str, Any]) -> str:
     return f"  options={options}" if options else ""
 
 
-def _tree(node: Runnable[Any, Any], segment: str, depth: int, lines: list[str]) -> None:
-    opts = node.options if isinstance(node, RunnableBinding) else {}
-    head = f"{segment}: " if segment else ""
-    kind = describe_class(node)
-    kind = f"  ({kind})" if kind else ""
-    lines.append(f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]{_fmt_opts(opts)}{kind}")
-    for seg, child in node.children():
-        _tree(child, seg, depth + 1, lines)
-
-
 def _units(unit: Unit, depth: int, lines: list[str]) -> None:
     pad = "  " * depth
     if isinstance(unit, Task):
@@ -235,17 +225,8 @@ def _units(unit: Unit, depth: int, lines: list[str]) -> None:
         _units(unit.inner, depth + 1, lines)
 
 
-def explain(node: Runnable[Any, Any], backend: Any = None) -> str:
-    """The chain as a tree of steps (path, type, options) and, for the Ray backend, its tasks."""
-    lines = ["steps:"]
-    _tree(node, "", 1, lines)
-    name = backend if isinstance(backend, str) or backend is None else getattr(backend, "name", str(backend))
-    if name not in (None, "local"):
-        lines.append(f"on {name}:")
-        _units(plan(node), 1, lines)
-    else:
-        lines.append(
-            "on local: runs in this process; computing branches and mapped items run inline in the calling "
-            "thread, waiting (or not yet learned) ones overlap in threads"
-        )
+def explain(node: Node) -> str:
+    """The chain's steps, then the tasks the Ray backend will submit for it."""
+    lines = ["steps:", *step_tree(node), "on ray:"]
+    _units(plan(node), 1, lines)
     return "\n".join(lines)

@@ -13,16 +13,14 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sized
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from .context import RunContext
-from .errors import RemoteTraceback, attach_step
-from .fanout import ChunkResult
+from ..context import RunContext
+from ..errors import RemoteTraceback, attach_step
+from ..protocols import Backend, ChunkRunner, Node
+from .inprocess import ChunkResult
 
-if TYPE_CHECKING:
-    from .runnables.base import Runnable
-
-__all__ = ["ChunkRunner", "iter_batch", "MAX_CHUNK"]
+__all__ = ["ChunkRunner", "iter_batch", "run_batch", "MAX_CHUNK"]
 
 MAX_CHUNK = 10_000
 VECTORIZED_MIN_CHUNK = 64
@@ -30,25 +28,6 @@ GROWTH = 4
 # When the number of items is known, chunks may be this many times the runner's target: the guided
 # cap below keeps the tail short, and fewer, larger chunks cost the workers less hand-off time.
 KNOWN_LENGTH_TARGET_FACTOR = 4
-
-
-class ChunkRunner(Protocol):
-    target_chunk_seconds: float
-    default_window: int
-
-    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
-        """Whether ``submit`` runs ``node``'s chunks in the calling thread (they are then taken one by one)."""
-        ...
-
-    def submit(
-        self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
-    ) -> Any: ...
-
-    def wait(self, handles: list[Any]) -> list[Any]: ...
-
-    def result(self, handle: Any) -> ChunkResult: ...
-
-    def cancel(self, handles: list[Any]) -> None: ...
 
 
 class _Sizer:
@@ -86,7 +65,7 @@ class _Sizer:
 
 def iter_batch(
     runner: ChunkRunner,
-    node: Runnable[Any, Any],
+    node: Node,
     inputs: Iterable[Any],
     ctx: RunContext,
     *,
@@ -107,7 +86,7 @@ def iter_batch(
         window = min(window, cap)
     # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
     # the per-item time measured on small chunks would keep them small: start it at a useful size.
-    floor = VECTORIZED_MIN_CHUNK if getattr(node, "vectorized", False) else 1
+    floor = VECTORIZED_MIN_CHUNK if node.vectorized else 1
     sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor, spread=runner.default_window)
     remaining = len(inputs) if isinstance(inputs, Sized) else None
     source = enumerate(inputs)
@@ -166,3 +145,19 @@ def iter_batch(
         if in_flight:
             ctx.cancel.cancel()
             runner.cancel(list(in_flight))
+
+
+def run_batch(
+    backend: Backend,
+    node: Node,
+    inputs: Iterable[Any],
+    config: dict[str, Any],
+    **kwargs: Any,
+) -> Iterator[tuple[int, Any]]:
+    """``batch``/``imap`` of ``node`` on ``backend``: its chunk runner, driven by the one scheduler."""
+    runner = backend.chunk_runner(node, config)
+    ctx = backend.root_context(config, node)
+    try:
+        yield from iter_batch(runner, node, inputs, ctx, **kwargs)
+    finally:
+        backend.end_run(ctx)

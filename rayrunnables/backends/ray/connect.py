@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import BackendError
+from ...errors import BackendError
 
 __all__ = ["check_cluster", "init_failure_hint"]
 

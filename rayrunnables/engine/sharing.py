@@ -22,7 +22,7 @@ import copy
 import sys
 from typing import Any
 
-from .errors import ReadOnlyInputError, attach_step
+from ..errors import ReadOnlyInputError, attach_step
 
 __all__ = [
     "isolate", "freeze", "writable", "writable_outcomes", "is_readonly_write", "readonly_input_error", "ATOMIC_TYPES",

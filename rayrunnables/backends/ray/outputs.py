@@ -9,10 +9,10 @@ from typing import Any
 
 import ray.cloudpickle as ray_pickle
 
-from ..context import RunContext
-from ..errors import UnpicklableOutputError, attach_step
-from ..fanout import ChunkResult
-from ..runnables.sequence import RunnableSequence
+from ...context import RunContext
+from ...engine.inprocess import ChunkResult
+from ...errors import UnpicklableOutputError, attach_step
+from ...runnables.sequence import RunnableSequence
 
 __all__ = ["PLAIN_TYPES", "producer", "sendable_outcomes", "unsendable"]
 

@@ -1,9 +1,10 @@
-"""In-process concurrency: parallel branches and chunks of mapped items on threads.
+"""The in-process runner: a dict's branches and chunks of items, in this process.
 
-This is the machinery of the local backend, and also what runs *inside* a Ray task when a fused unit
-contains a parallel or a map. One elastic thread pool serves every invocation: an idle thread is
-reused, and a new one is started only when none is idle, so a branch waiting on its own nested map
-never starves it (no deadlock), while ``max_concurrency`` is enforced on user calls, not on threads.
+It is the local backend, and also what runs *inside* a Ray task or an executor's worker. Computing
+branches and chunks run inline in the calling thread; waiting ones (or ones not learned yet) overlap
+on one elastic thread pool: an idle thread is reused, and a new one is started only when none is idle,
+so a branch waiting on its own nested map never starves it (no deadlock), while ``max_concurrency`` is
+enforced on user calls, not on threads.
 """
 
 from __future__ import annotations
@@ -11,24 +12,25 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .context import RunContext
-from .errors import attach_step
+from ..context import RunContext, ThreadLimiter
+from ..errors import attach_step
+from ..protocols import ChunkRunner, Node
 from .execution import COMPUTING, subtree_class
-from .sharing import freeze, isolate
+from .sharing import freeze, isolate, writable_outcomes
 
-if TYPE_CHECKING:
-    from .runnables.base import Runnable
-
-__all__ = ["run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem"]
+__all__ = [
+    "run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem", "local_root_context",
+]
 
 POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
 
 
-def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable[Any, Any]]]) -> list[Any]:
+def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node]]) -> list[Any]:
     """Run every branch on its own share of ``input``; the first failure in time is raised at once.
 
     Branches that wait (or are not learned yet) overlap in threads; branches that compute run inline in
@@ -39,7 +41,7 @@ def run_branches(ctx: RunContext, input: Any, branches: list[tuple[str, Runnable
     forked = ctx.fork()
     failures: list[BaseException] = []  # in the order they happened: the first one is raised
 
-    def run(segment: str, step: Runnable[Any, Any]) -> Any:
+    def run(segment: str, step: Node) -> Any:
         try:
             return step._invoke(isolate(input), forked.child(segment))
         except BaseException as exc:
@@ -113,7 +115,7 @@ class ChunkResult:
 
 
 def run_chunk(
-    node: Runnable[Any, Any],
+    node: Node,
     items: list[tuple[int, Any]],
     ctx: RunContext,
     return_exceptions: bool,
@@ -127,7 +129,7 @@ def run_chunk(
     """
     outcomes: list[tuple[int, bool, Any, str | None]] = []
     start = time.perf_counter()
-    if getattr(node, "vectorized", False) and any(type(value) is PerItem for _, value in items):
+    if node.vectorized and any(type(value) is PerItem for _, value in items):
         # one call per run of items sharing a config: a vectorized call has one config
         for config, group in itertools.groupby(items, key=lambda pair: _config_of(pair[1])):
             group_ctx = ctx if config is None else ctx.with_config(config)
@@ -137,10 +139,10 @@ def run_chunk(
             if not return_exceptions and any(not ok for _, ok, _, _ in part.outcomes):
                 break
         return ChunkResult(outcomes, time.perf_counter() - start)
-    if getattr(node, "vectorized", False):
+    if node.vectorized:
         try:
             values = [freeze(value) if remote else isolate(value) for _, value in items]
-            outputs = node._invoke_batch(values, ctx)  # type: ignore[attr-defined]
+            outputs = node._invoke_batch(values, ctx)
         except Exception as exc:  # the one call failed: every item of the chunk carries its error
             path = ctx.path_str if ctx.path else node.label()
             tb = _format(exc) if remote else None
@@ -175,19 +177,21 @@ def _format(exc: BaseException) -> str:
 
 
 class ThreadChunkRunner:
-    """Chunk primitives for the scheduler in ``batching``: chunks of waiting (or not yet learned) steps
-    overlap on the shared thread pool; chunks of computing steps run inline, in the calling thread."""
+    """Chunk primitives for the scheduler: chunks of waiting (or not yet learned) steps overlap on the
+    shared thread pool; chunks of computing steps run inline, in the calling thread. ``final``: the
+    outputs go to the caller (made writable), not to another step."""
 
     target_chunk_seconds = 0.001
 
-    def __init__(self, window: int = 32) -> None:
+    def __init__(self, window: int = 32, final: bool = False) -> None:
         self.default_window = window
+        self.final = final
 
-    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
+    def runs_inline(self, node: Node) -> bool:
         return subtree_class(node) == COMPUTING
 
     def submit(
-        self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
+        self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
     ) -> Future[ChunkResult]:
         if not self.runs_inline(node):
             return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
@@ -200,8 +204,18 @@ class ThreadChunkRunner:
         return [h for h in handles if h in done]
 
     def result(self, handle: Future[ChunkResult]) -> ChunkResult:
-        return handle.result()
+        result = handle.result()
+        if self.final:
+            writable_outcomes(result.outcomes)
+        return result
 
     def cancel(self, handles: list[Future[ChunkResult]]) -> None:
         for handle in handles:
             handle.cancel()
+
+
+def local_root_context(config: dict[str, Any], map_runner: ChunkRunner | None = None) -> RunContext:
+    """The context of a run in this process: ``max_concurrency`` as a semaphore around user calls."""
+    ctx = RunContext(config, map_runner=map_runner)
+    cap = config.get("max_concurrency")
+    return ctx.with_limiter(ThreadLimiter(cap)) if cap else ctx

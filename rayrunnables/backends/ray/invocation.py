@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,20 +16,21 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.exceptions import RayTaskError
 
-from .. import plan as planning
-from ..config import merge_configs
-from ..context import RunContext, ThreadLimiter
-from ..fanout import POOL
-from ..runnables.actor import RunnableActor
-from ..runnables.lambda_ import RunnableLambda
-from ..runnables.passthrough import require_dict
-from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
-from ..sharing import writable
-from .ray_pending import Apply, Const, Pending, Ref, Share, flatten, owned, rebuild, shared, unmarked
-from .ray_services import WORKER_SERVICES
-from .ray_shipping import walk
-from .ray_tasks import (
-    ContextState,
+from ...config import merge_configs
+from ...context import RunContext, ThreadLimiter
+from ...engine.inprocess import POOL
+from ...engine.sharing import writable
+from ...options import OUR_OPTIONS
+from ...protocols import ContextState, Node
+from ...runnables.actor import RunnableActor
+from ...runnables.lambda_ import RunnableLambda
+from ...runnables.passthrough import require_dict
+from ...runnables.wrappers import RunnableBinding, RunnableRateLimited, finish_run, start_run
+from . import planner as planning
+from .pending import Apply, Const, Pending, Ref, Share, flatten, owned, rebuild, shared, unmarked
+from .services import WORKER_SERVICES
+from .shipping import walk
+from .tasks import (
     cancel_pending,
     concat,
     map_chunks,
@@ -40,12 +40,9 @@ from .ray_tasks import (
 )
 
 if TYPE_CHECKING:
-    from ..runnables.base import Runnable
-    from .ray import RayBackend
+    from .backend import RayBackend
 
-__all__ = ["RunStats", "Invocation", "ActorLimiter", "OUR_OPTIONS", "kill_limiters", "actor_of", "waits_on_io"]
-
-OUR_OPTIONS = frozenset({"io_bound"})
+__all__ = ["RunStats", "Invocation", "ActorLimiter", "kill_limiters", "actor_of", "waits_on_io"]
 
 
 @dataclass
@@ -87,8 +84,8 @@ class Invocation:
         self.submitted: list[Any] = []
 
     def state(self, path: tuple[str, ...], overlay: dict[str, Any] | None = None) -> ContextState:
-        config, _, depth, limiters = self.backend.state(self.ctx)
-        return (merge_configs(config, overlay) if overlay else config, path, depth, limiters)
+        state = self.backend.state(self.ctx)
+        return state._replace(config=merge_configs(state.config, overlay) if overlay else state.config, path=path)
 
     def remote_options(self, options: dict[str, Any], name: str) -> dict[str, Any]:
         return {"name": name[:200], **{k: v for k, v in options.items() if k not in OUR_OPTIONS}}
@@ -99,8 +96,8 @@ class Invocation:
                 value = self.materialize(pending, barrier=True)
                 config = merge_configs(self.ctx.config, unit.config)
                 for path, node in unit.steps:
-                    value = node._invoke(value, RunContext(config, path, None, self.ctx.limiters,
-                                                           self.ctx.depth, WORKER_SERVICES))
+                    value = node._invoke(value, RunContext(config, path, limiters=self.ctx.limiters,
+                                                           depth=self.ctx.depth, services=WORKER_SERVICES))
                 return Const(value)
             recipe, refs = flatten(pending)
             if unit.where == "actor":
@@ -154,10 +151,11 @@ class Invocation:
         state = self.state(unit.path, unit.config)
         if waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
-            ctx = RunContext(state[0], unit.path, None, self.ctx.limiters, 0, WORKER_SERVICES)
+            ctx = RunContext(state.config, unit.path, limiters=self.ctx.limiters, services=WORKER_SERVICES)
             return Const(unit.node._invoke(value, ctx))
-        if isinstance(unmarked(pending), Const):
-            items = unit.node.check_input(unmarked(pending).value, RunContext(path=unit.path))  # type: ignore[union-attr]
+        base = unmarked(pending)
+        if isinstance(base, Const):
+            items = unit.node.check_input(base.value, RunContext(path=unit.path))
             pool = self.backend.pool_of(unit.node.bound)
             refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
             self.submitted.extend(refs)
@@ -172,23 +170,18 @@ class Invocation:
         return Ref(ref)
 
     def submit_listen(self, unit: planning.Listen, pending: Pending) -> Pending:
-        listeners = unit.node.listeners
-        assert listeners is not None
-        config = self.ctx.config
+        """Listeners run in the driver, around the plan of what they bind (a barrier on each side)."""
+        config = merge_configs(self.ctx.config, unit.node.config)
         value = self.materialize(pending, barrier=True)
         as_given = Share(Const(value)) if isinstance(pending, Share) else Const(value)
-        run = Run(name=config.get("run_name") or unit.node.get_name(), inputs=value,
-                  tags=list(config.get("tags", [])), metadata=dict(config.get("metadata", {})))
-        notify_listener(listeners.on_start, run, config)
+        run = start_run(unit.node, value, config)
         try:
-            run.outputs = self.materialize(self.submit(unit.inner, as_given), barrier=True)
+            output = self.materialize(self.submit(unit.inner, as_given), barrier=True)
         except Exception as exc:
-            run.error, run.end_time = exc, time.time()
-            notify_listener(listeners.on_error, run, config)
+            finish_run(unit.node, run, config, error=exc)
             raise
-        run.end_time = time.time()
-        notify_listener(listeners.on_end, run, config)
-        return Const(run.outputs)
+        finish_run(unit.node, run, config, output)
+        return Const(output)
 
     # ---- waiting ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -285,7 +278,7 @@ def _has_barrier(unit: planning.Unit) -> bool:
     return False
 
 
-def actor_of(node: Runnable[Any, Any]) -> RunnableActor | None:
+def actor_of(node: Node) -> RunnableActor | None:
     while isinstance(node, (RunnableBinding, RunnableRateLimited)):
         if isinstance(node, RunnableBinding) and (node.listeners is not None or node.config):
             return None
@@ -293,7 +286,7 @@ def actor_of(node: Runnable[Any, Any]) -> RunnableActor | None:
     return node if isinstance(node, RunnableActor) else None
 
 
-def waits_on_io(node: Runnable[Any, Any]) -> bool:
+def waits_on_io(node: Node) -> bool:
     """Steps marked ``io_bound`` or made only of async functions: run them where waiting is cheap."""
     if isinstance(node, RunnableBinding) and node.options.get("io_bound"):
         return True

@@ -12,17 +12,18 @@ import threading
 from typing import Any
 
 import ray
-import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayActorError
 
-from ..context import RunContext
-from ..errors import StepConstructionError
-from ..fanout import ChunkResult, run_chunk
-from ..runnables.actor import RunnableActor
-from ..services import TokenBucket
-from ..sharing import writable
-from .ray_outputs import producer, sendable_outcomes, unsendable
-from .ray_pending import rebuild
+from ...context import RunContext
+from ...engine.inprocess import ChunkResult
+from ...engine.sharing import writable
+from ...errors import StepConstructionError
+from ...protocols import ContextState
+from ...runnables.actor import RunnableActor
+from ...services import TokenBucket
+from .outputs import producer, unsendable
+from .pending import rebuild
+from .worker import chunk_here, list_here
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -97,6 +98,9 @@ class RayServices:
 WORKER_SERVICES = RayServices()
 
 
+_NO_STATE = ContextState({}, (), 0, ())
+
+
 @ray.remote
 class _StepActor:
     """One member of a stateful step's pool: the class is built here once, then serves every call."""
@@ -109,9 +113,8 @@ class _StepActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def context(self, state: Any, path: tuple[str, ...] | None = None) -> RunContext:
-        config, base, depth, limiters = state
-        return RunContext(config, base if path is None else path, None, limiters, depth, self.services)
+    def context(self, state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
+        return RunContext.from_state(state, self.services, path)
 
     def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
         value = self.node._invoke(rebuild(recipe, values), self.context(state, path))
@@ -121,25 +124,17 @@ class _StepActor:
         return value
 
     def call_one(self, item: Any) -> Any:
-        return self.node._invoke(item, self.context(({}, (), 0, ())))
+        return self.node._invoke(item, self.context(_NO_STATE))
 
     def call_batch(self, items: list[Any]) -> list[Any]:
-        return self.node._invoke_batch(items, self.context(({}, (), 0, ())))
+        return self.node._invoke_batch(items, self.context(_NO_STATE))
 
-    def run_chunk(self, node: Any, packed: bytes, state: Any, return_exceptions: bool) -> ChunkResult:
+    def run_chunk(self, node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
         """``node`` is this step, possibly wrapped (options, rate limit); it runs on our instance."""
-        ctx = self.context(state)
-        result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
-        return sendable_outcomes(result, node, ctx, return_exceptions)
+        return chunk_here(node, packed, self.context(state), return_exceptions)
 
-    def run_list(self, node: Any, packed: bytes, state: Any) -> list[Any]:
-        ctx = self.context(state)
-        result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node,
-                                   ctx, return_exceptions=False)
-        for _, ok, value, _ in result.outcomes:
-            if not ok:
-                raise value
-        return [value for _, _, value, _ in result.outcomes]
+    def run_list(self, node: Any, packed: bytes, state: ContextState) -> list[Any]:
+        return list_here(node, packed, self.context(state))
 
 
 class ActorPool:

@@ -1,6 +1,6 @@
 """The Ray backend: the same chain, its steps as Ray tasks, intermediate values as ``ObjectRef``s.
 
-``invoke`` walks the plan (``rayrunnables.plan``) and submits every task of the invocation before
+``invoke`` walks the plan (``planner``) and submits every task of the invocation before
 waiting on anything: a fused sequence segment is one task, a dict fans out into one task per branch
 (the shared input ``ray.put`` once), a ``.map()`` is cut into chunk tasks. ``batch``/``imap`` use the
 shared windowed scheduler with chunk tasks. Ray's exceptions are converted at this edge: the user's
@@ -15,42 +15,30 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
-from .. import plan as planning
-from ..batching import iter_batch
-from ..config import merge_configs
-from ..context import RunContext
-from ..errors import BackendError, UnpicklableStepError
-from ..fanout import ChunkResult, PerItem, ThreadChunkRunner
-from ..runnables.actor import RunnableActor
-from ..runnables.lambda_ import RunnableLambda
-from ..runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, notify_listener
-from ..sharing import isolate, writable_outcomes
-from .base import Backend
-from .ray_invoke import OUR_OPTIONS, ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
-from .ray_pending import Const, Share
-from .ray_services import WORKER_SERVICES, ActorPool, create_limiter
-from .ray_shipping import find_unpicklable, ship_user_modules, walk
-from .ray_tasks import (
-    NOT_SENT,
-    ContextState,
-    cancel_pending,
-    pack,
-    raise_converted,
-    run_chunk_task,
-)
-
-if TYPE_CHECKING:
-    from ..batching import ChunkRunner
-    from ..runnables.base import Runnable
+from ...config import merge_configs
+from ...context import RunContext
+from ...engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context
+from ...engine.sharing import isolate, writable_outcomes
+from ...errors import BackendError, UnpicklableStepError
+from ...options import OUR_OPTIONS
+from ...protocols import Backend, ChunkRunner, ContextState, Node
+from ...runnables.actor import RunnableActor
+from ...runnables.lambda_ import RunnableLambda
+from ...runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, finish_run, start_run
+from . import planner as planning
+from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
+from .pending import Const, Share
+from .services import WORKER_SERVICES, ActorPool, create_limiter
+from .shipping import find_unpicklable, ship_user_modules, walk
+from .tasks import NOT_SENT, cancel_pending, pack, raise_converted, run_chunk_task
 
 __all__ = ["RayBackend", "RunStats"]
-
 
 
 class RayBackend(Backend):
@@ -88,7 +76,7 @@ class RayBackend(Backend):
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or "local"
         kwargs: dict[str, Any] = {"include_dashboard": False, **self.init_kwargs}
-        from .ray_connect import check_cluster, init_failure_hint
+        from .connect import check_cluster, init_failure_hint
 
         if address != "local":
             kwargs.pop("include_dashboard", None)
@@ -106,7 +94,7 @@ class RayBackend(Backend):
         return cpus
 
     # ---- before anything is submitted ----------------------------------------------------------------
-    def prepare(self, node: Runnable[Any, Any]) -> None:
+    def prepare(self, node: Node) -> None:
         """Start Ray, ship the user's own modules by value, and refuse unpicklable steps by name."""
         self.ensure_started()
         if node in self._checked:
@@ -124,7 +112,7 @@ class RayBackend(Backend):
         self._start_services(node, {})
         self._checked.add(node)
 
-    def _start_services(self, node: Runnable[Any, Any], options: dict[str, Any]) -> None:
+    def _start_services(self, node: Node, options: dict[str, Any]) -> None:
         """An actor pool per stateful step and a limiter actor per rate-limited step, before any task."""
         if isinstance(node, RunnableBinding):
             options = {**options, **node.options}
@@ -136,7 +124,7 @@ class RayBackend(Backend):
         for _, child in node.children():
             self._start_services(child, options)
 
-    def release(self, node: Runnable[Any, Any] | None = None) -> None:
+    def release(self, node: Node | None = None) -> None:
         """Kill the actor pools and limiter actors started for ``node``'s steps (all, without a node).
         They live until then, so a step's model stays loaded between calls."""
         keys = None if node is None else {
@@ -151,22 +139,23 @@ class RayBackend(Backend):
         else:
             self._checked.discard(node)  # used again, it gets fresh pools
 
-    def pool_of(self, node: Runnable[Any, Any]) -> ActorPool | None:
+    def pool_of(self, node: Node) -> ActorPool | None:
         """The pool serving ``node`` when it is a stateful step (possibly wrapped in options/rate limit)."""
         actor = actor_of(node)
         return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
-        config = {k: v for k, v in ctx.config.items() if k not in NOT_SENT}
-        return (config, ctx.path, ctx.depth, ctx.limiters)
+        return ctx.state({k: v for k, v in ctx.config.items() if k not in NOT_SENT})
 
-    def root_context(self, config: dict[str, Any]) -> RunContext:
-        ctx = RunContext(config=config, services=WORKER_SERVICES)
+    def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
+        if node is not None and waits_on_io(node):  # runs in driver threads: an in-process cap is enough
+            return local_root_context(config)
+        ctx = RunContext(config, services=WORKER_SERVICES)
         cap = config.get("max_concurrency")
         return ctx.with_limiter(ActorLimiter.create(cap)) if cap else ctx
 
     # ---- invoke ------------------------------------------------------------------------------------
-    def invoke(self, node: Runnable[Any, Any], input: Any, config: dict[str, Any]) -> Any:
+    def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
@@ -175,7 +164,7 @@ class RayBackend(Backend):
         finally:
             run.close()
 
-    async def ainvoke(self, node: Runnable[Any, Any], input: Any, config: dict[str, Any]) -> Any:
+    async def ainvoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
@@ -185,74 +174,71 @@ class RayBackend(Backend):
         finally:
             run.close()
 
-    def stream(self, node: Runnable[Any, Any], input: Any, config: dict[str, Any]) -> Iterator[Any]:
-        from ..runnables.sequence import RunnableSequence
+    def stream(self, node: Node, input: Any, config: dict[str, Any]) -> Iterator[Any]:
+        from ...runnables.sequence import RunnableSequence
 
         # The chain up to its last step runs on Ray; a generator last step streams from the driver.
         if isinstance(node, RunnableSequence) and isinstance(node.last, RunnableLambda) and node.last.is_generator:
             head = RunnableSequence.of(*node.steps[:-1])
             value = self.invoke(head, input, config)
-            ctx = RunContext(config=config, path=(f"step {len(node.steps)}",))
+            ctx = RunContext(config, (f"step {len(node.steps)}",))
             yield from node.last._stream(value, ctx)
             return
         if isinstance(node, RunnableLambda) and node.is_generator:
-            yield from node._stream(isolate(input), RunContext(config=config))
+            yield from node._stream(isolate(input), RunContext(config))
             return
         yield self.invoke(node, input, config)
 
-    # ---- batch / imap --------------------------------------------------------------------------------
-    def chunk_runner(self, config: dict[str, Any]) -> ChunkRunner:
-        raise NotImplementedError("the Ray backend builds a chunk runner per node: see iter_batch")
-
-    def iter_batch(self, node: Runnable[Any, Any], inputs: Any, config: dict[str, Any], **kwargs: Any) -> Any:
+    # ---- batch / imap: a chunk runner for the shared scheduler ---------------------------------------
+    def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
         self.prepare(node)
         if isinstance(node, RunnableBinding) and node.listeners is not None:
-            yield from self._batch_with_listeners(node, inputs, config, **kwargs)
-            return
+            bare = RunnableBinding(node.bound, node.config, node.options)
+            return ListeningRunner(self.chunk_runner(bare, config), node, bare, config)
         if waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
-            yield from iter_batch(ThreadChunkRunner(64), node, inputs, Backend.root_context(self, config), **kwargs)
-            return
-        ctx = self.root_context(config)
-        try:
-            yield from iter_batch(RayChunkRunner(self, node), node, inputs, ctx, **kwargs)
-        finally:
-            kill_limiters(ctx)
+            return ThreadChunkRunner(64, final=True)
+        return RayChunkRunner(self, node)
 
-    def _batch_with_listeners(
-        self, node: RunnableBinding[Any, Any], inputs: Any, config: dict[str, Any], **kwargs: Any
-    ) -> Iterator[tuple[int, Any]]:
-        """Listeners belong to the driver: items run on Ray, ``on_start``/``on_end``/``on_error`` here."""
-        listeners = node.listeners
-        assert listeners is not None
-        cfg = merge_configs(config, node.config)
-        runs: dict[int, Run] = {}
+    def end_run(self, ctx: RunContext) -> None:
+        kill_limiters(ctx)
 
-        run_configs: dict[int, dict[str, Any]] = {}
+    def explain(self, node: Node) -> str:
+        return planning.explain(node)
 
-        def started(items: Any) -> Iterator[Any]:
-            for index, item in enumerate(items):
-                own = merge_configs(item.config, node.config) if type(item) is PerItem else cfg
-                value = item.value if type(item) is PerItem else item
-                runs[index] = Run(name=own.get("run_name") or node.get_name(), inputs=value,
-                                  tags=list(own.get("tags", [])), metadata=dict(own.get("metadata", {})))
-                run_configs[index] = own
-                notify_listener(listeners.on_start, runs[index], own)
-                yield item
 
-        return_exceptions = kwargs.pop("return_exceptions")
-        bare = RunnableBinding(node.bound, node.config, node.options)
-        for index, value in self.iter_batch(bare, started(inputs), config, return_exceptions=True, **kwargs):
-            run, own = runs.pop(index), run_configs.pop(index)
-            run.end_time = time.time()
-            if isinstance(value, Exception):
-                run.error = value
-                notify_listener(listeners.on_error, run, own)
-                if not return_exceptions:
-                    raise value
-            else:
-                run.outputs = value
-                notify_listener(listeners.on_end, run, own)
-            yield index, value
+class ListeningRunner:
+    """Listeners belong to the driver: a batch's items run on Ray, their ``on_start``, ``on_end`` and
+    ``on_error`` here, around each chunk (the same lifecycle ``RunnableBinding`` has in-process)."""
+
+    def __init__(self, inner: ChunkRunner, node: RunnableBinding[Any, Any], bare: RunnableBinding[Any, Any],
+                 config: dict[str, Any]) -> None:
+        self.inner, self.node, self.bare = inner, node, bare
+        self.config = merge_configs(config, node.config)
+        self.target_chunk_seconds, self.default_window = inner.target_chunk_seconds, inner.default_window
+        self.runs: dict[int, tuple[Run, dict[str, Any]]] = {}
+
+    def runs_inline(self, node: Node) -> bool:
+        return False
+
+    def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext,
+               return_exceptions: bool) -> Any:
+        for index, item in items:
+            own = merge_configs(item.config, self.node.config) if type(item) is PerItem else self.config
+            self.runs[index] = (start_run(self.node, item.value if type(item) is PerItem else item, own), own)
+        return self.inner.submit(self.bare, items, ctx, True)  # every item's end reaches its listeners
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        return self.inner.wait(handles)
+
+    def result(self, handle: Any) -> ChunkResult:
+        result = self.inner.result(handle)
+        for index, ok, value, _ in result.outcomes:
+            run, own = self.runs.pop(index)
+            finish_run(self.node, run, own, value if ok else None, None if ok else value)
+        return result
+
+    def cancel(self, handles: list[Any]) -> None:
+        self.inner.cancel(handles)
 
 
 class RayChunkRunner:
@@ -262,17 +248,17 @@ class RayChunkRunner:
     # machine: chunks of ~50 ms keep it near 2%, and cost at most 50 ms of imbalance at the end.
     target_chunk_seconds = 0.05
 
-    def __init__(self, backend: RayBackend, node: Runnable[Any, Any]) -> None:
+    def __init__(self, backend: RayBackend, node: Node) -> None:
         self.backend = backend
         self.pool = backend.pool_of(node)
         self.default_window = 2 * (len(self.pool.actors) if self.pool else backend.parallelism())
         self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
         self._actor_of_handle: dict[Any, int] = {}
 
-    def runs_inline(self, node: Runnable[Any, Any]) -> bool:
+    def runs_inline(self, node: Node) -> bool:
         return False
 
-    def submit(self, node: Runnable[Any, Any], items: list[tuple[int, Any]], ctx: RunContext,
+    def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext,
                return_exceptions: bool) -> Any:
         prepared = self._prepared.get(id(node))
         if prepared is None:  # once per batch, not once per chunk

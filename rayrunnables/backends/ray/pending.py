@@ -4,7 +4,7 @@ The Ray backend threads these through a chain instead of waiting: ``pick``, ``as
 dict a fan-out builds are applied where the value is consumed (inside the next task, or once at the
 end in the driver), so no step forces the driver to fetch an intermediate result.
 
-Two marks say how a value reaches the step that consumes it, as ``rayrunnables.sharing`` describes:
+Two marks say how a value reaches the step that consumes it, as ``rayrunnables.engine.sharing`` describes:
 ``Share`` (the chain's input, a fan-out's input: arrays read-only, nothing copied) and ``Own`` (what
 the previous step of a sequence returned: the next step may write into it, as in-process, so an array
 that arrived read-only from the object store is copied, once, there).
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..sharing import freeze, isolate, writable
+from ...engine.sharing import freeze, isolate, writable
 
 __all__ = ["Ref", "Const", "Apply", "Share", "Own", "Pending", "flatten", "rebuild", "shared", "owned", "unmarked"]
 

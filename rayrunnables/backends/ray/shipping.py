@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import ray.cloudpickle as ray_pickle
 
+from ...protocols import Node
+
 if TYPE_CHECKING:
-    from ..runnables.base import Runnable
+    pass
 
 __all__ = ["ship_user_modules", "find_unpicklable", "walk"]
 
@@ -24,7 +26,7 @@ _INSTALLED = tuple(
 )
 
 
-def ship_user_modules(node: Runnable[Any, Any]) -> None:
+def ship_user_modules(node: Node) -> None:
     """Pickle the user's own modules by value, so workers that cannot import them still run their steps."""
     for leaf in walk(node):
         for obj in _callables(leaf):
@@ -53,15 +55,15 @@ def _callables(node: Any) -> list[Any]:
     return found
 
 
-def walk(node: Runnable[Any, Any]) -> Iterator[Runnable[Any, Any]]:
+def walk(node: Node) -> Iterator[Node]:
     yield node
     for _, child in node.children():
         yield from walk(child)
 
 
 def find_unpicklable(
-    node: Runnable[Any, Any], path: tuple[str, ...]
-) -> tuple[tuple[str, ...], Runnable[Any, Any], BaseException]:
+    node: Node, path: tuple[str, ...]
+) -> tuple[tuple[str, ...], Node, BaseException]:
     for segment, child in node.children():
         try:
             ray_pickle.dumps(child)

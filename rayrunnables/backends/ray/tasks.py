@@ -7,73 +7,42 @@ own in-process meaning, so a step computes exactly what it computes on the local
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from typing import Any
 
 import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
-from ..context import RunContext
-from ..errors import RemoteTraceback
-from ..fanout import ChunkResult, PerItem, run_chunk
-from ..sharing import isolate
-from .ray_outputs import PLAIN_TYPES, producer, sendable_outcomes, unsendable
-from .ray_pending import rebuild
-from .ray_services import WORKER_SERVICES
+from ...context import RunContext
+from ...engine.inprocess import ChunkResult, PerItem
+from ...engine.sharing import isolate
+from ...errors import RemoteTraceback
+from ...protocols import ContextState
+from .outputs import PLAIN_TYPES, producer, unsendable
+from .pending import rebuild
+from .services import WORKER_SERVICES
+from .worker import chunk_here, interruptible, list_here
 
 __all__ = [
-    "ContextState",
     "NOT_SENT",
     "cancel_pending",
     "concat",
     "convert",
-    "interruptible",
     "map_chunks",
     "pack",
     "raise_converted",
     "run_chunk_task",
+    "run_fanout_task",
     "run_list_task",
     "run_task",
-    "producer",
-    "sendable_outcomes",
-    "unsendable",
 ]
-
-ContextState = tuple[dict[str, Any], tuple[str, ...], int, tuple[Any, ...]]
 
 # config keys that never leave the driver: the backend object, and LangChain callbacks (unpicklable)
 NOT_SENT = frozenset({"backend", "callbacks"})
 
 
-_interruptible_checked = False
-
-
-def interruptible() -> None:
-    """Let ``ray.cancel`` interrupt this worker's running task (once per worker process).
-
-    Ray's non-forced cancel raises ``KeyboardInterrupt`` through Python's SIGINT handler. A driver started
-    as a background job (``python job.py &``, ``nohup``) has SIGINT ignored, as POSIX shells do for
-    asynchronous commands; Ray's processes inherit that, Python then installs no handler, and a cancel
-    does nothing: the first failure would leave its running siblings to run to the end.
-    """
-    global _interruptible_checked
-    if _interruptible_checked:
-        return
-    _interruptible_checked = True
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    except (ValueError, OSError):  # not the main thread after all, or no signals here
-        pass
-
-
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
-    config, base_path, depth, limiters = state
-    return RunContext(config, base_path if path is None else path, None, limiters, depth, WORKER_SERVICES)
+    return RunContext.from_state(state, WORKER_SERVICES, path)
 
 
 def convert(err: BaseException) -> BaseException:
@@ -156,22 +125,14 @@ def pack(items: list[tuple[int, Any]]) -> bytes:
 def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
     """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
     interruptible()
-    ctx = make_context(state)
-    result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
-    return sendable_outcomes(result, node, ctx, return_exceptions)
+    return chunk_here(node, packed, make_context(state), return_exceptions)
 
 
 @ray.remote
 def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
     """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
     interruptible()
-    ctx = make_context(state)
-    result = sendable_outcomes(run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions=False), node, ctx,
-                               return_exceptions=False)
-    for _, ok, value, _ in result.outcomes:
-        if not ok:
-            raise value
-    return [value for _, _, value, _ in result.outcomes]
+    return list_here(node, packed, make_context(state))
 
 
 def map_chunks(
@@ -182,9 +143,8 @@ def map_chunks(
     if n_chunks == 0:
         return []
     size = math.ceil(len(items) / n_chunks)
-    config, path, depth, limiters = state
-    inner = (config, (*path, "map"), depth, limiters)
-    name = "/".join((*path, "map", each.bound.label()))
+    inner = state._replace(path=(*state.path, "map"))
+    name = "/".join((*state.path, "map", each.bound.label()))
     node_ref = ray.put(each.bound)
     chunks = [pack(list(enumerate(items[i : i + size], start=i))) for i in range(0, len(items), size)]
     if pool is not None:  # a stateful step: its pool serves the chunks, spread evenly

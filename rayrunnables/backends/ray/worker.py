@@ -1,0 +1,56 @@
+"""The one entry point for chunks of items inside a Ray worker, for tasks and actor pools alike."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import ray.cloudpickle as ray_pickle
+
+from ...context import RunContext
+from ...engine.inprocess import ChunkResult, run_chunk
+from .outputs import sendable_outcomes
+
+__all__ = ["chunk_here", "list_here", "interruptible"]
+
+
+def chunk_here(node: Any, packed: bytes, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
+    """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks, and an
+    output that cannot leave the worker becomes its item's error."""
+    result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
+    return sendable_outcomes(result, node, ctx, return_exceptions)
+
+
+def list_here(node: Any, packed: bytes, ctx: RunContext) -> list[Any]:
+    """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
+    for _, ok, value, _ in (result := chunk_here(node, packed, ctx, return_exceptions=False)).outcomes:
+        if not ok:
+            raise value
+    return [value for _, _, value, _ in result.outcomes]
+
+
+_interruptible_checked = False
+
+
+def interruptible() -> None:
+    """Let ``ray.cancel`` interrupt this worker's running task (once per worker process).
+
+    Ray's non-forced cancel raises ``KeyboardInterrupt`` through Python's SIGINT handler. A driver started
+    as a background job (``python job.py &``, ``nohup``) has SIGINT ignored, as POSIX shells do for
+    asynchronous commands; Ray's processes inherit that, Python then installs no handler, and a cancel
+    does nothing: the first failure would leave its running siblings to run to the end.
+    """
+    global _interruptible_checked
+    if _interruptible_checked:
+        return
+    _interruptible_checked = True
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not the main thread after all, or no signals here
+        pass
+
+

@@ -1,0 +1,23 @@
+"""The step tree ``explain()`` prints for every backend: each step's path, type, options and execution class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocols import Node
+from .execution import describe_class
+
+__all__ = ["step_tree"]
+
+
+def step_tree(node: Node, segment: str = "", depth: int = 1) -> list[str]:
+    options: dict[str, Any] = getattr(node, "options", None) or {}
+    head = f"{segment}: " if segment else ""
+    kind = describe_class(node)
+    line = f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]"
+    line += f"  options={options}" if options else ""
+    line += f"  ({kind})" if kind else ""
+    lines = [line]
+    for seg, child in node.children():
+        lines.extend(step_tree(child, seg, depth + 1))
+    return lines
