@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 import rayrunnables as rr
-from rayrunnables.engine.scheduler import KNOWN_LENGTH_TARGET_FACTOR, iter_batch
 from rayrunnables.context import RunContext
 from rayrunnables.engine.inprocess import ChunkResult
+from rayrunnables.engine.scheduler import KNOWN_LENGTH_TARGET_FACTOR, iter_batch
 
 
 class ScriptedRunner:
