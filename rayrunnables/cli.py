@@ -237,7 +237,7 @@ def _drop_position_notes(exc: BaseException) -> None:
     """The scheduler notes "for item index: N" (N counts items sent to the chain); the record's index is the line."""
     notes = getattr(exc, "__notes__", None)
     if notes:
-        exc.__notes__ = [note for note in notes if not note.startswith("for item index:")]  # type: ignore[attr-defined]
+        setattr(exc, "__notes__", [note for note in notes if not note.startswith("for item index:")])  # noqa: B010
     if isinstance(exc.__cause__, RemoteTraceback):
         exc.__cause__.tb = _POSITION_NOTE.sub("", exc.__cause__.tb)
 

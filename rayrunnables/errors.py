@@ -7,7 +7,9 @@ so ``except ValueError`` keeps working on every backend.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 __all__ = [
     "RayRunnablesError",
@@ -90,7 +92,7 @@ _PATH_ATTR = "rayrunnables_step"
 _INDEX_ATTR = "rayrunnables_index"
 
 
-def attach_step(exc: BaseException, path: str, index: int | None = None) -> BaseException:
+def attach_step(exc: E, path: str, index: int | None = None) -> E:
     """Record the innermost step path (and item index) on ``exc`` once; outer frames keep it."""
     if getattr(exc, _PATH_ATTR, None) is None:
         try:

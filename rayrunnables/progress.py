@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 __all__ = ["Progress", "track"]
 
@@ -113,7 +113,7 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "items", 
     try:
         with Progress(total=total, desc=desc) as progress:
             for value in iterator:
-                out: Any = value[1] if pairs else value  # type: ignore[index]
+                out: Any = cast(Any, value)[1] if pairs else value
                 progress.update(1, errors=1 if isinstance(out, Exception) else 0)
                 yield value
     finally:  # a consumer that stops early stops the run beneath (its in-flight work is cancelled)

@@ -35,7 +35,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from functools import update_wrapper
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables.base import Runnable as LCRunnable
 from langchain_core.runnables.base import RunnableBinding as LCBinding
@@ -77,7 +77,7 @@ def _to_lc_config(config: Mapping[str, Any] | None, *, keep_run_name: bool = Tru
     """Our config -> a LangChain ``RunnableConfig`` (no ``backend``; ``callbacks`` never travel)."""
     keys = _SHARED_KEYS if keep_run_name else tuple(k for k in _SHARED_KEYS if k != "run_name")
     out: dict[str, Any] = {k: config[k] for k in keys if config and config.get(k) is not None}
-    return out  # type: ignore[return-value]
+    return cast(LCConfig, out)
 
 
 def _from_lc_config(config: Mapping[str, Any] | None, backend: Any = None) -> dict[str, Any]:
@@ -226,7 +226,7 @@ class _Tap:
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         result = self.func(input, config=_to_lc_config(config))
         if inspect.isawaitable(result):
-            run_coro_sync(result)  # type: ignore[arg-type]
+            run_coro_sync(cast(Any, result))
         return input
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
@@ -146,7 +146,7 @@ class Runnable(Generic[Input, Output]):
             item = await asyncio.to_thread(next, iterator, done)
             if item is done:
                 return
-            yield item  # type: ignore[misc]
+            yield cast(Any, item)
 
     def imap(
         self,
@@ -200,7 +200,7 @@ class Runnable(Generic[Input, Output]):
             item = await asyncio.to_thread(next, iterator, done)
             if item is done:
                 return
-            yield item  # type: ignore[misc]
+            yield cast(Any, item)
 
     def explain(self, backend: Any = None) -> str:
         """Every step with its path, options and execution class, and where the backend will run it
@@ -313,7 +313,8 @@ class Runnable(Generic[Input, Output]):
     def with_name(self, name: str) -> Runnable[Input, Output]:
         import dataclasses
 
-        return dataclasses.replace(self, name=name)  # type: ignore[type-var]
+        renamed: Runnable[Input, Output] = dataclasses.replace(cast(Any, self), name=name)
+        return renamed
 
 
 def _tracked(pairs: Iterator[tuple[int, Any]], inputs: Iterable[Any]) -> Iterator[tuple[int, Any]]:

@@ -35,7 +35,7 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
             raise attach_step(
                 InputTypeError(f"{path}: .map() needs a list input, got {type(input).__name__}: {input!r:.100}"),
                 path,
-            )  # type: ignore[misc]
+            )
         return list(input)
 
     def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .._aio import run_coro_sync
 from ..context import RunContext
@@ -119,7 +119,7 @@ class RunnableLambda(Runnable[Input, Output]):
             here = ctx.child(self.label())
             nested: Output = output._invoke(input, here.deeper(self.label()))
             return nested
-        return output  # type: ignore[no-any-return]
+        return cast(Output, output)
 
     def _guarded(self, input: Any, ctx: RunContext) -> Any:
         try:

@@ -23,7 +23,7 @@ def require_dict(node: Runnable[Any, Any], input: Any, ctx: RunContext, what: st
         raise attach_step(
             InputTypeError(f"{path}: {what} needs a dict input, got {type(input).__name__}: {input!r:.100}"),
             path,
-        )  # type: ignore[misc]
+        )
     return input
 
 

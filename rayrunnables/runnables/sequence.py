@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..context import RunContext
 from .base import Input, Output, Runnable
@@ -51,7 +51,7 @@ class RunnableSequence(Runnable[Input, Output]):
         ctx = self.scope(ctx)
         for i, step in enumerate(self.steps, 1):
             value = step._invoke(value, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
-        return value  # type: ignore[no-any-return]
+        return cast(Output, value)
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
         value: Any = input

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
@@ -104,7 +104,7 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
         for segment, step in self.children():
             value: Any = input
             if self.exception_key is not None and last_error is not None:
-                value = {**input, self.exception_key: last_error}  # type: ignore[dict-item]
+                value = {**cast(Mapping[str, Any], input), self.exception_key: last_error}
             try:
                 return step._invoke(value, ctx.child(segment))
             except self.exceptions_to_handle as exc:

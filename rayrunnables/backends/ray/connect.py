@@ -11,11 +11,13 @@ address, the reason and what to change.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ...errors import BackendError
 
@@ -26,6 +28,9 @@ _FIX_TOKEN = (
     "by you> (or RAY_AUTH_TOKEN=<token>); see cluster/README.md"
 )
 
+
+# Ray's compiled core: the handshake and token classes live there (typed loosely: no stubs for them)
+_RAYLET: Any = importlib.import_module("ray._raylet")
 
 def check_cluster(address: str, timeout: float) -> None:
     """Raise ``BackendError`` unless the Ray cluster at ``address`` accepts this driver, within ``timeout`` s.
@@ -76,11 +81,10 @@ def _split(hostport: str, address: str) -> tuple[str, int]:
 
 def _auth_mode() -> tuple[bool, bool]:
     """(whether this Ray has token auth, whether it is on for this process)."""
-    try:
-        from ray._raylet import AuthenticationMode, get_authentication_mode  # type: ignore[attr-defined]
-    except ImportError:  # Ray < 2.52: no token authentication
+    mode, get_mode = getattr(_RAYLET, "AuthenticationMode", None), getattr(_RAYLET, "get_authentication_mode", None)
+    if mode is None or get_mode is None:  # Ray < 2.52: no token authentication
         return False, False
-    return True, bool(get_authentication_mode() == AuthenticationMode.TOKEN)
+    return True, bool(get_mode() == mode.TOKEN)
 
 
 def _token_source() -> str:
@@ -96,10 +100,8 @@ def _check_token_settings(address: str) -> None:
     supported, enabled = _auth_mode()
     if not (supported and enabled):
         return
-    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
-
     try:
-        found = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+        found = _RAYLET.AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
     except Exception as exc:  # e.g. RAY_AUTH_TOKEN_PATH names a missing or empty file
         message = getattr(exc, "message", None) or str(exc)
         raise BackendError(f"cannot connect to Ray at {address!r}: the token is misconfigured: {message}") from exc
@@ -112,7 +114,7 @@ def _check_token_settings(address: str) -> None:
 
 def _handshake(address: str, gcs: str, timeout: float) -> None:
     """One GCS handshake in a helper thread, so a peer that accepts but never answers cannot hold us."""
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+    GcsClient = _RAYLET.GcsClient
 
     outcome: list[BaseException | None] = []
 

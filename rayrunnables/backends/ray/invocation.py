@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 from ray.exceptions import RayTaskError
@@ -102,7 +102,7 @@ class Invocation:
             recipe, refs = flatten(pending)
             if unit.where == "actor":
                 (path, actor_node), = unit.steps
-                pool = self.backend.pools[actor_node.key]  # type: ignore[attr-defined]
+                pool = self.backend.pools[cast(RunnableActor, actor_node).key]
                 index = pool.pick()
                 ref = pool.actors[index].call.remote(path, self.state((), unit.config), recipe, *refs)
                 pool.done(index)
@@ -220,7 +220,7 @@ class Invocation:
                     done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
                     for fut in done:
                         if fut.exception() is not None:
-                            raise fut.exception()  # type: ignore[misc]
+                            raise cast(BaseException, fut.exception())
                 return writable(rebuild(recipe, [f.result() for f in futures], driver=True))
         finally:
             for fut in futures:

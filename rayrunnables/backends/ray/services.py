@@ -36,8 +36,7 @@ def limiter_name(key: str) -> str:
     return f"rayrunnables-limit-{key}"
 
 
-@ray.remote
-class _Limiter:
+class _LimiterActor:
     """The one token bucket of a rate-limited step, for every process of the cluster."""
 
     def __init__(self, requests_per_second: float, burst: int) -> None:
@@ -101,8 +100,7 @@ WORKER_SERVICES = RayServices()
 _NO_STATE = ContextState({}, (), 0, ())
 
 
-@ray.remote
-class _StepActor:
+class _StepActorClass:
     """One member of a stateful step's pool: the class is built here once, then serves every call."""
 
     def __init__(self, node: RunnableActor) -> None:
@@ -137,6 +135,11 @@ class _StepActor:
         return list_here(node, packed, self.context(state))
 
 
+# as Ray actor classes, typed loosely (Ray's ``.options`` is not visible to type checkers)
+_Limiter: Any = ray.remote(_LimiterActor)
+_StepActor: Any = ray.remote(_StepActorClass)
+
+
 class ActorPool:
     """The actors of one stateful step. Chunks go to the least-loaded actor (not round-robin); an
     actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``)."""
@@ -147,7 +150,7 @@ class ActorPool:
         opts.pop("max_retries", None)
         opts.pop("retry_exceptions", None)
         self.actors = [
-            _StepActor.options(name=pool_name(node.key, i), **opts).remote(node)  # type: ignore[attr-defined]
+            _StepActor.options(name=pool_name(node.key, i), **opts).remote(node)
             for i in range(node.pool_size)
         ]
         self.load = [0] * len(self.actors)
@@ -179,6 +182,6 @@ class ActorPool:
 
 
 def create_limiter(key: str, requests_per_second: float, burst: int) -> Any:
-    return _Limiter.options(  # type: ignore[attr-defined]
+    return _Limiter.options(
         name=limiter_name(key), num_cpus=0, max_concurrency=1
     ).remote(requests_per_second, burst)
