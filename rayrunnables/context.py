@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import DEFAULT_RECURSION_LIMIT
 from .engine.sharing import isolate
 from .errors import StepRecursionError
-from .protocols import ChunkRunner, ContextState, Limiter, Services
+from .protocols import ChunkRunner, ContextState, Limiter, Node, Services
 from .services import LOCAL_SERVICES
 
 __all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled", "isolate"]
@@ -65,7 +65,7 @@ class RunContext:
         limiters: tuple[Limiter, ...] = (),
         depth: int = 0,
         services: Services | None = None,
-        map_runner: ChunkRunner | None = None,
+        map_runner: Callable[[Node], ChunkRunner] | None = None,
     ) -> None:
         self.config = {} if config is None else config
         self.services: Services = LOCAL_SERVICES if services is None else services
@@ -74,7 +74,7 @@ class RunContext:
         self.limiters = limiters
         self.depth = depth
         # where a ``.map()`` inside the chain sends its chunks: None runs them in this process (inline or
-        # threads); a backend whose workers are other processes (an executor) sets its own
+        # threads); a backend whose workers are other processes (an executor) picks a runner per step
         self.map_runner = map_runner
         self._base = path
         self._parent: RunContext | None = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-BACKENDS = ["local", "ray"]
+BACKENDS = ["local", "ray", "executor"]
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,26 @@ def ray_session() -> Iterator[Any]:
             ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def executor_session() -> Iterator[Any]:
+    """The executor backend's default: a ProcessPoolExecutor of 2 spawned workers, shut down at the end."""
+    import rayrunnables
+
+    backend = rayrunnables.get_backend("executor")
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 @pytest.fixture(params=BACKENDS, ids=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The NAME of the backend under test ("local" or "ray")."""
+    """The NAME of the backend under test ("local", "ray" or "executor")."""
     name: str = request.param
     if name == "ray":  # a broken Ray backend must fail the suite, never skip it quietly
         request.getfixturevalue("ray_session")
+    if name == "executor":
+        request.getfixturevalue("executor_session")
     return name
 
 

@@ -67,18 +67,24 @@ def sleepy(item: int) -> tuple[float, float, int, str]:
     return (start, time.time(), os.getpid(), threading.current_thread().name)
 
 
-def expected_instances(backend: str, pool_size: int) -> int:
-    """Ray builds the class once per actor of the pool; the local backend once per process."""
-    return pool_size if backend == "ray" else 1
+EXECUTOR_WORKERS = 2  # the conformance suite's ProcessPoolExecutor
+
+
+def expected_instances(backend: str, pool_size: int) -> range:
+    """Ray builds the class once per actor of the pool; the local backend once per process; the executor
+    backend once in each of its worker processes that got a chunk."""
+    if backend == "ray":
+        return range(pool_size, pool_size + 1)
+    return range(1, EXECUTOR_WORKERS + 1) if backend == "executor" else range(1, 2)
 
 
 def test_constructor_runs_once_per_actor_for_1000_items(cfg: dict[str, Any], backend: str) -> None:
     step = RunnableActor(Tagger, "t", pool_size=2)
     out = step.map().invoke(list(range(1000)), config=cfg)
     assert [o[2] for o in out] == [i * 2 for i in range(1000)]
-    assert len({o[1] for o in out}) == expected_instances(backend, 2)
+    assert len({o[1] for o in out}) in expected_instances(backend, 2)
     again = step.batch(list(range(1000)), config=cfg)  # the pool is reused, not rebuilt
-    assert len({o[1] for o in out} | {o[1] for o in again}) == expected_instances(backend, 2)
+    assert len({o[1] for o in out} | {o[1] for o in again}) in expected_instances(backend, 2)
 
 
 def test_actor_in_a_chain_and_invoke(cfg: dict[str, Any]) -> None:
@@ -93,7 +99,7 @@ def test_vectorized_actor_gets_whole_chunks(cfg: dict[str, Any], backend: str) -
     out = step.batch(list(range(2000)), config=cfg)
     assert [o[2] for o in out] == [i * 2 for i in range(2000)]
     assert max(o[3] for o in out) > 1  # called once per chunk, not once per item
-    assert len({o[1] for o in out}) == expected_instances(backend, 2)
+    assert len({o[1] for o in out}) in expected_instances(backend, 2)
 
 
 def test_vectorized_lambda_called_once_per_chunk(cfg: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +214,7 @@ class ThreadChunkRunner:
             handle.cancel()
 
 
-def local_root_context(config: dict[str, Any], map_runner: ChunkRunner | None = None) -> RunContext:
+def local_root_context(config: dict[str, Any], map_runner: Callable[[Node], ChunkRunner] | None = None) -> RunContext:
     """The context of a run in this process: ``max_concurrency`` as a semaphore around user calls."""
     ctx = RunContext(config, map_runner=map_runner)
     cap = config.get("max_concurrency")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..protocols import Node
 from .execution import describe_class
 
-__all__ = ["step_tree"]
+__all__ = ["step_tree", "walk"]
 
 
 def step_tree(node: Node, segment: str = "", depth: int = 1) -> list[str]:
@@ -21,3 +22,10 @@ def step_tree(node: Node, segment: str = "", depth: int = 1) -> list[str]:
     for seg, child in node.children():
         lines.extend(step_tree(child, seg, depth + 1))
     return lines
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """``node`` and every step inside it, depth first."""
+    yield node
+    for _, child in node.children():
+        yield from walk(child)

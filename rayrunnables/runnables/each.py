@@ -41,7 +41,7 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
     def _invoke(self, input: Sequence[Input], ctx: RunContext) -> list[Output]:
         ctx = self.scope(ctx)
         items = self.check_input(input, ctx)
-        runner = ctx.map_runner or _RUNNER  # a backend of other processes sends the chunks there
+        runner = ctx.map_runner(self.bound) if ctx.map_runner else _RUNNER  # another process's, maybe
         if runner is _RUNNER and subtree_class(self.bound) == COMPUTING:  # every item in this thread, in turn
             result = run_chunk(self.bound, list(enumerate(items)), ctx.child("map"), return_exceptions=False)
             for index, ok, value, _ in result.outcomes:

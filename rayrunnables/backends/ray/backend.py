@@ -21,16 +21,16 @@ import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
-from ...config import merge_configs
 from ...context import RunContext
-from ...engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context
+from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
 from ...engine.sharing import isolate, writable_outcomes
 from ...errors import BackendError, UnpicklableStepError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.lambda_ import RunnableLambda
-from ...runnables.wrappers import Run, RunnableBinding, RunnableRateLimited, finish_run, start_run
+from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
+from ..listening import listening
 from . import planner as planning
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
@@ -192,9 +192,9 @@ class RayBackend(Backend):
     # ---- batch / imap: a chunk runner for the shared scheduler ---------------------------------------
     def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
         self.prepare(node)
-        if isinstance(node, RunnableBinding) and node.listeners is not None:
-            bare = RunnableBinding(node.bound, node.config, node.options)
-            return ListeningRunner(self.chunk_runner(bare, config), node, bare, config)
+        listened = listening(node, config, lambda bare: self.chunk_runner(bare, config))
+        if listened is not None:
+            return listened
         if waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
             return ThreadChunkRunner(64, final=True)
         return RayChunkRunner(self, node)
@@ -204,41 +204,6 @@ class RayBackend(Backend):
 
     def explain(self, node: Node) -> str:
         return planning.explain(node)
-
-
-class ListeningRunner:
-    """Listeners belong to the driver: a batch's items run on Ray, their ``on_start``, ``on_end`` and
-    ``on_error`` here, around each chunk (the same lifecycle ``RunnableBinding`` has in-process)."""
-
-    def __init__(self, inner: ChunkRunner, node: RunnableBinding[Any, Any], bare: RunnableBinding[Any, Any],
-                 config: dict[str, Any]) -> None:
-        self.inner, self.node, self.bare = inner, node, bare
-        self.config = merge_configs(config, node.config)
-        self.target_chunk_seconds, self.default_window = inner.target_chunk_seconds, inner.default_window
-        self.runs: dict[int, tuple[Run, dict[str, Any]]] = {}
-
-    def runs_inline(self, node: Node) -> bool:
-        return False
-
-    def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext,
-               return_exceptions: bool) -> Any:
-        for index, item in items:
-            own = merge_configs(item.config, self.node.config) if type(item) is PerItem else self.config
-            self.runs[index] = (start_run(self.node, item.value if type(item) is PerItem else item, own), own)
-        return self.inner.submit(self.bare, items, ctx, True)  # every item's end reaches its listeners
-
-    def wait(self, handles: list[Any]) -> list[Any]:
-        return self.inner.wait(handles)
-
-    def result(self, handle: Any) -> ChunkResult:
-        result = self.inner.result(handle)
-        for index, ok, value, _ in result.outcomes:
-            run, own = self.runs.pop(index)
-            finish_run(self.node, run, own, value if ok else None, None if ok else value)
-        return result
-
-    def cancel(self, handles: list[Any]) -> None:
-        self.inner.cancel(handles)
 
 
 class RayChunkRunner:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import ray.cloudpickle as ray_pickle
 
+from ...engine.steps import walk
 from ...protocols import Node
 
 if TYPE_CHECKING:
@@ -53,12 +53,6 @@ def _callables(node: Any) -> list[Any]:
             found.append(value)
             value = getattr(value, "__wrapped__", None)
     return found
-
-
-def walk(node: Node) -> Iterator[Node]:
-    yield node
-    for _, child in node.children():
-        yield from walk(child)
 
 
 def find_unpicklable(

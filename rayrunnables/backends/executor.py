@@ -1,0 +1,179 @@
+"""Any ``concurrent.futures.Executor`` as a backend: ``config={"backend": ProcessPoolExecutor(4)}``.
+
+The worked example of the backend contract: the chain runs in this process as on the local backend,
+and every chunk of ``batch``/``imap`` items, and of a ``.map()`` inside the chain, goes to the
+executor. With a ``ProcessPoolExecutor`` (or loky's, or dask.distributed's ``client.get_executor()``)
+computing steps get process parallelism without Ray. Steps travel by value (cloudpickle), so functions
+from ``__main__``, lambdas and closures reach the workers; each chunk comes back as one pickle.
+
+What holds across processes here and what does not: a stateful step (``RunnableActor``) is built once
+per worker process; ``max_concurrency`` caps the chunks in flight, one call at a time in each; a step's
+own ``with_config(max_concurrency=...)`` holds per worker process. Waiting steps (declared ``io_bound``,
+``async``, or learned) and rate-limited ones stay in this process's threads, as on Ray's driver, so a
+rate limit holds for the whole run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from typing import TYPE_CHECKING, Any
+
+from ..engine.execution import WAITING, subtree_class
+from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
+from ..engine.sharing import isolate, writable
+from ..engine.steps import step_tree, walk
+from ..errors import UnpicklableOutputError, attach_step
+from ..protocols import Backend, ChunkRunner, ContextState, Node
+from ..runnables.wrappers import RunnableRateLimited
+from ..services import LOCAL_SERVICES
+from .listening import listening
+
+try:  # the standalone package when installed; else the copy Ray ships (a core dependency)
+    import cloudpickle
+except ImportError:  # pragma: no cover - depends on the environment
+    from ray import cloudpickle
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+
+__all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
+
+# config keys that stay in this process: the backend (the executor itself), LangChain callbacks
+NOT_SENT = frozenset({"backend", "callbacks"})
+
+
+_WAITING = ThreadChunkRunner(64, final=True)
+
+
+def _sent(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NOT_SENT}
+
+
+class ExecutorChunkRunner:
+    """Chunk primitives for the shared scheduler: one ``executor.submit`` per chunk."""
+
+    # a process pool's hand-off (pickle, pipe, unpickle) costs ~0.5 ms a chunk: chunks of ~20 ms keep it small
+    target_chunk_seconds = 0.02
+
+    def __init__(self, executor: Executor, workers: int) -> None:
+        self.executor = executor
+        self.default_window = 2 * workers
+
+    def runs_inline(self, node: Node) -> bool:
+        return False
+
+    def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool) -> Any:
+        cap = 1 if ctx.limiters else None  # ``max_concurrency``: the window holds the cap, one call per chunk
+        items = [(i, PerItem(_sent(v.config), v.value) if type(v) is PerItem else v) for i, v in items]
+        state = ctx.state(_sent(ctx.config))._replace(limiters=())
+        payload = cloudpickle.dumps((node, items, state, return_exceptions, cap))
+        return self.executor.submit(run_payload, payload)
+
+    def wait(self, handles: list[Future[bytes]]) -> list[Future[bytes]]:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [h for h in handles if h in done]
+
+    def result(self, handle: Future[bytes]) -> ChunkResult:
+        result: ChunkResult = cloudpickle.loads(handle.result())
+        return result
+
+    def cancel(self, handles: list[Future[bytes]]) -> None:
+        for handle in handles:
+            handle.cancel()
+
+
+def run_payload(payload: bytes) -> bytes:
+    """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values)."""
+    from ..context import RunContext, ThreadLimiter
+
+    node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
+    ctx = RunContext.from_state(ContextState(*state), LOCAL_SERVICES)
+    if cap:
+        ctx = ctx.with_limiter(ThreadLimiter(cap))
+    result = run_chunk(node, items, ctx, return_exceptions, remote=True)
+    try:
+        return bytes(cloudpickle.dumps(result))
+    except Exception:  # some output or error cannot travel back: that item's error, the others kept
+        return bytes(cloudpickle.dumps(_sendable(result, node, ctx)))
+
+
+def _sendable(result: ChunkResult, node: Node, ctx: RunContext) -> ChunkResult:
+    outcomes = []
+    for index, ok, value, tb in result.outcomes:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            path = ctx.path_str if ctx.path else node.label()
+            what = "output" if ok else f"error ({type(value).__name__}: {value})"
+            error = UnpicklableOutputError(
+                f"{path}: its {what} for item {index} cannot be sent back from the executor's worker: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            value, ok, tb = attach_step(error, path, index), False, tb
+        outcomes.append((index, ok, value, tb))
+    return ChunkResult(outcomes, result.seconds)
+
+
+def _workers(executor: Executor) -> int:
+    count = getattr(executor, "_max_workers", None)  # ProcessPoolExecutor, ThreadPoolExecutor, loky
+    return count if isinstance(count, int) and count > 0 else (os.cpu_count() or 1)
+
+
+class ExecutorBackend(Backend):
+    """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
+
+    Without an executor, a ``ProcessPoolExecutor`` with the ``spawn`` start method is made on first use
+    (a forked child of a process with threads, or with Ray, can hang) and shut down by ``close()``.
+    """
+
+    name = "executor"
+
+    def __init__(self, executor: Executor | None = None, max_workers: int | None = None) -> None:
+        self._executor = executor
+        self._own = executor is None
+        self._max_workers = max_workers
+        self._runner: ExecutorChunkRunner | None = None
+
+    @property
+    def runner(self) -> ExecutorChunkRunner:
+        if self._runner is None:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor))
+        return self._runner
+
+    def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
+        return writable(node._invoke(isolate(input), self.root_context(config, node)))
+
+    def stream(self, node: Node, input: Any, config: dict[str, Any]) -> Iterator[Any]:
+        for chunk in node._stream(isolate(input), self.root_context(config, node)):
+            yield writable(chunk)
+
+    def runner_for(self, node: Node) -> ChunkRunner:
+        """Chunks of computing steps go to the executor; waiting steps (declared, async or learned) and
+        rate-limited ones wait in this process's threads: no worker held per wait, one bucket per limit."""
+        if subtree_class(node) == WAITING or any(isinstance(n, RunnableRateLimited) for n in walk(node)):
+            return _WAITING
+        return self.runner
+
+    def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
+        return listening(node, config, self.runner_for) or self.runner_for(node)
+
+    def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
+        return local_root_context(config, map_runner=self.runner_for)
+
+    def explain(self, node: Node) -> str:
+        kind = type(self._executor).__name__ if self._executor is not None else "ProcessPoolExecutor (spawn)"
+        return "\n".join([
+            "steps:", *step_tree(node),
+            f"on {kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "
+            "value); the rest of the chain runs in this process, as on local",
+        ])
+
+    def close(self) -> None:
+        if self._own and self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor, self._runner = None, None
