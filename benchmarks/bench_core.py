@@ -4,7 +4,6 @@
     python benchmarks/bench_core.py --quick           # fewer rounds, for a smoke check
     python benchmarks/bench_core.py --only chain_invoke --only map_identity
     python benchmarks/bench_core.py --write-results   # also replace the section in benchmarks/RESULTS.md
-    python benchmarks/bench_core.py --backend-ray     # also run the Ray section (no workloads yet)
 
 Adding a workload: write a function ``(opts: Options) -> Row`` and decorate it with
 ``@workload(name, section=...)``; it lands in ``WORKLOADS`` and its section's table. A section fixes
@@ -58,16 +57,6 @@ SECTIONS: dict[str, Section] = {
         columns=(RR_LOCAL, LANGCHAIN),
         target_column=RR_LOCAL,
         backend="local",
-    ),
-    # Hook for the Ray section (a later issue): CPU-bound 50 ms items x 64 over sequential /
-    # langchain batch / ProcessPoolExecutor / hand-written Ray / rayrunnables on Ray. Register its
-    # workloads with @workload(..., section="ray"); they run only with --backend-ray.
-    "ray": Section(
-        key="ray",
-        heading="Ray backend: CPU-bound items",
-        columns=("sequential", "langchain batch", "ProcessPoolExecutor", "hand-written Ray", "rayrunnables (ray)"),
-        target_column="rayrunnables (ray)",
-        enabled=lambda args: args.backend_ray,
     ),
 }
 
@@ -448,7 +437,6 @@ def main(argv: list[str] | None = None) -> int:
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer/shorter rounds (smoke check, noisier numbers)")
-    parser.add_argument("--backend-ray", action="store_true", help="also run the Ray section's workloads")
     parser.add_argument(
         "--only",
         action="append",

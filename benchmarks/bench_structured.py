@@ -10,7 +10,8 @@
    256-dim hashed-n-gram vector in pure Python + numpy, ~0.8 ms per chunk; then their mean) and
    ``keywords`` (the 10 most frequent identifiers). Compared in one run, methods interleaved per round: the
    plain loop (the reference), the same work as one flat ``RunnableLambda`` batched on Ray, the chain's
-   ``batch`` on the local backend and on Ray, hand-written Ray over chunks of documents, and
+   ``batch`` on the local backend, on Ray and on a ``ProcessPoolExecutor`` (the executor backend, no Ray),
+   hand-written Ray over chunks of documents, and
    langchain-core's ``batch`` of the same chain. Targets: local >= 0.95x the plain loop; Ray >= 0.9x the
    flat one-lambda form and >= 1.6x the plain loop.
 2. **Fan-out of a big input**: ``{"matrix": 20,000,000 float64 (160 MB), "texts": 20,000 strings}`` into a
@@ -27,6 +28,7 @@ import argparse
 import datetime as _dt
 import itertools
 import math
+import multiprocessing
 import re
 import statistics
 import sys
@@ -36,6 +38,7 @@ import tracemalloc
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -189,17 +192,25 @@ class Row:
     meets: str = "—"
 
 
-PLAIN, FLAT, LOCAL, RAY, HAND, LANGCHAIN = (
+PLAIN, FLAT, LOCAL, RAY, EXECUTOR, HAND, LANGCHAIN = (
     "plain loop (`process_document` per document)",
     "flat one-lambda form: `RunnableLambda(process_document).batch(docs, ray)`",
     "rayrunnables `chain.batch(docs)` (local)",
     "rayrunnables `chain.batch(docs, ray)`",
+    f"rayrunnables `chain.batch(docs, ProcessPoolExecutor({NUM_CPUS}))` (executor backend, no Ray)",
     f"hand-written Ray: `ray.remote` over {CHUNKS_PER_CPU} chunks of documents per CPU, `ray.get`",
     "langchain-core `chain.batch(docs)` (threads)",
 )
 
 
 def bench_documents(ray: Any, rr: Any, lc: Any, docs: list[dict[str, str]], rounds: int) -> list[Row]:
+    with ProcessPoolExecutor(NUM_CPUS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return _bench_documents(ray, rr, lc, docs, rounds, pool)
+
+
+def _bench_documents(
+    ray: Any, rr: Any, lc: Any, docs: list[dict[str, str]], rounds: int, pool: ProcessPoolExecutor
+) -> list[Row]:
     ray_cfg = {"backend": "ray"}
     rr_chain, lc_chain, flat = build_chain(rr), build_chain(lc), rr.RunnableLambda(process_document)
     remote_many = ray.remote(process_many)
@@ -215,6 +226,7 @@ def bench_documents(ray: Any, rr: Any, lc: Any, docs: list[dict[str, str]], roun
         FLAT: lambda items: flat.batch(items, ray_cfg),
         LOCAL: lambda items: rr_chain.batch(items),
         RAY: lambda items: rr_chain.batch(items, ray_cfg),
+        EXECUTOR: lambda items: rr_chain.batch(items, {"backend": pool}),
         HAND: hand_ray,
         LANGCHAIN: lambda items: lc_chain.batch(items),
     }

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import click
 
+from .backends import available_backends, get_backend
 from .errors import BackendError, ConfigError, RemoteTraceback, UnpicklableStepError, step_path_of
 from .jsonl import BadLine, IndexSet, LineWriter, ResumeError, count_lines, dumps_line, read_lines, scan_done
 from .progress import Progress
@@ -70,7 +71,7 @@ def demo(address: str | None, n_docs: int) -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--backend", default="local", type=click.Choice(["local", "ray"]), show_default=True)
+@click.option("--backend", default="local", type=click.Choice(available_backends()), show_default=True)
 def explain(target: str, backend: str) -> None:
     """Print the plan of TARGET (MODULE:ATTR): every step, its path, options and tasks."""
     click.echo(load_target(target).explain(backend))
@@ -82,7 +83,7 @@ def explain(target: str, backend: str) -> None:
 @click.option("--output", "output_path", required=True, metavar="PATH", help="Output records; - = stdout.")
 @click.option("--errors", "errors_path", default=None, metavar="PATH",
               help="Error records (default: printed to stderr, and failed items are retried by --resume).")
-@click.option("--backend", default=None, type=click.Choice(["local", "ray"]),
+@click.option("--backend", default=None, type=click.Choice(available_backends()),
               help="Where the chain runs (default: local; ray when --address is given).")
 @click.option("--address", default=None, help="Ray address to attach to (default: start a local Ray).")
 @click.option("--id-field", default=None, metavar="NAME", help="Copy this field of each input object into its records.")
@@ -104,7 +105,7 @@ def run(
     is written whole as soon as it is known, so a killed run can be finished with --resume, and then
     every item appears exactly once across the output and errors files. Blank lines are not items.
     """
-    if backend == "local" and address:
+    if backend not in (None, "ray") and address:
         raise click.UsageError("--address is for --backend ray")
     if resume and output_path == "-":
         raise click.UsageError("--resume reads back the output file: --output cannot be - (stdout)")
@@ -134,11 +135,9 @@ def run(
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         bar = stack.enter_context(Progress(total=total, desc="items", enabled=progress))
         job = _Job(chain, out, errs, bar, id_field)
-        config: dict[str, Any] = {"backend": "local"}
+        config: dict[str, Any] = {"backend": backend or "local"}
         if backend == "ray" or (backend is None and address):
-            from .backends.ray.backend import RayBackend
-
-            config["backend"] = RayBackend(address=address)
+            config["backend"] = get_backend("ray", address=address)
         try:
             job.run(read_lines(stream, skip=done), config, unordered, chunk_size, max_in_flight)
         except KeyboardInterrupt:

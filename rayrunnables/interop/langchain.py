@@ -423,11 +423,6 @@ def _unparametrized(cls: type) -> type:
 
 
 # ---- the other way: ours inside LangChain -------------------------------------------------------------------
-def _lc_callable(func: Callable[..., Any]) -> Any:
-    """LangChain's ``_*_with_config`` helpers pass ``config=`` by keyword to a function that names it."""
-    return func
-
-
 class RayRunnable(LCRunnable[Any, Any]):
     """A LangChain ``Runnable`` whose calls run a rayrunnables chain on our backends.
 
@@ -456,14 +451,14 @@ class RayRunnable(LCRunnable[Any, Any]):
             return self.runnable.invoke(value, self._ours(config))
 
         self._no_kwargs(kwargs, "invoke")
-        return self._call_with_config(_lc_callable(call), input, config)
+        return self._call_with_config(cast(Any, call), input, config)
 
     async def ainvoke(self, input: Any, config: LCConfig | None = None, **kwargs: Any) -> Any:
         async def call(value: Any, config: LCConfig) -> Any:
             return await self.runnable.ainvoke(value, self._ours(config))
 
         self._no_kwargs(kwargs, "ainvoke")
-        return await self._acall_with_config(_lc_callable(call), input, config)
+        return await self._acall_with_config(cast(Any, call), input, config)
 
     def _batch_ours(self, inputs: list[Any], configs: list[LCConfig], return_exceptions: bool) -> list[Any]:
         """One batch; an item whose converted config differs from the first's carries its own."""
@@ -486,7 +481,7 @@ class RayRunnable(LCRunnable[Any, Any]):
             return self._batch_ours(values, config, return_exceptions)
 
         self._no_kwargs(kwargs, "batch")
-        return self._batch_with_config(_lc_callable(call), list(inputs), config, return_exceptions=return_exceptions)
+        return self._batch_with_config(cast(Any, call), list(inputs), config, return_exceptions=return_exceptions)
 
     async def abatch(
         self,
@@ -505,7 +500,7 @@ class RayRunnable(LCRunnable[Any, Any]):
 
         self._no_kwargs(kwargs, "abatch")
         return await self._abatch_with_config(
-            _lc_callable(call), list(inputs), config, return_exceptions=return_exceptions
+            cast(Any, call), list(inputs), config, return_exceptions=return_exceptions
         )
 
     def stream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> Iterator[Any]:
@@ -514,7 +509,7 @@ class RayRunnable(LCRunnable[Any, Any]):
                 yield from self.runnable.stream(value, self._ours(config))
 
         self._no_kwargs(kwargs, "stream")
-        yield from self._transform_stream_with_config(iter([input]), _lc_callable(transform), config)
+        yield from self._transform_stream_with_config(iter([input]), cast(Any, transform), config)
 
     async def astream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> AsyncIterator[Any]:
         async def one() -> AsyncIterator[Any]:
@@ -526,7 +521,7 @@ class RayRunnable(LCRunnable[Any, Any]):
                     yield chunk
 
         self._no_kwargs(kwargs, "astream")
-        async for chunk in self._atransform_stream_with_config(one(), _lc_callable(transform), config):
+        async for chunk in self._atransform_stream_with_config(one(), cast(Any, transform), config):
             yield chunk
 
 
