@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import ReadOnlyInputError, attach_step
 
 __all__ = [
-    "isolate", "freeze", "writable", "writable_outcomes", "is_readonly_write", "readonly_input_error", "ATOMIC_TYPES",
+    "isolate", "freeze", "writable", "writable_outcomes", "is_readonly_write", "readonly_input_error", "tag_failure",
+    "ATOMIC_TYPES",
 ]
 
 ATOMIC_TYPES = (str, int, float, bool, bytes, type(None), complex, frozenset, range)
@@ -179,3 +180,11 @@ def readonly_input_error(exc: BaseException, path: str) -> ReadOnlyInputError:
     )
     attach_step(error, path)
     return error
+
+
+def tag_failure(exc: Exception, path: str) -> None:
+    """For a step's ``except`` block: a write into a shared array is raised here as ``ReadOnlyInputError``
+    (from the original); any other error gets its step path and the caller re-raises it (``raise``)."""
+    if is_readonly_write(exc):
+        raise readonly_input_error(exc, path) from exc
+    attach_step(exc, path)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..context import RunContext
 from ..engine.execution import call_step
-from ..engine.sharing import is_readonly_write, readonly_input_error
+from ..engine.sharing import tag_failure
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
 from .base import Runnable
 
@@ -83,10 +83,7 @@ class RunnableActor(Runnable[Any, Any]):
             try:
                 return call_step(self, fn, arg)
             except Exception as exc:
-                path = ctx.child(self.label()).path_str
-                if is_readonly_write(exc):
-                    raise readonly_input_error(exc, path) from exc
-                attach_step(exc, path)
+                tag_failure(exc, ctx.child(self.label()).path_str)
                 raise
 
     def construct(self) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, cast
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..engine.execution import call_step
-from ..engine.sharing import is_readonly_write, readonly_input_error
+from ..engine.sharing import tag_failure
 from ..errors import attach_step
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
@@ -129,10 +129,7 @@ class RunnableLambda(Runnable[Input, Output]):
                 return call_step(self, self._call, input, ctx)
             return call_step(self, self.func, input)
         except Exception as exc:
-            path = ctx.child(self.label()).path_str
-            if is_readonly_write(exc):
-                raise readonly_input_error(exc, path) from exc
-            attach_step(exc, path)
+            tag_failure(exc, ctx.child(self.label()).path_str)
             raise
 
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:

@@ -9,7 +9,7 @@ from typing import Any
 from .._aio import run_coro_sync
 from ..context import RunContext
 from ..engine.execution import call_step
-from ..engine.sharing import is_readonly_write, readonly_input_error
+from ..engine.sharing import tag_failure
 from ..errors import InputTypeError, attach_step
 from .base import Runnable
 from .parallel import RunnableParallel
@@ -54,9 +54,7 @@ class RunnablePassthrough(Runnable[Any, Any]):
                     if hasattr(result, "__await__"):
                         run_coro_sync(result)
                 except Exception as exc:
-                    if is_readonly_write(exc):
-                        raise readonly_input_error(exc, here.path_str) from exc
-                    attach_step(exc, here.path_str)
+                    tag_failure(exc, here.path_str)
                     raise
         return input
 
