@@ -33,7 +33,9 @@ def ray_session() -> Iterator[Any]:
 def executor_session() -> Iterator[Any]:
     """The executor backend's default: a ProcessPoolExecutor of 2 spawned workers, shut down at the end."""
     import rayrunnables
+    from rayrunnables.backends.executor import ExecutorBackend
 
+    rayrunnables.register_backend("executor", lambda: ExecutorBackend(max_workers=2))
     backend = rayrunnables.get_backend("executor")
     try:
         yield backend
