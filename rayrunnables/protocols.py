@@ -52,6 +52,10 @@ class Node(Protocol):
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]: ...
 
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        """Input chunks in, output chunks out (LangChain's ``transform``)."""
+        ...
+
     def _stream(self, input: Any, ctx: RunContext) -> Iterator[Any]: ...
 
 

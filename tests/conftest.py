@@ -6,6 +6,7 @@ Ray is started once per session, and only when a test on the "ray" backend actua
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ def executor_session() -> Iterator[Any]:
     import rayrunnables
     from rayrunnables.backends.executor import ExecutorBackend
 
-    rayrunnables.register_backend("executor", lambda: ExecutorBackend(max_workers=2))
+    rayrunnables.register_backend("executor", functools.partial(ExecutorBackend, max_workers=2))
     backend = rayrunnables.get_backend("executor")
     try:
         yield backend

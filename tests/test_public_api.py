@@ -21,6 +21,7 @@ EXPECTED_ALL = {
     "RunnableBranch",
     "RunnableConfig",
     "RunnableEach",
+    "RunnableGenerator",
     "RunnableLambda",
     "RunnableParallel",
     "RunnablePassthrough",

@@ -88,10 +88,11 @@ _GENERATION = [0]
 class StepProfile:
     """What this process has measured of one step's calls.
 
-    The class is decided by the mean CPU share of the first ``SAMPLES_TO_LEARN`` calls; after that one
-    call in ``RESAMPLE_EVERY`` is measured again and moves a running average, so a class learned in a
-    moment of contention (or a step that changes, such as a cache that stops hitting) is corrected.
-    The hot path is one decrement of ``countdown``: no clock, no lock.
+    The class is decided by the mean CPU share of the first ``SAMPLES_TO_LEARN`` calls (or by one call
+    that ran alone). After that, every call of a waiting step and one call in ``RESAMPLE_EVERY`` of a
+    computing step is measured again and moves a running average, so a class learned in a moment of
+    contention (or a step that changes, such as a cache that stops hitting) is corrected. A computing
+    step's hot path is one decrement of ``countdown``: no clock, no lock.
     """
 
     __slots__ = ("countdown", "kind", "samples", "share")
@@ -102,10 +103,14 @@ class StepProfile:
         self.kind = UNKNOWN
         self.countdown = 0  # measure while < 0
 
-    def observe(self, share: float) -> None:
+    def observe(self, share: float, alone: bool = False) -> None:
+        """One call's CPU share; a call that ran ``alone`` (no other thread of this process busy, as in a
+        probe) is trusted at once, the others are averaged over ``SAMPLES_TO_LEARN`` calls."""
         self.samples += 1
-        if self.samples <= SAMPLES_TO_LEARN:
-            self.share += share / SAMPLES_TO_LEARN
+        if alone and self.kind == UNKNOWN:
+            self.share = share
+        elif self.samples <= SAMPLES_TO_LEARN and self.kind == UNKNOWN:
+            self.share += (share - self.share) / self.samples  # the running mean
             if self.samples < SAMPLES_TO_LEARN:
                 self.countdown = 0
                 return
@@ -115,7 +120,9 @@ class StepProfile:
         if kind != self.kind:
             self.kind = kind
             _GENERATION[0] += 1
-        self.countdown = RESAMPLE_EVERY
+        # a waiting call is slow anyway: every one is measured, so a computing step taken for a waiting one
+        # in a moment of contention is set right within a few calls once it passes
+        self.countdown = RESAMPLE_EVERY if kind == COMPUTING else 0
 
 
 def profile_of(node: Any) -> StepProfile:
@@ -176,10 +183,11 @@ def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
         others = time.process_time() - proc0 - cpu
         k = max(k_start, _ACTIVE.leave())
         never_blocked = switches0 >= 0 and _voluntary_switches() == switches0
+    alone = k == 1 and others <= 0.1 * wall
     if never_blocked or wall <= 0:
-        profile.observe(1.0)
+        profile.observe(1.0, alone)
     else:
-        profile.observe(cpu / max(wall - others, wall / k, cpu, 1e-9))
+        profile.observe(cpu / max(wall - others, wall / k, cpu, 1e-9), alone)
     return result
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ from .execution import COMPUTING, subtree_class
 from .sharing import freeze, isolate, writable_outcomes
 
 __all__ = [
-    "run_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem", "local_root_context",
+    "run_branches", "stream_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem",
+    "local_root_context",
 ]
 
 POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
@@ -78,6 +80,44 @@ def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node
     for n, future in futures.items():
         results[n] = future.result()
     return results
+
+
+_DONE = object()
+
+
+def stream_branches(
+    ctx: RunContext, chunks: list[Any], branches: Sequence[tuple[str, Node]]
+) -> Iterator[tuple[int, Any]]:
+    """Every branch transforms its own share of the input chunks in a thread of its own; ``(branch,
+    chunk)`` pairs come out as they are produced. The first failure is raised; closing the stream early
+    stops the branches at their next chunk."""
+    forked = ctx.fork()
+    produced: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+
+    def run(n: int, segment: str, step: Node) -> None:
+        try:
+            for chunk in step._transform(iter([isolate(c) for c in chunks]), forked.child(segment)):
+                if forked.cancel.is_set():
+                    return
+                produced.put((n, chunk, None))
+            produced.put((n, _DONE, None))
+        except BaseException as exc:
+            produced.put((n, None, exc))
+
+    for n, (segment, step) in enumerate(branches):
+        POOL.submit(run, n, segment, step)
+    running = len(branches)
+    try:
+        while running:
+            n, chunk, exc = produced.get()
+            if exc is not None:
+                raise exc
+            if chunk is _DONE:
+                running -= 1
+            else:
+                yield n, chunk
+    finally:
+        forked.cancel.cancel()
 
 
 class PerItem:

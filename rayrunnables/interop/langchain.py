@@ -65,7 +65,8 @@ from ..runnables import (
     RunnablePick,
     RunnableSequence,
 )
-from ..runnables.lambda_ import add_chunk
+from ..runnables.chunks import add_chunk
+from ..runnables.generator import RunnableGenerator
 
 __all__ = ["from_langchain", "to_langchain", "lazy_langchain_step", "LangChainStep", "RayRunnable"]
 
@@ -125,6 +126,10 @@ class LangChainStep:
 
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         return self.obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+
+    def transform_chunks(self, chunks: Iterator[Any], config: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """Streamed through LangChain's own ``transform``: a chat model's tokens, a parser's partial objects."""
+        yield from self.obj.transform(chunks, _to_lc_config(config, keep_run_name=False), **self.kwargs)
 
     def __repr__(self) -> str:
         return f"LangChainStep({self.obj.get_name()})"
@@ -234,22 +239,16 @@ def _none_if_empty(value: Any) -> Any:
     return value or None
 
 
-def _generator_step(transform: Callable[..., Any]) -> Callable[..., Any]:
-    """A ``RunnableGenerator``'s transform (an iterator of inputs in, chunks out) as a generator function."""
-    if "config" in _params(transform):
+def _transform_step(transform: Callable[..., Any]) -> Callable[..., Any]:
+    """A LangChain ``RunnableGenerator``'s transform, given LangChain's config shape when it takes one."""
+    if "config" not in _params(transform):
+        return transform
 
-        def stream_with_config(input: Any, config: Mapping[str, Any]) -> Iterator[Any]:
-            yield from transform(iter([input]), config=_to_lc_config(config))
+    def with_lc_config(chunks: Iterator[Any], config: Mapping[str, Any]) -> Iterator[Any]:
+        yield from transform(chunks, config=_to_lc_config(config))
 
-        func: Callable[..., Any] = stream_with_config
-    else:
-
-        def stream(input: Any) -> Iterator[Any]:
-            yield from transform(iter([input]))
-
-        func = stream
-    _ship_with(func, transform)
-    return func
+    _ship_with(with_lc_config, transform)
+    return with_lc_config
 
 
 class _AGenTransform(_Call):
@@ -378,7 +377,7 @@ def _generator(node: LCGenerator[Any, Any]) -> Runnable[Any, Any]:
     if transform is not None:
         if "run_manager" in _params(transform):
             return _opaque(node)
-        return RunnableLambda(_generator_step(transform), name=node.name)
+        return RunnableGenerator(_transform_step(transform), name=node.name)
     return RunnableLambda(_AGenTransform(node._atransform), name=node.name)
 
 

@@ -4,6 +4,7 @@ from .actor import RunnableActor
 from .base import Runnable, coerce_to_runnable
 from .branch import RunnableBranch
 from .each import RunnableEach
+from .generator import RunnableGenerator
 from .lambda_ import RunnableLambda, chain
 from .parallel import RunnableParallel
 from .passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
@@ -17,6 +18,7 @@ __all__ = [
     "RunnableBinding",
     "RunnableBranch",
     "RunnableEach",
+    "RunnableGenerator",
     "RunnableLambda",
     "RunnableParallel",
     "RunnablePassthrough",

@@ -15,6 +15,7 @@ from ..config import validate_config
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
+from .chunks import gather
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -81,8 +82,13 @@ class Runnable(Generic[Input, Output]):
         """A chunk of items in one call (for ``vectorized`` nodes); others run item by item."""
         return [self._invoke(value, ctx) for value in inputs]
 
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        """Input chunks in, output chunks out (LangChain's ``transform``). A step that does not stream
+        adds its input chunks up (``+``) and yields its one output."""
+        yield self._invoke(gather(chunks), ctx)
+
     def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
-        yield self._invoke(input, ctx)
+        yield from self._transform(iter([input]), ctx)
 
     # ---- running ---------------------------------------------------------------------------------
     def invoke(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Output:
@@ -196,11 +202,16 @@ class Runnable(Generic[Input, Output]):
     ) -> AsyncIterator[Output]:
         iterator = self.stream(input, config, **kwargs)
         done = object()
-        while True:
-            item = await asyncio.to_thread(next, iterator, done)
-            if item is done:
-                return
-            yield cast(Any, item)
+        try:
+            while True:
+                item = await asyncio.to_thread(next, iterator, done)
+                if item is done:
+                    return
+                yield cast(Any, item)
+        finally:  # the reader left (``break``, ``aclose()``, its task cancelled): stop the producer
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
 
     def explain(self, backend: Any = None) -> str:
         """Every step with its path, options and execution class, and where the backend will run it

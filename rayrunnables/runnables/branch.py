@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..context import RunContext
 from ..errors import InputTypeError
 from .base import Runnable, coerce_to_runnable
+from .chunks import gather
 
 __all__ = ["RunnableBranch"]
 
@@ -45,9 +47,20 @@ class RunnableBranch(Runnable[Any, Any]):
     def with_name(self, name: str) -> RunnableBranch:
         return RunnableBranch(*self.branches, self.default, name=name)
 
-    def _invoke(self, input: Any, ctx: RunContext) -> Any:
-        ctx = self.scope(ctx)
+    def _choose(self, input: Any, ctx: RunContext) -> tuple[str, Runnable[Any, Any]]:
         for i, (cond, step) in enumerate(self.branches):
             if cond._invoke(input, ctx.child(f"branch[{i}] condition")):
-                return step._invoke(input, ctx.child(f"branch[{i}]"))
-        return self.default._invoke(input, ctx.child("branch default"))
+                return f"branch[{i}]", step
+        return "branch default", self.default
+
+    def _invoke(self, input: Any, ctx: RunContext) -> Any:
+        ctx = self.scope(ctx)
+        segment, step = self._choose(input, ctx)
+        return step._invoke(input, ctx.child(segment))
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        """The input added up, the branch chosen on it, then that branch streamed."""
+        ctx = self.scope(ctx)
+        input = gather(chunks)
+        segment, step = self._choose(input, ctx)
+        yield from step._stream(input, ctx.child(segment))

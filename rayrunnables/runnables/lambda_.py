@@ -11,21 +11,11 @@ from .._aio import run_coro_sync
 from ..context import RunContext
 from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
-from ..errors import attach_step
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
+from .chunks import add_chunk, gather
 
 __all__ = ["RunnableLambda", "add_chunk", "chain"]
-
-
-def add_chunk(output: Any, chunk: Any) -> Any:
-    """How LangChain turns a generator's chunks into one output: add them up, or keep the last."""
-    if output is None:
-        return chunk
-    try:
-        return output + chunk
-    except TypeError:
-        return chunk
 
 
 def _accepts_config(func: Callable[..., Any]) -> bool:
@@ -106,15 +96,17 @@ class RunnableLambda(Runnable[Input, Output]):
             got = self._guarded(inputs, ctx)
         return check_batch_output(self, ctx, got, len(inputs))
 
-    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+    def _call_user(self, input: Any, ctx: RunContext) -> Any:
+        """The function's own output (a runnable it returns is not run yet)."""
         if self.batched:
-            result: Output = self._invoke_batch([input], ctx)[0]
-            return result
+            return self._invoke_batch([input], ctx)[0]
         if ctx.limiters or ctx.cancel.is_set():
             with ctx.call_slot():
-                output = self._guarded(input, ctx)
-        else:  # the hot path: no cap, nothing cancelled
-            output = self._guarded(input, ctx)
+                return self._guarded(input, ctx)
+        return self._guarded(input, ctx)  # the hot path: no cap, nothing cancelled
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
+        output = self._call_user(input, ctx)
         if isinstance(output, Runnable):
             here = ctx.child(self.label())
             nested: Output = output._invoke(input, here.deeper(self.label()))
@@ -132,17 +124,30 @@ class RunnableLambda(Runnable[Input, Output]):
             tag_failure(exc, ctx.child(self.label()).path_str)
             raise
 
-    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
-        if not self.is_generator:
-            yield self._invoke(input, ctx)
-            return
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        """A generator function streams its chunks; a function that returns a runnable streams that
+        runnable; any other function yields its one output. The input is added up first, as LangChain
+        does; a callable that streams its input itself (``transform_chunks``, e.g. a LangChain step) gets
+        the chunks as they come."""
         here = ctx.child(self.label())
-        kwargs = {"config": ctx.config} if self.wants_config else {}
+        streamer = getattr(self.func, "transform_chunks", None)
+        if streamer is None and not self.is_generator:
+            final = gather(chunks)
+            output = self._call_user(final, ctx)
+            if isinstance(output, Runnable):
+                yield from output._stream(final, here.deeper(self.label()))
+            else:
+                yield output
+            return
         with ctx.call_slot():
             try:
-                yield from self.func(input, **kwargs)
+                if streamer is not None:
+                    yield from streamer(chunks, ctx.config)
+                else:
+                    kwargs = {"config": ctx.config} if self.wants_config else {}
+                    yield from self.func(gather(chunks), **kwargs)
             except Exception as exc:
-                attach_step(exc, here.path_str)
+                tag_failure(exc, here.path_str)
                 raise
 
 

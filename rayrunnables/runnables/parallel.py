@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..context import RunContext
-from ..engine.inprocess import run_branches
+from ..engine.inprocess import run_branches, stream_branches
 from ..errors import InputTypeError
 from .base import Runnable, coerce_to_runnable
+from .chunks import AddableDict
 
 __all__ = ["RunnableParallel"]
 
@@ -44,3 +45,10 @@ class RunnableParallel(Runnable[Any, dict[str, Any]]):
         children = self.children()
         results = run_branches(self.scope(ctx), input, children)
         return {key: value for key, value in zip(self.steps, results, strict=False)}
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[dict[str, Any]]:
+        """``{key: chunk}`` pieces as the branches produce them (they add up to what ``invoke`` returns).
+        The input is read whole first: each branch then streams its own share of it."""
+        keys = list(self.steps)
+        for n, chunk in stream_branches(self.scope(ctx), list(chunks), self.children()):
+            yield AddableDict({keys[n]: chunk})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
 from ..errors import InputTypeError, attach_step
 from .base import Runnable
+from .chunks import NOTHING, AddableDict, add_chunk, gather
 from .parallel import RunnableParallel
 
 __all__ = ["RunnablePassthrough", "RunnableAssign", "RunnablePick", "require_dict"]
@@ -44,6 +45,15 @@ class RunnablePassthrough(Runnable[Any, Any]):
     @classmethod
     def assign(cls, **kwargs: Any) -> RunnableAssign:  # type: ignore[override]
         return RunnableAssign.of(kwargs)
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        """The input's chunks as they come; ``func`` then sees them added up."""
+        final: Any = NOTHING
+        for chunk in chunks:
+            yield chunk
+            final = chunk if final is NOTHING else add_chunk(final, chunk)
+        if self.func is not None and final is not NOTHING:
+            self._invoke(final, ctx)
 
     def _invoke(self, input: Any, ctx: RunContext) -> Any:
         if self.func is not None:
@@ -80,6 +90,16 @@ class RunnableAssign(Runnable[Mapping[str, Any], dict[str, Any]]):
         data = require_dict(self, input, ctx, "assign")
         return {**data, **self.mapper._invoke(data, ctx.child("assign"))}
 
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[dict[str, Any]]:
+        """As LangChain streams it: the input's own keys first, then the new keys as they are computed."""
+        received = list(chunks)
+        data = require_dict(self, gather(received), ctx, "assign")
+        for chunk in received:
+            kept = AddableDict({k: v for k, v in chunk.items() if k not in self.mapper.steps})
+            if kept:
+                yield kept
+        yield from self.mapper._transform(iter([data]), ctx.child("assign"))
+
 
 @dataclass(frozen=True, eq=False, init=False)
 class RunnablePick(Runnable[Mapping[str, Any], Any]):
@@ -109,3 +129,10 @@ class RunnablePick(Runnable[Mapping[str, Any], Any]):
             return data.get(self.keys)
         picked = {k: data[k] for k in self.keys if k in data}
         return picked or None  # LangChain: None when none of the keys is present
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        """Each chunk's key (or keys) as it comes; chunks without them yield nothing."""
+        for chunk in chunks:
+            picked = self._invoke(chunk, ctx)
+            if picked is not None:
+                yield AddableDict(picked) if isinstance(picked, dict) else picked

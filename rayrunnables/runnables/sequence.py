@@ -53,11 +53,11 @@ class RunnableSequence(Runnable[Input, Output]):
             value = step._invoke(value, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
         return cast(Output, value)
 
-    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
-        value: Any = input
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        """Each step transforms the previous one's chunks: a streaming step after a streaming step
+        streams through; a step that does not stream adds its input up and yields one output."""
         ctx = self.scope(ctx)
-        children = self.children()
-        for segment, step in children[:-1]:
-            value = step._invoke(value, ctx.child(segment))
-        segment, last = children[-1]
-        yield from last._stream(value, ctx.child(segment))
+        stream: Iterator[Any] = chunks
+        for i, step in enumerate(self.steps, 1):
+            stream = step._transform(stream, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
+        yield from stream

@@ -13,6 +13,7 @@ from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
+from .chunks import NOTHING, gather
 
 __all__ = [
     "Listeners",
@@ -62,6 +63,10 @@ class RunnableRetry(Runnable[Input, Output]):
         delay = params["initial"] * params["exp_base"] ** (attempt - 1) + random.uniform(0, params["jitter"])
         return float(min(delay, params["max"]))
 
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        """Streamed without retries, as LangChain's retry streams (chunks already sent cannot be taken back)."""
+        yield from self.bound._transform(chunks, ctx)
+
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         attempt = 1
         while True:
@@ -110,6 +115,30 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
             except self.exceptions_to_handle as exc:
                 first_error = first_error or exc
                 last_error = exc
+        assert first_error is not None
+        raise first_error
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        """As LangChain streams fallbacks: a runnable that fails before its first chunk hands over to the
+        next; once a chunk is out, its errors are the stream's."""
+        input = gather(chunks)
+        first_error: BaseException | None = None
+        last_error: BaseException | None = None
+        for segment, step in self.children():
+            value: Any = input
+            if self.exception_key is not None and last_error is not None:
+                value = {**cast(Mapping[str, Any], input), self.exception_key: last_error}
+            stream = step._stream(value, ctx.child(segment))
+            try:
+                first = next(stream, NOTHING)
+            except self.exceptions_to_handle as exc:
+                first_error = first_error or exc
+                last_error = exc
+                continue
+            if first is not NOTHING:
+                yield first
+                yield from stream
+            return
         assert first_error is not None
         raise first_error
 
@@ -243,11 +272,11 @@ class RunnableBinding(Runnable[Input, Output]):
         finish_run(self, run, inner.config, output)
         return output
 
-    def _stream(self, input: Input, ctx: RunContext) -> Iterator[Output]:
-        if self.listeners is not None:
-            yield self._invoke(input, ctx)
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        if self.listeners is not None:  # listeners see one run with its whole input and output
+            yield self._invoke(gather(chunks), ctx)
             return
-        yield from self.bound._stream(input, self.enter(ctx))
+        yield from self.bound._transform(chunks, self.enter(ctx))
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,3 +313,7 @@ class RunnableRateLimited(Runnable[Input, Output]):
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
         self._wait_turn(ctx)
         return self.bound._invoke(input, ctx)
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
+        self._wait_turn(ctx)
+        yield from self.bound._transform(chunks, ctx)

@@ -23,12 +23,11 @@ from ray.exceptions import RayTaskError
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
-from ...engine.sharing import isolate, writable_outcomes
+from ...engine.sharing import isolate, writable, writable_outcomes
 from ...errors import BackendError, UnpicklableStepError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
-from ...runnables.lambda_ import RunnableLambda
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from ..listening import listening
 from . import planner as planning
@@ -36,9 +35,12 @@ from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limit
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import find_unpicklable, ship_user_modules, walk
-from .tasks import NOT_SENT, cancel_pending, pack, raise_converted, run_chunk_task
+from .tasks import NOT_SENT, cancel_pending, pack, raise_converted, run_chunk_task, stream_task
 
-__all__ = ["RayBackend", "RunStats"]
+__all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
+
+#: chunks a streaming task may run ahead of a slow reader (Ray's generator backpressure)
+STREAM_BUFFER = 16
 
 
 class RayBackend(Backend):
@@ -175,19 +177,35 @@ class RayBackend(Backend):
             run.close()
 
     def stream(self, node: Node, input: Any, config: dict[str, Any]) -> Iterator[Any]:
-        from ...runnables.sequence import RunnableSequence
-
-        # The chain up to its last step runs on Ray; a generator last step streams from the driver.
-        if isinstance(node, RunnableSequence) and isinstance(node.last, RunnableLambda) and node.last.is_generator:
-            head = RunnableSequence.of(*node.steps[:-1])
-            value = self.invoke(head, input, config)
-            ctx = RunContext(config, (f"step {len(node.steps)}",))
-            yield from node.last._stream(value, ctx)
+        """The chain runs in one worker as a Ray generator task and its chunks come back as they are
+        produced, at most ``STREAM_BUFFER`` ahead of the reader; closing the stream cancels the task. A
+        chain holding waiting steps (``io_bound``, ``async``) streams from this process's threads."""
+        self.prepare(node)
+        if any(waits_on_io(step) for step in walk(node)):
+            ctx = self.root_context(config, node)
+            try:
+                for chunk in node._stream(isolate(input), ctx):
+                    yield writable(chunk)
+            finally:
+                self.end_run(ctx)
             return
-        if isinstance(node, RunnableLambda) and node.is_generator:
-            yield from node._stream(isolate(input), RunContext(config))
-            return
-        yield self.invoke(node, input, config)
+        ctx = self.root_context(config)
+        options = {k: v for k, v in planning.task_options(planning.plan(node)).items() if k not in OUR_OPTIONS}
+        chunks: Any = stream_task.options(
+            name=f"{node.label()} stream", _generator_backpressure_num_objects=STREAM_BUFFER, **options
+        ).remote(node, self.state(ctx), input)
+        self.last_run = RunStats(tasks=[f"{node.label()} stream"])
+        try:
+            for ref in chunks:
+                try:
+                    chunk = ray.get(ref)
+                except RayTaskError as err:
+                    raise_converted(err)
+                    raise
+                yield writable(chunk)
+        finally:
+            stop_stream(chunks)
+            self.end_run(ctx)
 
     # ---- batch / imap: a chunk runner for the shared scheduler ---------------------------------------
     def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
@@ -204,6 +222,16 @@ class RayBackend(Backend):
 
     def explain(self, node: Node) -> str:
         return planning.explain(node)
+
+
+def stop_stream(chunks: Any) -> None:
+    """Cancel a generator task the reader left before its end (never a finished one: ray-project/ray#54846)."""
+    try:
+        ready, _ = ray.wait([chunks.completed()], num_returns=1, timeout=0, fetch_local=False)
+        if not ready:
+            ray.cancel(chunks)
+    except Exception:  # gone already: nothing to stop
+        pass
 
 
 class RayChunkRunner:

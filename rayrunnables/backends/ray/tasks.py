@@ -15,7 +15,7 @@ from ray.exceptions import RayTaskError
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, PerItem
-from ...engine.sharing import isolate
+from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
 from .outputs import PLAIN_TYPES, producer, unsendable
@@ -35,6 +35,7 @@ __all__ = [
     "run_fanout_task",
     "run_list_task",
     "run_task",
+    "stream_task",
 ]
 
 # config keys that never leave the driver: the backend object, and LangChain callbacks (unpicklable)
@@ -155,6 +156,19 @@ def map_chunks(
             pool.done(index)
         return refs
     return [run_list_task.options(name=name, **options).remote(node_ref, chunk, inner) for chunk in chunks]
+
+
+@ray.remote(num_returns="streaming")
+def stream_task(node: Any, state: ContextState, input: Any) -> Any:
+    """A streamed chain in one worker: its chunks go back through Ray's streaming generator as they are
+    produced (a chunk that cannot leave the worker is an error naming the step)."""
+    interruptible()
+    path = producer(node, state.path)
+    for chunk in node._stream(freeze(input), make_context(state)):
+        error = unsendable(chunk, path)
+        if error is not None:
+            raise error
+        yield chunk
 
 
 @ray.remote
