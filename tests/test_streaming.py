@@ -214,3 +214,20 @@ def test_cancelling_the_async_reader_stops_the_producer(cfg: dict[str, Any], tmp
     seen = heartbeat.read_text()
     time.sleep(1.0)
     assert heartbeat.read_text() == seen
+
+
+def lock_chunks(text: str) -> Iterator[Any]:
+    import threading
+
+    yield "fine"
+    yield threading.Lock()  # cannot leave a worker
+
+
+@pytest.mark.ray_only
+def test_a_chunk_that_cannot_leave_the_worker_names_the_step(cfg: dict[str, Any]) -> None:
+    got: list[Any] = []
+    with pytest.raises(rr.UnpicklableOutputError, match="lock_chunks") as info:
+        for chunk in (RunnableLambda(exclaim) | RunnableLambda(lock_chunks)).stream("a", cfg):
+            got.append(chunk)
+    assert got == ["fine"]
+    assert isinstance(info.value, TypeError)
