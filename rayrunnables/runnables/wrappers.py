@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
@@ -98,18 +98,22 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.runnable), *((f"fallback {i}", f) for i, f in enumerate(self.fallbacks, 1))]
 
-    def _invoke(self, input: Input, ctx: RunContext) -> Output:
-        if self.exception_key is not None and not isinstance(input, Mapping):
+    def _given(self, input: Any, ctx: RunContext, last_error: BaseException | None) -> Any:
+        """What the next runnable gets: the input, with the last error under ``exception_key`` if set."""
+        if self.exception_key is None:
+            return input
+        if not isinstance(input, Mapping):
             path = ctx.child(self.label()).path_str
             raise attach_step(
                 InputTypeError(f"{path}: exception_key needs a dict input, got {type(input).__name__}"), path
             )
+        return input if last_error is None else {**input, self.exception_key: last_error}
+
+    def _invoke(self, input: Input, ctx: RunContext) -> Output:
         first_error: BaseException | None = None
         last_error: BaseException | None = None
         for segment, step in self.children():
-            value: Any = input
-            if self.exception_key is not None and last_error is not None:
-                value = {**cast(Mapping[str, Any], input), self.exception_key: last_error}
+            value = self._given(input, ctx, last_error)
             try:
                 return step._invoke(value, ctx.child(segment))
             except self.exceptions_to_handle as exc:
@@ -125,10 +129,7 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
         first_error: BaseException | None = None
         last_error: BaseException | None = None
         for segment, step in self.children():
-            value: Any = input
-            if self.exception_key is not None and last_error is not None:
-                value = {**cast(Mapping[str, Any], input), self.exception_key: last_error}
-            stream = step._stream(value, ctx.child(segment))
+            stream = step._stream(self._given(input, ctx, last_error), ctx.child(segment))
             try:
                 first = next(stream, NOTHING)
             except self.exceptions_to_handle as exc:
