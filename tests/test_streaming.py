@@ -59,6 +59,11 @@ def topic_words(d: dict[str, Any]) -> Iterator[str]:
     yield from words(d["topic"])
 
 
+def broken_words(text: str) -> Iterator[str]:
+    raise ValueError("no words today")
+    yield text
+
+
 def chat() -> FakeListChatModel:
     return FakeListChatModel(responses=["one two three"])
 
@@ -75,6 +80,7 @@ CHAINS: dict[str, Callable[[], Any]] = {
     "generator after generator": lambda: LCLambda(words) | LCLambda(chars),
     "RunnableGenerator transform": lambda: LCLambda(words) | LCGenerator(upper_each),
     "assign": lambda: LCPassthrough.assign(said=LCLambda(topic_words)),
+    "fallbacks before the first chunk": lambda: LCLambda(broken_words).with_fallbacks([LCLambda(words)]),
     "prompt | chat model | StrOutputParser": lambda: PROMPT | chat() | StrOutputParser(),
     "prompt | chat model | JsonOutputParser": lambda: PROMPT | json_chat() | JsonOutputParser(),
     "prompt | streaming LLM": lambda: PromptTemplate.from_template("say {topic}")
@@ -85,6 +91,7 @@ INPUTS: dict[str, Any] = {
     "lambda after generator": "a b c",
     "generator after generator": "ab cd",
     "RunnableGenerator transform": "a b c",
+    "fallbacks before the first chunk": "a b c",
 }
 DICT_CHAINS: dict[str, Callable[[], Any]] = {
     "dict of a generator and a lambda": lambda: LCParallel({"a": LCLambda(words), "b": LCLambda(count_words)}),
