@@ -238,3 +238,21 @@ def test_a_chunk_that_cannot_leave_the_worker_names_the_step(cfg: dict[str, Any]
             got.append(chunk)
     assert got == ["fine"]
     assert isinstance(info.value, TypeError)
+
+
+class Tokens:
+    """A stateful step whose call is a generator (a model loaded once, then streaming its output)."""
+
+    def __call__(self, text: str) -> Iterator[str]:
+        for word in text.split():
+            yield word + " "
+
+
+def test_a_stateful_step_with_a_generator_call(cfg: dict[str, Any]) -> None:
+    step = rr.RunnableActor(Tokens)
+    assert step.invoke("a b c", cfg) == "a b c "  # invoke adds the chunks up, as for a generator lambda
+    assert step.batch(["a b", "c"], cfg) == ["a b ", "c "]
+    chunks = list(step.stream("a b c", cfg))
+    assert "".join(chunks) == "a b c "
+    if cfg["backend"] != "ray":  # on Ray the pool actor sends its output whole: one chunk (see the README)
+        assert chunks == ["a ", "b ", "c "]

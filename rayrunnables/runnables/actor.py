@@ -7,8 +7,9 @@ once per chunk, so a numpy embedder does one matrix product per chunk instead of
 
 from __future__ import annotations
 
+import inspect
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
 from .base import Runnable
+from .chunks import NOTHING, add_chunk, gather
 
 __all__ = ["RunnableActor", "check_batch_output", "has_call"]
 
@@ -77,11 +79,18 @@ class RunnableActor(Runnable[Any, Any]):
     def vectorized(self) -> bool:
         return callable(getattr(self.cls, "batch", None))
 
-    def _call(self, fn: Any, arg: Any, ctx: RunContext) -> Any:
-        """One call of the instance (or of its ``batch``), measured while its class is being learned."""
+    def _call(self, fn: Any, arg: Any, ctx: RunContext, gathered: bool = False) -> Any:
+        """One call of the instance (or of its ``batch``), measured while its class is being learned.
+        ``gathered``: a generator's chunks added up into one output, as ``invoke`` returns them."""
         with ctx.call_slot():
             try:
-                return call_step(self, fn, arg)
+                output = call_step(self, fn, arg)
+                if gathered and inspect.isgenerator(output):
+                    total: Any = NOTHING
+                    for chunk in output:
+                        total = add_chunk(total, chunk)
+                    return None if total is NOTHING else total
+                return output
             except Exception as exc:
                 tag_failure(exc, ctx.child(self.label()).path_str)
                 raise
@@ -96,8 +105,26 @@ class RunnableActor(Runnable[Any, Any]):
     def _invoke(self, input: Any, ctx: RunContext) -> Any:
         instance = ctx.services.instance(self)
         if has_call(type(instance)):
-            return self._call(instance, input, ctx)
+            return self._call(instance, input, ctx, gathered=True)
         return check_batch_output(self, ctx, self._call(instance.batch, [input], ctx), 1)[0]
+
+    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        """A ``__call__`` that is a generator streams its chunks (in this process; on Ray, from the task's
+        process: a pool actor sends its output whole); any other call yields its one output."""
+        instance = ctx.services.instance(self)
+        if not has_call(type(instance)):
+            yield self._invoke(gather(chunks), ctx)
+            return
+        output = self._call(instance, gather(chunks), ctx)
+        if not inspect.isgenerator(output):
+            yield output
+            return
+        with ctx.call_slot():
+            try:
+                yield from output
+            except Exception as exc:
+                tag_failure(exc, ctx.child(self.label()).path_str)
+                raise
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
         instance = ctx.services.instance(self)
