@@ -12,12 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import DEFAULT_RECURSION_LIMIT
-from .engine.sharing import isolate
 from .errors import StepRecursionError
 from .protocols import ChunkRunner, ContextState, Limiter, Node, Services
 from .services import LOCAL_SERVICES
 
-__all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled", "isolate"]
+__all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled"]
 
 
 class Cancelled(BaseException):

@@ -104,8 +104,8 @@ class StepProfile:
         self.countdown = 0  # measure while < 0
 
     def observe(self, share: float, alone: bool = False) -> None:
-        """One call's CPU share; a call that ran ``alone`` (no other thread of this process busy, as in a
-        probe) is trusted at once, the others are averaged over ``SAMPLES_TO_LEARN`` calls."""
+        """One call's CPU share; a call that ran ``alone`` (no other thread of this process busy) is
+        trusted at once, the others are averaged over ``SAMPLES_TO_LEARN`` calls."""
         self.samples += 1
         if alone and self.kind == UNKNOWN:
             self.share = share
@@ -206,9 +206,6 @@ def subtree_class(node: Any) -> str:
     Steps never called in this process (a fallback never needed, a branch never taken) say nothing:
     the class comes from the steps that ran, and is recomputed until every step has run and is known.
     """
-    cached: tuple[str, int] | None = node.__dict__.get("_class")
-    if cached is not None and cached[1] == _GENERATION[0]:
-        return cached[0]
     kind, final = _classify(node)
     if final and kind is not None:
         object.__setattr__(node, "_class", (kind, _GENERATION[0]))

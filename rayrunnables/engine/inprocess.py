@@ -51,9 +51,8 @@ def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node
             forked.cancel.cancel()  # siblings stop at their next step
             raise
 
-    threaded = [subtree_class(step) != COMPUTING for _, step in branches]
-    if sum(threaded) == 1 and len(branches) == 1:
-        threaded = [False]  # one branch alone: nothing to overlap with
+    # one branch alone has nothing to overlap with
+    threaded = [len(branches) > 1 and subtree_class(step) != COMPUTING for _, step in branches]
     futures = {n: POOL.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
     results: list[Any] = [None] * len(branches)
     try:

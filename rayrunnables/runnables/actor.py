@@ -18,7 +18,7 @@ from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
 from ..errors import InputTypeError, StepConstructionError, VectorizedOutputError, attach_step
 from .base import Runnable
-from .chunks import NOTHING, add_chunk, gather
+from .chunks import gather
 
 __all__ = ["RunnableActor", "check_batch_output", "has_call"]
 
@@ -85,12 +85,7 @@ class RunnableActor(Runnable[Any, Any]):
         with ctx.call_slot():
             try:
                 output = call_step(self, fn, arg)
-                if gathered and inspect.isgenerator(output):
-                    total: Any = NOTHING
-                    for chunk in output:
-                        total = add_chunk(total, chunk)
-                    return None if total is NOTHING else total
-                return output
+                return gather(output) if gathered and inspect.isgenerator(output) else output
             except Exception as exc:
                 tag_failure(exc, ctx.child(self.label()).path_str)
                 raise

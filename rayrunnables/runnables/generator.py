@@ -15,7 +15,7 @@ from ..context import RunContext
 from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
 from .base import Runnable
-from .chunks import NOTHING, add_chunk
+from .chunks import gather
 
 __all__ = ["RunnableGenerator"]
 
@@ -57,10 +57,4 @@ class RunnableGenerator(Runnable[Any, Any]):
                 raise
 
     def _invoke(self, input: Any, ctx: RunContext) -> Any:
-        def run_whole(value: Any) -> Any:
-            output: Any = NOTHING
-            for chunk in self._transform(iter([value]), ctx):
-                output = add_chunk(output, chunk)
-            return None if output is NOTHING else output
-
-        return call_step(self, run_whole, input)
+        return call_step(self, lambda value: gather(self._transform(iter([value]), ctx)), input)

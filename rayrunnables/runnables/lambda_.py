@@ -13,9 +13,9 @@ from ..engine.execution import call_step
 from ..engine.sharing import tag_failure
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
-from .chunks import add_chunk, gather
+from .chunks import gather
 
-__all__ = ["RunnableLambda", "add_chunk", "chain"]
+__all__ = ["RunnableLambda", "chain"]
 
 
 def _accepts_config(func: Callable[..., Any]) -> bool:
@@ -80,10 +80,7 @@ class RunnableLambda(Runnable[Input, Output]):
         if self.is_async:
             return run_coro_sync(self.func(input, **kwargs))
         if self.is_generator:
-            output: Any = None
-            for chunk in self.func(input, **kwargs):
-                output = add_chunk(output, chunk)
-            return output
+            return gather(self.func(input, **kwargs))
         return self.func(input, **kwargs)
 
     @property

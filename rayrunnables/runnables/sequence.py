@@ -14,6 +14,10 @@ __all__ = ["RunnableSequence"]
 _SEGMENTS = [f"step {i}" for i in range(64)]
 
 
+def _segment(i: int) -> str:
+    return _SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"
+
+
 @dataclass(frozen=True, eq=False)
 class RunnableSequence(Runnable[Input, Output]):
     steps: tuple[Runnable[Any, Any], ...]
@@ -50,7 +54,7 @@ class RunnableSequence(Runnable[Input, Output]):
         value: Any = input
         ctx = self.scope(ctx)
         for i, step in enumerate(self.steps, 1):
-            value = step._invoke(value, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
+            value = step._invoke(value, ctx.child(_segment(i)))
         return cast(Output, value)
 
     def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
@@ -59,5 +63,5 @@ class RunnableSequence(Runnable[Input, Output]):
         ctx = self.scope(ctx)
         stream: Iterator[Any] = chunks
         for i, step in enumerate(self.steps, 1):
-            stream = step._transform(stream, ctx.child(_SEGMENTS[i] if i < len(_SEGMENTS) else f"step {i}"))
+            stream = step._transform(stream, ctx.child(_segment(i)))
         yield from stream
