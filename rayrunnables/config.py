@@ -11,7 +11,9 @@ from typing import Any, TypedDict
 
 from .errors import ConfigError
 
-__all__ = ["RunnableConfig", "CONFIG_KEYS", "validate_config", "merge_configs", "DEFAULT_RECURSION_LIMIT"]
+__all__ = [
+    "RunnableConfig", "CONFIG_KEYS", "validate_config", "merge_configs", "sendable_config", "DEFAULT_RECURSION_LIMIT",
+]
 
 
 class RunnableConfig(TypedDict, total=False):
@@ -78,3 +80,12 @@ def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[
         else:
             merged[key] = value
     return merged
+
+
+# keys that never leave the caller's process: the backend object, LangChain callbacks (unpicklable)
+_LOCAL_ONLY = frozenset({"backend", "callbacks"})
+
+
+def sendable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as another process receives it: without what only makes sense in the caller's."""
+    return {k: v for k, v in config.items() if k not in _LOCAL_ONLY}

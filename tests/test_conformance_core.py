@@ -387,6 +387,10 @@ def scale_in_place(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def scale_dicts_in_place(value: Any) -> Any:
+    return scale_in_place(value) if isinstance(value, dict) else value
+
+
 def _all_writable(value: dict[str, Any]) -> bool:
     return bool(value["small"].flags.writeable and value["big"].flags.writeable
                 and value["nested"][0][0].flags.writeable)
@@ -416,8 +420,9 @@ def test_a_step_may_change_an_array_it_received_in_place(cfg: dict[str, Any]) ->
 def test_arrays_shared_with_siblings_are_read_only(cfg: dict[str, Any]) -> None:
     """``.map()`` items, batch items, fan-out branches and the chain's input share arrays as read-only
     views (nothing copied); writing into one is a clear error naming the step, on every backend."""
-    mapped = RunnableLambda(lambda n: [vectors(i) for i in range(n)]).with_options(num_cpus=1) | RunnableLambda(
-        scale_in_place
+    # only item 0 holds arrays, so it is the one failure whichever worker answers first
+    mapped = RunnableLambda(lambda n: [vectors(0), *range(1, n)]).with_options(num_cpus=1) | RunnableLambda(
+        scale_dicts_in_place, name="scale_in_place"
     ).map()
     with pytest.raises(rr.ReadOnlyInputError, match=r"lambda 'scale_in_place'.*copy first") as info:
         mapped.invoke(3, config=cfg)

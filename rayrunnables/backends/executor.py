@@ -19,37 +19,23 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config import sendable_config
+from ..context import RunContext, ThreadLimiter
 from ..engine.execution import WAITING, subtree_class
 from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
 from ..engine.sharing import isolate, writable
 from ..engine.steps import step_tree, walk
-from ..errors import UnpicklableOutputError, attach_step
-from ..protocols import Backend, ChunkRunner, ContextState, Node
+from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
 from ..services import LOCAL_SERVICES
 from .listening import listening
-
-try:  # the standalone package when installed; else the copy Ray ships (a core dependency)
-    import cloudpickle
-except ImportError:  # pragma: no cover - depends on the environment
-    from ray import cloudpickle
-
-if TYPE_CHECKING:
-    from ..context import RunContext
+from .outputs import cloudpickle, sendable_outcomes
 
 __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
 
-# config keys that stay in this process: the backend (the executor itself), LangChain callbacks
-NOT_SENT = frozenset({"backend", "callbacks"})
-
-
 _WAITING = ThreadChunkRunner(64, final=True)
-
-
-def _sent(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NOT_SENT}
 
 
 class ExecutorChunkRunner:
@@ -67,8 +53,8 @@ class ExecutorChunkRunner:
 
     def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool) -> Any:
         cap = 1 if ctx.limiters else None  # ``max_concurrency``: the window holds the cap, one call per chunk
-        items = [(i, PerItem(_sent(v.config), v.value) if type(v) is PerItem else v) for i, v in items]
-        state = ctx.state(_sent(ctx.config))._replace(limiters=())
+        items = [(i, PerItem(sendable_config(v.config), v.value) if type(v) is PerItem else v) for i, v in items]
+        state = ctx.state(sendable_config(ctx.config))._replace(limiters=())
         payload = cloudpickle.dumps((node, items, state, return_exceptions, cap))
         return self.executor.submit(run_payload, payload)
 
@@ -86,35 +72,14 @@ class ExecutorChunkRunner:
 
 
 def run_payload(payload: bytes) -> bytes:
-    """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values)."""
-    from ..context import RunContext, ThreadLimiter
-
+    """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values; an output
+    that cannot travel back is its item's error, the others kept)."""
     node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
-    ctx = RunContext.from_state(ContextState(*state), LOCAL_SERVICES)
+    ctx = RunContext.from_state(state, LOCAL_SERVICES)
     if cap:
         ctx = ctx.with_limiter(ThreadLimiter(cap))
     result = run_chunk(node, items, ctx, return_exceptions, remote=True)
-    try:
-        return bytes(cloudpickle.dumps(result))
-    except Exception:  # some output or error cannot travel back: that item's error, the others kept
-        return bytes(cloudpickle.dumps(_sendable(result, node, ctx)))
-
-
-def _sendable(result: ChunkResult, node: Node, ctx: RunContext) -> ChunkResult:
-    outcomes = []
-    for index, ok, value, tb in result.outcomes:
-        try:
-            cloudpickle.dumps(value)
-        except Exception as exc:
-            path = ctx.path_str if ctx.path else node.label()
-            what = "output" if ok else f"error ({type(value).__name__}: {value})"
-            error = UnpicklableOutputError(
-                f"{path}: its {what} for item {index} cannot be sent back from the executor's worker: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            value, ok, tb = attach_step(error, path, index), False, tb
-        outcomes.append((index, ok, value, tb))
-    return ChunkResult(outcomes, result.seconds)
+    return bytes(cloudpickle.dumps(sendable_outcomes(result, node, ctx, return_exceptions)))
 
 
 def _workers(executor: Executor) -> int:

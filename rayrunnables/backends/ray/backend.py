@@ -21,6 +21,7 @@ import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
+from ...config import sendable_config
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
 from ...engine.sharing import isolate, writable, writable_outcomes
@@ -35,7 +36,7 @@ from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limit
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import find_unpicklable, ship_user_modules, walk
-from .tasks import NOT_SENT, cancel_pending, pack, raise_converted, run_chunk_task, stream_task
+from .tasks import cancel_pending, pack, raise_converted, run_chunk_task, stream_task
 
 __all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
 
@@ -147,7 +148,7 @@ class RayBackend(Backend):
         return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
-        return ctx.state({k: v for k, v in ctx.config.items() if k not in NOT_SENT})
+        return ctx.state(sendable_config(ctx.config))
 
     def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
         if node is not None and waits_on_io(node):  # runs in driver threads: an in-process cap is enough

@@ -21,7 +21,7 @@ from ...errors import StepConstructionError
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ...services import TokenBucket
-from .outputs import producer, unsendable
+from ..outputs import producer, unsendable
 from .pending import rebuild
 from .worker import chunk_here, list_here
 

@@ -13,18 +13,18 @@ import ray
 import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
+from ...config import sendable_config
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, PerItem
 from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
-from .outputs import PLAIN_TYPES, producer, unsendable
+from ..outputs import PLAIN_TYPES, producer, unsendable
 from .pending import rebuild
 from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, list_here
 
 __all__ = [
-    "NOT_SENT",
     "cancel_pending",
     "concat",
     "convert",
@@ -38,8 +38,6 @@ __all__ = [
     "stream_task",
 ]
 
-# config keys that never leave the driver: the backend object, and LangChain callbacks (unpicklable)
-NOT_SENT = frozenset({"backend", "callbacks"})
 
 
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
@@ -115,7 +113,7 @@ def pack(items: list[tuple[int, Any]]) -> bytes:
         if not isinstance(value, PLAIN_TYPES):
             if type(value) is PerItem:  # its own config, less what stays in the driver (as ``state`` does)
                 inner = value.value if isinstance(value.value, PLAIN_TYPES) else unshared(value.value)
-                value = PerItem({k: v for k, v in value.config.items() if k not in NOT_SENT}, inner)
+                value = PerItem(sendable_config(value.config), inner)
             else:
                 value = unshared(value)
         private.append((index, value))

@@ -10,7 +10,7 @@ import ray.cloudpickle as ray_pickle
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
-from .outputs import sendable_outcomes
+from ..outputs import sendable_outcomes
 
 __all__ = ["chunk_here", "list_here", "interruptible"]
 

@@ -1,20 +1,23 @@
-"""What may leave a Ray worker: a step's output is checked before Ray stores it, so one that cannot be
-pickled is reported as that item's error, naming the step, instead of failing the whole task inside
-Ray's serializer. Used by the tasks and by the actor pools' methods alike.
+"""What may leave a worker process: a step's output is checked before it is sent back, so one that
+cannot be pickled is reported as that item's error, naming the step, instead of failing the whole
+chunk inside the serializer. Used by Ray's tasks and actor pools and by the executor backend.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import ray.cloudpickle as ray_pickle
+from ..context import RunContext
+from ..engine.inprocess import ChunkResult
+from ..errors import UnpicklableOutputError, attach_step
+from ..runnables.sequence import RunnableSequence
 
-from ...context import RunContext
-from ...engine.inprocess import ChunkResult
-from ...errors import UnpicklableOutputError, attach_step
-from ...runnables.sequence import RunnableSequence
+try:  # the standalone package when installed; else the copy Ray ships (a core dependency)
+    import cloudpickle
+except ImportError:  # pragma: no cover - depends on the environment
+    from ray import cloudpickle
 
-__all__ = ["PLAIN_TYPES", "producer", "sendable_outcomes", "unsendable"]
+__all__ = ["PLAIN_TYPES", "cloudpickle", "producer", "sendable_outcomes", "unsendable"]
 
 PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
 _PLAIN = frozenset(PLAIN_TYPES)
@@ -53,11 +56,11 @@ def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOu
     if not _needs_pickle_check(value, [256]):
         return None
     try:
-        ray_pickle.dumps(value)
+        cloudpickle.dumps(value)
     except Exception as exc:
         item = "" if index is None else f" for item {index}"
         error = UnpicklableOutputError(
-            f"{path}: its output{item} ({type(value).__name__}) cannot be sent back from the Ray worker: "
+            f"{path}: its output{item} ({type(value).__name__}) cannot be sent back from the worker: "
             f"{type(exc).__name__}: {exc}. Return plain data (or build the object where it is used)."
         )
         attach_step(error, path, index)
