@@ -225,27 +225,32 @@ SLEEP_S = 0.2
 BRANCHES = 5
 
 
+def _dict_row(name: str, branches: dict[str, Any], opts: Options, warmups: int, title: str, limit: float,
+              target: str) -> Row:
+    """One dict of ``branches`` in both libraries: checked alike (the warm-ups), then timed, wall seconds."""
+    rr, lc = _libs()
+    rr_par = rr.RunnableParallel({key: rr.RunnableLambda(f) for key, f in branches.items()})
+    lc_par = lc.RunnableParallel({key: lc.RunnableLambda(f) for key, f in branches.items()})
+    for _ in range(warmups):
+        _check_same(name, rr_par.invoke(1), lc_par.invoke(1))
+    rounds = 3 if opts.quick else opts.rounds
+    rr_s = best_seconds_once(lambda: rr_par.invoke(1), rounds, warmup=lambda: None)
+    lc_s = best_seconds_once(lambda: lc_par.invoke(1), rounds, warmup=lambda: None)
+    return Row(title, {RR_LOCAL: Measurement(rr_s, "s", 3), LANGCHAIN: Measurement(lc_s, "s", 3)}, target,
+               rr_s <= limit)
+
+
 @workload("parallel_sleep")
 def parallel_sleep(opts: Options) -> Row:
     """5-branch dict/RunnableParallel of 0.2 s `time.sleep` lambdas: do branches really overlap?"""
-    rr, lc = _libs()
 
     def nap(x: Any) -> Any:
         time.sleep(SLEEP_S)
         return x
 
-    rr_par = rr.RunnableParallel({f"b{i}": rr.RunnableLambda(nap) for i in range(BRANCHES)})
-    lc_par = lc.RunnableParallel({f"b{i}": lc.RunnableLambda(nap) for i in range(BRANCHES)})
-    _check_same("parallel_sleep", rr_par.invoke(1), lc_par.invoke(1))  # also the warm-up
-    rounds = 3 if opts.quick else opts.rounds
-    rr_s = best_seconds_once(lambda: rr_par.invoke(1), rounds, warmup=lambda: None)
-    lc_s = best_seconds_once(lambda: lc_par.invoke(1), rounds, warmup=lambda: None)
-    return Row(
-        f"{BRANCHES}-branch `RunnableParallel` of {SLEEP_S} s sleeps",
-        {RR_LOCAL: Measurement(rr_s, "s", 3), LANGCHAIN: Measurement(lc_s, "s", 3)},
-        f"<= {SLEEP_S * 1.1:.2f} s (0.2 s + 10%)",
-        rr_s <= SLEEP_S * 1.1,
-    )
+    return _dict_row("parallel_sleep", {f"b{i}": nap for i in range(BRANCHES)}, opts, 1,
+                     f"{BRANCHES}-branch `RunnableParallel` of {SLEEP_S} s sleeps", SLEEP_S * 1.1,
+                     f"<= {SLEEP_S * 1.1:.2f} s (0.2 s + 10%)")
 
 
 MIXED_S = 0.3
@@ -260,7 +265,6 @@ def _spin(seconds: float) -> None:
 @workload("sleep_and_compute")
 def sleep_and_compute(opts: Options) -> Row:
     """A dict of one 0.3 s sleep and 0.3 s of CPU: the computing branch runs while the other waits."""
-    rr, lc = _libs()
 
     def wait(x: Any) -> Any:
         time.sleep(MIXED_S)
@@ -270,19 +274,9 @@ def sleep_and_compute(opts: Options) -> Row:
         _spin(MIXED_S)
         return x
 
-    rr_par = rr.RunnableParallel({"io": rr.RunnableLambda(wait), "cpu": rr.RunnableLambda(compute)})
-    lc_par = lc.RunnableParallel({"io": lc.RunnableLambda(wait), "cpu": lc.RunnableLambda(compute)})
-    for _ in range(3):  # also the warm-up: rayrunnables learns which branch waits and which computes
-        _check_same("sleep_and_compute", rr_par.invoke(1), lc_par.invoke(1))
-    rounds = 3 if opts.quick else opts.rounds
-    rr_s = best_seconds_once(lambda: rr_par.invoke(1), rounds, warmup=lambda: None)
-    lc_s = best_seconds_once(lambda: lc_par.invoke(1), rounds, warmup=lambda: None)
-    return Row(
-        f"dict of a {MIXED_S} s sleep and {MIXED_S} s of CPU",
-        {RR_LOCAL: Measurement(rr_s, "s", 3), LANGCHAIN: Measurement(lc_s, "s", 3)},
-        "<= 0.4 s",
-        rr_s <= 0.4,
-    )
+    # three warm-ups: rayrunnables learns which branch waits and which computes
+    return _dict_row("sleep_and_compute", {"io": wait, "cpu": compute}, opts, 3,
+                     f"dict of a {MIXED_S} s sleep and {MIXED_S} s of CPU", 0.4, "<= 0.4 s")
 
 
 # ------------------------------------------------------------------------------------------------
