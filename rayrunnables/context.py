@@ -10,8 +10,10 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import UUID
 
 from .config import DEFAULT_RECURSION_LIMIT
+from .engine.events import Buffer, Recorder, RunSink
 from .errors import StepRecursionError
 from .protocols import ChunkRunner, ContextState, Limiter, Node, Services
 from .services import LOCAL_SERVICES
@@ -52,7 +54,8 @@ class RunContext:
     """Immutable by convention; ``child`` links to its parent, so the path is only built when needed."""
 
     __slots__ = (
-        "_base", "_parent", "_segment", "cancel", "config", "depth", "limiters", "map_runner", "run_scopes", "services",
+        "_base", "_parent", "_segment", "cancel", "config", "depth", "events", "limiters", "map_runner", "run_id",
+        "run_owner", "run_scopes", "services",
     )
 
     def __init__(
@@ -65,6 +68,8 @@ class RunContext:
         depth: int = 0,
         services: Services | None = None,
         map_runner: Callable[[Node], ChunkRunner] | None = None,
+        events: Recorder | None = None,
+        run_id: UUID | None = None,
     ) -> None:
         self.config = {} if config is None else config
         self.services: Services = LOCAL_SERVICES if services is None else services
@@ -75,6 +80,13 @@ class RunContext:
         # where a ``.map()`` inside the chain sends its chunks: None runs them in this process (inline or
         # threads); a backend whose workers are other processes (an executor) picks a runner per step
         self.map_runner = map_runner
+        # run events (``rayrunnables.engine.events``): None when nobody listens, the hot path's one test
+        sink = self.config.get("callbacks") if events is None else None
+        if isinstance(sink, RunSink):  # the caller records: ``Runnable.invoke`` and friends put it there
+            events, run_id = sink.recorder, sink.run_id
+        self.events = events
+        self.run_id = run_id  # the run whose children start here
+        self.run_owner: Any = None  # the node whose run that is (its own inner calls are not new runs)
         self._base = path
         self._parent: RunContext | None = None
         self._segment = ""
@@ -83,6 +95,7 @@ class RunContext:
         new = RunContext.__new__(RunContext)
         new.config, new.cancel, new.limiters, new.depth = self.config, self.cancel, self.limiters, self.depth
         new.services, new.run_scopes, new.map_runner = self.services, self.run_scopes, self.map_runner
+        new.events, new.run_id, new.run_owner = self.events, self.run_id, self.run_owner
         new._base, new._parent, new._segment = self._base, self._parent, self._segment
         return new
 
@@ -107,13 +120,28 @@ class RunContext:
     def from_state(
         cls, state: ContextState, services: Services, path: tuple[str, ...] | None = None
     ) -> RunContext:
-        """A context rebuilt in another process from what ``state`` sent."""
+        """A context rebuilt in another process from what ``state`` sent; its run events (if the caller
+        records any) go into a ``Buffer`` that travels back with the results."""
+        events = Buffer(streams=state.recording > 1) if state.recording else None
         return cls(state.config, state.path if path is None else path, limiters=state.limiters, depth=state.depth,
-                   services=services)
+                   services=services, events=events, run_id=state.run_id)
 
     def state(self, config: dict[str, Any], path: tuple[str, ...] | None = None) -> ContextState:
         """This context as plain data (with ``config``: what may leave this process), for another process."""
-        return ContextState(config, self.path if path is None else path, self.depth, self.limiters)
+        recording = 0 if self.events is None else 1 + self.events.streams
+        return ContextState(config, self.path if path is None else path, self.depth, self.limiters, self.run_id,
+                            recording)
+
+    def in_run(self, node: Any, run_id: UUID, config: dict[str, Any]) -> RunContext:
+        """Inside ``node``'s run: what starts here is its child (``rayrunnables.engine.events.enter_run``)."""
+        new = self._copy()
+        new.run_id, new.run_owner, new.config = run_id, node, config
+        return new
+
+    def recording(self, events: Recorder | None, run_id: UUID | None) -> RunContext:
+        new = self._copy()
+        new.events, new.run_id = events, run_id
+        return new
 
     def child(self, segment: str) -> RunContext:
         if not segment:

@@ -91,6 +91,8 @@ class ContextState(NamedTuple):
     path: tuple[str, ...]
     depth: int
     limiters: tuple[Any, ...]
+    run_id: Any = None  # the caller's run: runs started there are its children
+    recording: int = 0  # 0: nobody listens; 1: run events; 2: and every streamed chunk
 
 
 class ChunkRunner(Protocol):

@@ -30,7 +30,6 @@ from ..engine.steps import step_tree, walk
 from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
 from ..services import LOCAL_SERVICES
-from .listening import listening
 from .outputs import cloudpickle, sendable_outcomes
 
 __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
@@ -125,7 +124,7 @@ class ExecutorBackend(Backend):
         return self.runner
 
     def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
-        return listening(node, config, self.runner_for) or self.runner_for(node)
+        return self.runner_for(node)
 
     def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
         return local_root_context(config, map_runner=self.runner_for)

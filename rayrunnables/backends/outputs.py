@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import RunContext
+from ..engine.events import Buffer, Event
 from ..engine.inprocess import ChunkResult
 from ..errors import UnpicklableOutputError, attach_step
 from ..runnables.sequence import RunnableSequence
@@ -17,7 +18,9 @@ try:  # the standalone package when installed; else the copy Ray ships (a core d
 except ImportError:  # pragma: no cover - depends on the environment
     from ray import cloudpickle
 
-__all__ = ["PLAIN_TYPES", "cloudpickle", "producer", "sendable_outcomes", "unsendable"]
+__all__ = [
+    "PLAIN_TYPES", "cloudpickle", "producer", "sendable_events", "sendable_outcomes", "take_events", "unsendable",
+]
 
 PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
 _PLAIN = frozenset(PLAIN_TYPES)
@@ -68,8 +71,38 @@ def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOu
     return None
 
 
+def sendable_events(events: list[Event]) -> list[Event]:
+    """Run events as they may travel: a payload that cannot leave the worker (a value passed between two
+    steps that run here, say a lock) is replaced by its type's name, never failing the results with it."""
+    out = []
+    for method, args, kwargs, meta in events:
+        if any(_needs_pickle_check(a, [256]) for a in (*args, kwargs.get("inputs"))):
+            try:
+                cloudpickle.dumps((args, kwargs))
+            except Exception:
+                args = tuple(_stand_in(a) for a in args)
+                kwargs = {**kwargs, "inputs": _stand_in(kwargs["inputs"])} if "inputs" in kwargs else kwargs
+        out.append((method, args, kwargs, meta))
+    return out
+
+
+def _stand_in(value: Any) -> Any:
+    try:
+        cloudpickle.dumps(value)
+        return value
+    except Exception:
+        return f"<{type(value).__name__}: cannot leave the worker>"
+
+
+def take_events(ctx: RunContext) -> list[Event] | None:
+    """What a worker recorded for the caller (``None`` when nobody listens)."""
+    return sendable_events(ctx.events.take()) if isinstance(ctx.events, Buffer) else None
+
+
 def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
-    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay."""
+    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay; the
+    run events recorded here go with them."""
+    result.events = take_events(ctx)
     path = producer(node, ctx.path)
     outcomes = result.outcomes
     for n, (index, ok, value, _) in enumerate(outcomes):

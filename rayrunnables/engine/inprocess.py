@@ -151,6 +151,7 @@ class ChunkResult:
 
     outcomes: list[tuple[int, bool, Any, str | None]]
     seconds: float
+    events: list[Any] | None = None  # run events recorded in another process, replayed by the caller
 
 
 def run_chunk(

@@ -124,6 +124,8 @@ def iter_batch(
                         raise
                     result = ChunkResult([(i, False, copy.copy(exc), None) for i in indices], 0.0)
                 sizer.observe(result)
+                if result.events and ctx.events is not None:  # recorded in another process: replayed here
+                    ctx.events.replay(result.events)
                 for index, ok, value, tb in result.outcomes:
                     if not ok:
                         if tb is not None:

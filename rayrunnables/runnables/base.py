@@ -7,11 +7,13 @@ semantics every backend must reproduce; *where* it runs is decided by a backend,
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
+from ..engine.events import RunSink, recorder_for, run_batch_items, run_invoke, run_transform
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
@@ -39,6 +41,15 @@ class Runnable(Generic[Input, Output]):
     """
 
     name: str | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every run method a node class defines reports its run when someone records run events."""
+        super().__init_subclass__(**kwargs)
+        for attr, tracer in _TRACERS.items():
+            impl = cls.__dict__.get(attr)
+            if impl is not None and not getattr(impl, "_traced", False):
+                setattr(cls, attr, tracer(impl))
+
     @property
     def learns(self) -> bool:
         """Whether the node calls a user function itself, so its execution class is learned from its calls."""
@@ -57,6 +68,14 @@ class Runnable(Generic[Input, Output]):
     # ---- what a node is ------------------------------------------------------------------------
     def get_name(self) -> str:
         return self.name or type(self).__name__
+
+    def run_name(self) -> str:
+        """The name its runs have in callbacks and traces: LangChain's name for the same runnable."""
+        return self.get_name()
+
+    def reports_run(self) -> bool:
+        """Whether calling it is a run of its own (a binding or a rate limit only changes how its step runs)."""
+        return True
 
     def label(self) -> str:
         """How the node appears as the last segment of a step path."""
@@ -92,12 +111,12 @@ class Runnable(Generic[Input, Output]):
 
     # ---- running ---------------------------------------------------------------------------------
     def invoke(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Output:
-        cfg = _call_config(config, kwargs, "invoke")
+        cfg = _recording(_call_config(config, kwargs, "invoke"), self)
         result: Output = resolve_backend(cfg).invoke(self, input, cfg)
         return result
 
     async def ainvoke(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Output:
-        cfg = _call_config(config, kwargs, "ainvoke")
+        cfg = _recording(_call_config(config, kwargs, "ainvoke"), self)
         result: Output = await resolve_backend(cfg).ainvoke(self, input, cfg)
         return result
 
@@ -110,6 +129,7 @@ class Runnable(Generic[Input, Output]):
         **kwargs: Any,
     ) -> list[Output]:
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch")
+        cfg = _recording(cfg, self)
         out: list[Any] = [None] * len(items)
         for index, value in run_batch(
             resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False
@@ -126,6 +146,7 @@ class Runnable(Generic[Input, Output]):
         **kwargs: Any,
     ) -> Iterator[tuple[int, Output | Exception]]:
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch_as_completed")  # checked now
+        cfg = _recording(cfg, self)
         return run_batch(resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False)
 
     async def abatch(
@@ -168,7 +189,7 @@ class Runnable(Generic[Input, Output]):
 
         ``progress=True`` shows items done, rate, errors and ETA on stderr (``rayrunnables.progress``).
         """
-        cfg = _call_config(config, {}, "imap")
+        cfg = _recording(_call_config(config, {}, "imap"), self)
         pairs = run_batch(
             resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
@@ -186,7 +207,7 @@ class Runnable(Generic[Input, Output]):
         progress: bool = False,
     ) -> Iterator[tuple[int, Output | Exception]]:
         """``(index, output)`` pairs as they finish, consuming ``inputs`` lazily."""
-        cfg = _call_config(config, {}, "imap_as_completed")
+        cfg = _recording(_call_config(config, {}, "imap_as_completed"), self)
         pairs = run_batch(
             resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
             chunk_size=chunk_size, max_in_flight=max_in_flight,
@@ -194,7 +215,7 @@ class Runnable(Generic[Input, Output]):
         return _tracked(pairs, inputs) if progress else pairs  # config checked at the call
 
     def stream(self, input: Input, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Output]:
-        cfg = _call_config(config, kwargs, "stream")  # checked now, not at first next()
+        cfg = _recording(_call_config(config, kwargs, "stream"), self)  # checked now, not at first next()
         return resolve_backend(cfg).stream(self, input, cfg)
 
     async def astream(
@@ -326,6 +347,70 @@ class Runnable(Generic[Input, Output]):
 
         renamed: Runnable[Input, Output] = dataclasses.replace(cast(Any, self), name=name)
         return renamed
+
+
+# ---- run events: each run method, when a recorder is on, reports start/end/error (``engine.events``) -------------
+def _traced_invoke(impl: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(impl)
+    def _invoke(self: Runnable[Any, Any], input: Any, ctx: RunContext) -> Any:
+        if ctx.events is None or ctx.run_owner is self:  # nobody records, or the node's own run goes on
+            return impl(self, input, ctx)
+        return run_invoke(self, impl, input, ctx)
+
+    _invoke._traced = True  # type: ignore[attr-defined]
+    return _invoke
+
+
+def _traced_batch(impl: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(impl)
+    def _invoke_batch(self: Runnable[Any, Any], inputs: list[Any], ctx: RunContext) -> list[Any]:
+        if ctx.events is None or ctx.run_owner is self:
+            return cast(list[Any], impl(self, inputs, ctx))
+        return run_batch_items(self, impl, inputs, ctx)
+
+    _invoke_batch._traced = True  # type: ignore[attr-defined]
+    return _invoke_batch
+
+
+def _traced_transform(impl: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(impl)
+    def _transform(self: Runnable[Any, Any], chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+        if ctx.events is None or ctx.run_owner is self:
+            return cast(Iterator[Any], impl(self, chunks, ctx))
+        return run_transform(self, impl, chunks, ctx)
+
+    _transform._traced = True  # type: ignore[attr-defined]
+    return _transform
+
+
+_TRACERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "_invoke": _traced_invoke, "_invoke_batch": _traced_batch, "_transform": _traced_transform,
+}
+Runnable._invoke_batch = _traced_batch(Runnable._invoke_batch)  # type: ignore[method-assign]
+Runnable._transform = _traced_transform(Runnable._transform)  # type: ignore[method-assign]
+
+
+def _listens(node: Any) -> bool:
+    """Whether ``node`` holds a ``with_listeners`` binding (cached: nodes are frozen)."""
+    found = node.__dict__.get("_listens")
+    if found is None:
+        from ..engine.steps import walk
+
+        found = any(getattr(n, "listeners", None) is not None for n in walk(node))
+        object.__setattr__(node, "_listens", found)
+    return bool(found)
+
+
+def _recording(cfg: dict[str, Any], node: Any) -> dict[str, Any]:
+    """``config["callbacks"]`` (handlers or a LangChain callback manager) as the recorder of this call:
+    a ``RunSink`` that every backend's run context picks up. Chains with listeners always record."""
+    callbacks = cfg.get("callbacks")
+    if (callbacks is None and not _listens(node)) or isinstance(callbacks, RunSink):
+        return cfg
+    recorder, parent = recorder_for(cfg, listens=True)
+    if recorder is not None:
+        cfg["callbacks"] = RunSink(recorder, parent)
+    return cfg
 
 
 def _tracked(pairs: Iterator[tuple[int, Any]], inputs: Iterable[Any]) -> Iterator[tuple[int, Any]]:

@@ -26,6 +26,9 @@ class RunnableEach(Runnable[Sequence[Input], list[Output]]):
     def label(self) -> str:
         return self.named("map")
 
+    def run_name(self) -> str:
+        return self.name or f"RunnableEach<{self.bound.run_name()}>"
+
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("map", self.bound)]
 

@@ -75,6 +75,14 @@ class RunnableLambda(Runnable[Input, Output]):
     def label(self) -> str:
         return f"lambda '{self.name}'"
 
+    def run_name(self) -> str:
+        anonymous = self.name == "lambda" and getattr(self.func, "__name__", None) == "<lambda>"
+        return "RunnableLambda" if anonymous else str(self.name)
+
+    def reports_run(self) -> bool:
+        """A LangChain runnable inside (``from_langchain``) reports its own runs, through LangChain."""
+        return not getattr(self.func, "reports_runs", False)
+
     def _call(self, input: Any, ctx: RunContext) -> Any:
         kwargs = {"config": ctx.config} if self.wants_config else {}
         if self.is_async:

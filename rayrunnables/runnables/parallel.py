@@ -38,6 +38,9 @@ class RunnableParallel(Runnable[Any, dict[str, Any]]):
     def label(self) -> str:
         return self.named("parallel")
 
+    def run_name(self) -> str:
+        return self.name or f"RunnableParallel<{','.join(self.steps)}>"
+
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [(f"parallel[{key!r}]", step) for key, step in self.steps.items()]
 

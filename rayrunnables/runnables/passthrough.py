@@ -80,6 +80,9 @@ class RunnableAssign(Runnable[Mapping[str, Any], dict[str, Any]]):
     def of(cls, kwargs: Mapping[str, Any]) -> RunnableAssign:
         return cls(RunnableParallel(dict(kwargs)))
 
+    def run_name(self) -> str:
+        return self.name or f"RunnableAssign<{','.join(self.mapper.steps)}>"
+
     def label(self) -> str:
         return self.named("assign")
 
@@ -117,6 +120,10 @@ class RunnablePick(Runnable[Mapping[str, Any], Any]):
             raise InputTypeError(f"pick: keys must be a string or a list of strings, got {keys!r}")
         object.__setattr__(self, "keys", value)
         object.__setattr__(self, "name", name)
+
+    def run_name(self) -> str:
+        keys = self.keys if isinstance(self.keys, str) else ",".join(self.keys)
+        return self.name or f"RunnablePick<{keys}>"
 
     def label(self) -> str:
         if self.name:

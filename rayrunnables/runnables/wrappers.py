@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
+from ..engine.events import LISTENER_EVENT, Listeners, Run, notify_listener
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
 from .chunks import NOTHING, gather
@@ -52,6 +53,10 @@ class RunnableRetry(Runnable[Input, Output]):
 
     def label(self) -> str:
         return self.named(f"retry({self.bound.label()})")
+
+    def run_name(self) -> str:
+        """LangChain's retry reports a run named after its step, with a child run per attempt."""
+        return self.name or self.bound.run_name()
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
@@ -144,38 +149,17 @@ class RunnableWithFallbacks(Runnable[Input, Output]):
         raise first_error
 
 
-@dataclass(frozen=True)
-class Listeners:
-    on_start: Callable[..., Any] | None = None
-    on_end: Callable[..., Any] | None = None
-    on_error: Callable[..., Any] | None = None
-
-
-@dataclass
-class Run:
-    """What a listener receives (the fields of LangChain's ``Run`` that listeners use)."""
-
-    name: str
-    inputs: Any
-    outputs: Any = None
-    error: BaseException | None = None
-    start_time: float = field(default_factory=time.time)
-    end_time: float | None = None
-    tags: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def start_run(binding: RunnableBinding[Any, Any], value: Any, config: dict[str, Any]) -> Run:
-    """A listened run begins: ``on_start`` sees it. Wherever the bound step runs, listeners run here."""
+def start_run(binding: RunnableBinding[Any, Any], value: Any, ctx: RunContext) -> Run:
+    """A listened run begins: ``on_start`` sees it, in the process that built the chain."""
+    config = ctx.config
     run = Run(name=config.get("run_name") or binding.get_name(), inputs=value,
               tags=list(config.get("tags", [])), metadata=dict(config.get("metadata", {})))
-    if binding.listeners is not None:
-        notify_listener(binding.listeners.on_start, run, config)
+    _tell(binding, ctx, "on_start", dataclasses.replace(run))
     return run
 
 
 def finish_run(
-    binding: RunnableBinding[Any, Any], run: Run, config: dict[str, Any], output: Any = None,
+    binding: RunnableBinding[Any, Any], run: Run, ctx: RunContext, output: Any = None,
     error: BaseException | None = None,
 ) -> None:
     """A listened run ends: ``on_end`` with its output, or ``on_error`` with its error."""
@@ -184,21 +168,19 @@ def finish_run(
         run.error = error
     else:
         run.outputs = output
-    if binding.listeners is not None:
-        notify_listener(binding.listeners.on_error if error is not None else binding.listeners.on_end, run, config)
+    _tell(binding, ctx, "on_error" if error is not None else "on_end", run)
 
 
-def notify_listener(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
-    if listener is None:
-        return
-    try:
-        n_params = len(inspect.signature(listener).parameters)
-    except (TypeError, ValueError):
-        n_params = 1
-    if n_params >= 2:
-        listener(run, config)
+def _tell(binding: RunnableBinding[Any, Any], ctx: RunContext, phase: str, run: Run) -> None:
+    """Through the run events when they are recorded (they reach the caller's process from any worker);
+    directly otherwise."""
+    listeners = binding.listeners
+    assert listeners is not None
+    config = {k: v for k, v in ctx.config.items() if k != "callbacks"}
+    if ctx.events is not None:
+        ctx.events.emit(LISTENER_EVENT, (listeners.key, phase, run, config), {})
     else:
-        listener(run)
+        notify_listener(getattr(listeners, phase), run, config)
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,6 +218,9 @@ class RunnableBinding(Runnable[Input, Output]):
     def get_name(self) -> str:
         return self.name or self.bound.get_name()
 
+    def reports_run(self) -> bool:
+        return False
+
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
 
@@ -264,13 +249,13 @@ class RunnableBinding(Runnable[Input, Output]):
         inner = self.enter(ctx)
         if self.listeners is None:
             return self.bound._invoke(input, inner)
-        run = start_run(self, input, inner.config)
+        run = start_run(self, input, inner)
         try:
             output = self.bound._invoke(input, inner)
         except Exception as exc:
-            finish_run(self, run, inner.config, error=exc)
+            finish_run(self, run, inner, error=exc)
             raise
-        finish_run(self, run, inner.config, output)
+        finish_run(self, run, inner, output)
         return output
 
     def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
@@ -294,6 +279,9 @@ class RunnableRateLimited(Runnable[Input, Output]):
 
     def label(self) -> str:
         return self.named(self.bound.label())
+
+    def reports_run(self) -> bool:
+        return False
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]

@@ -23,20 +23,20 @@ from ray.exceptions import RayTaskError
 
 from ...config import sendable_config
 from ...context import RunContext
+from ...engine.events import RunSink
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
 from ...engine.sharing import isolate, writable, writable_outcomes
-from ...errors import BackendError, UnpicklableStepError
+from ...errors import BackendError, RemoteTraceback, UnpicklableStepError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
-from ..listening import listening
 from . import planner as planning
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import find_unpicklable, ship_user_modules, walk
-from .tasks import cancel_pending, pack, raise_converted, run_chunk_task, stream_task
+from .tasks import RecordedEvents, cancel_pending, pack, raise_converted, run_chunk_task, stream_task
 
 __all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
 
@@ -160,6 +160,8 @@ class RayBackend(Backend):
     # ---- invoke ------------------------------------------------------------------------------------
     def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
+        if isinstance(config.get("callbacks"), RunSink):
+            return self.invoke_recorded(node, input, config)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
         try:
@@ -167,8 +169,33 @@ class RayBackend(Backend):
         finally:
             run.close()
 
+    def invoke_recorded(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
+        """An invocation whose run events someone records: the chain runs whole in one worker, as one item
+        of a batch does, and its events come back with its result. (Its dict branches and ``.map()``
+        items then share that worker, computing inline and waiting in threads, instead of one task each.)"""
+        ctx = self.root_context(config, node)
+        runner = self.chunk_runner(node, config)
+        handle = runner.submit(node, [(0, input)], ctx, True)
+        try:
+            result = runner.result(handle)
+        except BaseException:
+            runner.cancel([handle])
+            raise
+        finally:
+            self.end_run(ctx)
+        if result.events and ctx.events is not None:
+            ctx.events.replay(result.events)
+        (_, ok, value, tb), = result.outcomes
+        if not ok:
+            if tb is not None and value.__cause__ is None:
+                value.__cause__ = RemoteTraceback(tb)
+            raise value
+        return value
+
     async def ainvoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
+        if isinstance(config.get("callbacks"), RunSink):
+            return await asyncio.to_thread(self.invoke_recorded, node, input, config)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
         try:
@@ -203,6 +230,10 @@ class RayBackend(Backend):
                 except RayTaskError as err:
                     raise_converted(err)
                     raise
+                if type(chunk) is RecordedEvents:
+                    if ctx.events is not None:
+                        ctx.events.replay(chunk)
+                    continue
                 yield writable(chunk)
         finally:
             stop_stream(chunks)
@@ -211,9 +242,6 @@ class RayBackend(Backend):
     # ---- batch / imap: a chunk runner for the shared scheduler ---------------------------------------
     def chunk_runner(self, node: Node, config: dict[str, Any]) -> ChunkRunner:
         self.prepare(node)
-        listened = listening(node, config, lambda bare: self.chunk_runner(bare, config))
-        if listened is not None:
-            return listened
         if waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
             return ThreadChunkRunner(64, final=True)
         return RayChunkRunner(self, node)

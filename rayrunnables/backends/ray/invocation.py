@@ -2,7 +2,7 @@
 
 Values flow as pendings (``ray_pending``): a fused segment's ``ObjectRef`` feeds the next task, a
 fan-out's branches are gathered where they are consumed, so the driver waits only at the end (or at
-a barrier the plan names: an io_bound step, listeners).
+a barrier the plan names: an io_bound step).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.lambda_ import RunnableLambda
 from ...runnables.passthrough import require_dict
-from ...runnables.wrappers import RunnableBinding, RunnableRateLimited, finish_run, start_run
+from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
-from .pending import Apply, Const, Pending, Ref, Share, flatten, owned, rebuild, shared, unmarked
+from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .services import WORKER_SERVICES
 from .shipping import walk
 from .tasks import (
@@ -141,8 +141,6 @@ class Invocation:
             return Apply(_pick, (unit.node, unit.path, pending))
         if isinstance(unit, planning.Map):
             return self.submit_map(unit, pending)
-        if isinstance(unit, planning.Listen):
-            return self.submit_listen(unit, pending)
         raise AssertionError(f"unknown plan unit {unit!r}")
 
     def submit_map(self, unit: planning.Map, pending: Pending) -> Pending:
@@ -168,20 +166,6 @@ class Invocation:
         self.submitted.append(ref)
         self.stats.tasks.append("/".join((*unit.path, "map fan-out")))
         return Ref(ref)
-
-    def submit_listen(self, unit: planning.Listen, pending: Pending) -> Pending:
-        """Listeners run in the driver, around the plan of what they bind (a barrier on each side)."""
-        config = merge_configs(self.ctx.config, unit.node.config)
-        value = self.materialize(pending, barrier=True)
-        as_given = Share(Const(value)) if isinstance(pending, Share) else Const(value)
-        run = start_run(unit.node, value, config)
-        try:
-            output = self.materialize(self.submit(unit.inner, as_given), barrier=True)
-        except Exception as exc:
-            finish_run(unit.node, run, config, error=exc)
-            raise
-        finish_run(unit.node, run, config, output)
-        return Const(output)
 
     # ---- waiting ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -265,8 +249,6 @@ def _has_barrier(unit: planning.Unit) -> bool:
     """Whether submitting ``unit`` makes the driver wait (io_bound steps, listeners, io maps)."""
     if isinstance(unit, planning.Task):
         return unit.where == "driver"
-    if isinstance(unit, planning.Listen):
-        return True
     if isinstance(unit, planning.Map):
         return waits_on_io(unit.node.bound)
     if isinstance(unit, planning.Seq):

@@ -21,7 +21,7 @@ from ...runnables.passthrough import RunnableAssign, RunnablePassthrough, Runnab
 from ...runnables.sequence import RunnableSequence
 from ...runnables.wrappers import RunnableBinding
 
-__all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Listen", "Unit", "plan", "explain", "task_options"]
+__all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Unit", "plan", "explain", "task_options"]
 
 
 @dataclass
@@ -84,16 +84,7 @@ class Pick:
     node: RunnablePick
 
 
-@dataclass
-class Listen:
-    """A binding with listeners: they run in the driver, around the plan of what it binds."""
-
-    path: tuple[str, ...]
-    node: RunnableBinding[Any, Any]
-    inner: Unit = field(default_factory=lambda: Seq([]))
-
-
-Unit = Task | Seq | Fan | Assign | Map | Pass | Pick | Listen
+Unit = Task | Seq | Fan | Assign | Map | Pass | Pick
 
 
 def plan(
@@ -105,9 +96,7 @@ def plan(
     opts, cfg = options or {}, config or {}
     if isinstance(node, RunnableBinding):
         inner_opts = {**opts, **node.options}
-        if node.listeners is not None:
-            return Listen(path, node, plan(node.bound, path, inner_opts, merge_configs(cfg, node.config)))
-        if node.config.get("max_concurrency"):
+        if node.listeners is not None or node.config.get("max_concurrency"):
             # a cap of its own is a scope that must hold every call inside it: one task runs it whole
             return Task([(path, node)], inner_opts, "worker", cfg)
         # tags, metadata, run_name, configurable: carried to every task inside, structure kept
@@ -169,8 +158,6 @@ def task_options(unit: Unit) -> dict[str, Any]:
             walk(u.mapper)
         elif isinstance(u, Map):
             walk(plan(u.node.bound, u.path, u.options))
-        elif isinstance(u, Listen):
-            walk(u.inner)
 
     walk(unit)
     merged: dict[str, Any] = {}
@@ -220,13 +207,12 @@ def _units(unit: Unit, depth: int, lines: list[str]) -> None:
         lines.append(f"{pad}passthrough (no task)")
     elif isinstance(unit, Pick):
         lines.append(f"{pad}{unit.node.label()} (no task: applied where the value is consumed)")
-    elif isinstance(unit, Listen):
-        lines.append(f"{pad}listeners of {unit.node.label()}: run in the driver; barrier to see the output")
-        _units(unit.inner, depth + 1, lines)
 
 
 def explain(node: Node) -> str:
     """The chain's steps, then the tasks the Ray backend will submit for it."""
     lines = ["steps:", *step_tree(node), "on ray:"]
     _units(plan(node), 1, lines)
+    lines.append("with callbacks (or listeners in the chain), invoke runs the chain whole in one task and its run "
+                 "events come back with the result; batch, imap and stream keep their tasks")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from ...engine.inprocess import ChunkResult, PerItem
 from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
-from ..outputs import PLAIN_TYPES, producer, unsendable
+from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from .pending import rebuild
 from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, list_here
@@ -36,6 +36,7 @@ __all__ = [
     "run_list_task",
     "run_task",
     "stream_task",
+    "RecordedEvents",
 ]
 
 
@@ -162,11 +163,24 @@ def stream_task(node: Any, state: ContextState, input: Any) -> Any:
     produced (a chunk that cannot leave the worker is an error naming the step)."""
     interruptible()
     path = producer(node, state.path)
-    for chunk in node._stream(freeze(input), make_context(state)):
-        error = unsendable(chunk, path)
-        if error is not None:
-            raise error
-        yield chunk
+    ctx = make_context(state)
+    try:
+        for chunk in node._stream(freeze(input), ctx):
+            error = unsendable(chunk, path)
+            if error is not None:
+                raise error
+            events = take_events(ctx)
+            if events:  # the run events so far travel on the same channel, ahead of the chunk they led to
+                yield RecordedEvents(events)
+            yield chunk
+    finally:
+        events = take_events(ctx)
+        if events:
+            yield RecordedEvents(events)
+
+
+class RecordedEvents(list):  # type: ignore[type-arg]
+    """Run events on a stream's channel (never a chunk of the stream)."""
 
 
 @ray.remote

@@ -1,0 +1,342 @@
+"""Run events as data: recorded where a step runs, carried back, replayed into the caller's handlers.
+
+An event is LangChain's own vocabulary, ``(method, args, kwargs, meta)``: ``("on_chain_start", (None,
+input), {"run_id": ..., "parent_run_id": ..., "name": ...}, (time_ns, step_path))``. Replaying it is
+``getattr(handler, method)(*args, **kwargs)``, so any LangChain callback handler, tracer or callback
+manager works unchanged (duck-typed: nothing here imports langchain-core), and the same records feed
+``astream_events``, listeners and OpenTelemetry.
+
+Where a step runs in this process the recorder *is* the dispatcher (events reach handlers as they
+happen); in a Ray worker or an executor's process it is a ``Buffer`` whose events travel back with the
+chunk's results (or on the streaming channel) and are replayed here in the order they were recorded.
+Nothing is recorded when nobody listens: a run context without a recorder costs one attribute test per
+step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+
+__all__ = [
+    "Event", "Recorder", "Buffer", "Dispatcher", "RunSink", "recorder_for", "run_invoke", "run_transform",
+    "run_batch_items", "LISTENER_EVENT", "STREAM_EVENT", "Listeners", "Run", "notify_listener", "enter_run",
+]
+
+logger = logging.getLogger("rayrunnables.events")
+
+Event = tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, str]]
+
+#: a chunk a streamed run produced (``astream_events``' ``on_chain_stream``); recorded only when wanted
+STREAM_EVENT = "on_chain_stream"
+#: a ``with_listeners`` binding's run began or ended: dispatched to its listeners, in the caller's process
+LISTENER_EVENT = "on_rayrunnables_listener"
+
+# LangChain's ``ignore_*`` switches of a handler, by callback method prefix (as its callback manager reads them)
+_IGNORE = (
+    ("on_chain_", "ignore_chain"),
+    ("on_chat_model_", "ignore_chat_model"),
+    ("on_llm_", "ignore_llm"),
+    ("on_retriever_", "ignore_retriever"),
+    ("on_tool_", "ignore_agent"),
+    ("on_agent_", "ignore_agent"),
+    ("on_retry", "ignore_retry"),
+    ("on_custom_event", "ignore_custom_event"),
+)
+# keys a run's children do not inherit: they name or identify that one run
+_RUN_ONLY_KEYS = ("run_name", "run_id")
+
+
+class Recorder:
+    """Where run events go. ``streams``: whether chunk events (``STREAM_EVENT``) are wanted at all."""
+
+    streams = False
+
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
+        raise NotImplementedError
+
+    def replay(self, events: Iterable[Event]) -> None:
+        """Events recorded elsewhere, in their recorded order."""
+        for method, args, kwargs, meta in events:
+            self.deliver(method, args, kwargs, meta)
+
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+        raise NotImplementedError
+
+
+class Buffer(Recorder):
+    """Events kept in order, to travel back with a worker's results (``take`` empties it)."""
+
+    def __init__(self, streams: bool = False) -> None:
+        self.streams = streams
+        self.events: list[Event] = []
+
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
+        self.events.append((method, args, kwargs, (time.time_ns(), path)))  # list.append is atomic
+
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+        self.events.append((method, args, kwargs, meta))
+
+    def take(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+
+class Dispatcher(Recorder):
+    """Delivers events to the caller's handlers, one event at a time (handlers need not be thread-safe).
+
+    ``handlers``: LangChain callback handlers or anything with the same method names (a missing method is
+    skipped); ``sinks``: our own consumers (``astream_events``, OpenTelemetry), called with every event.
+    """
+
+    def __init__(self, handlers: Iterable[Any] = (), sinks: Iterable[Callable[..., None]] = (),
+                 streams: bool = False) -> None:
+        self.handlers = list(handlers)
+        self.sinks = list(sinks)
+        self.streams = streams
+        self._lock = threading.RLock()
+
+    def with_sink(self, sink: Callable[..., None], streams: bool = False) -> Dispatcher:
+        return Dispatcher(self.handlers, [*self.sinks, sink], self.streams or streams)
+
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
+        self.deliver(method, args, kwargs, (time.time_ns(), path))
+
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+        with self._lock:
+            if method == LISTENER_EVENT:
+                _notify_listener(*args)
+                return
+            for sink in self.sinks:
+                sink(method, args, kwargs, meta)
+            for handler in self.handlers:
+                _call_handler(handler, method, args, kwargs)
+
+
+class RunSink:
+    """What ``config["callbacks"]`` holds inside a recorded run: the recorder and the run that is the
+    parent of whatever starts here. A function that passes its config on to another chain (ours, or a
+    LangChain runnable through the interop) nests that chain's runs under its own."""
+
+    __slots__ = ("recorder", "run_id")
+
+    def __init__(self, recorder: Recorder, run_id: uuid.UUID | None) -> None:
+        self.recorder, self.run_id = recorder, run_id
+
+    def __reduce__(self) -> Any:  # never pickled with a config: a worker records into its own buffer
+        return (_no_sink, ())
+
+
+def _no_sink() -> None:
+    return None
+
+
+def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Recorder | None, uuid.UUID | None]:
+    """The recorder a run reports to, and the parent of its root run, from ``config["callbacks"]``.
+
+    Accepts a list of handlers, a LangChain callback manager (its handlers, under its parent run: how a
+    LangChain chain hands a child its callbacks), or a ``RunSink`` (a nested call of ours). ``listens``:
+    the chain has ``with_listeners`` bindings, which are served from the same events.
+    """
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, RunSink):
+        return callbacks.recorder, callbacks.run_id
+    parent = None
+    if callbacks is None:
+        handlers: list[Any] = []
+    elif isinstance(callbacks, (list, tuple)):
+        handlers = list(callbacks)
+    elif hasattr(callbacks, "handlers"):  # a LangChain callback manager
+        handlers = list(callbacks.handlers)
+        parent = getattr(callbacks, "parent_run_id", None)
+    else:
+        handlers = [callbacks]
+    if not handlers and not listens:
+        return None, None
+    return Dispatcher(handlers), parent
+
+
+# ---- runs ------------------------------------------------------------------------------------------------------
+def _start(ctx: RunContext, node: Any, input: Any, **extra: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+    config = ctx.config
+    given = config.get("run_id")
+    run_id = given if isinstance(given, uuid.UUID) else uuid.uuid4()
+    ids: dict[str, Any] = {"run_id": run_id, "parent_run_id": ctx.run_id, "tags": list(config.get("tags") or ())}
+    start = {**ids, "metadata": dict(config.get("metadata") or {}),
+             "name": config.get("run_name") or node.run_name(), "run_type": None, **extra}
+    assert ctx.events is not None
+    ctx.events.emit("on_chain_start", (None, input), start, ctx.path_str)
+    return run_id, ids
+
+
+def enter_run(ctx: RunContext, node: Any, run_id: uuid.UUID) -> RunContext:
+    """The context ``node``'s own work runs in: its children report under ``run_id``."""
+    assert ctx.events is not None
+    config = {k: v for k, v in ctx.config.items() if k not in _RUN_ONLY_KEYS}
+    config["callbacks"] = RunSink(ctx.events, run_id)
+    return ctx.in_run(node, run_id, config)
+
+
+def run_invoke(node: Any, impl: Callable[..., Any], input: Any, ctx: RunContext) -> Any:
+    """``impl(node, input, ctx)`` as one run: start, then end with the output or error with the exception."""
+    if not node.reports_run():
+        return impl(node, input, ctx)
+    run_id, ids = _start(ctx, node, input)
+    events = ctx.events
+    assert events is not None
+    path = ctx.path_str
+    try:
+        output = impl(node, input, enter_run(ctx, node, run_id))
+    except BaseException as exc:
+        events.emit("on_chain_error", (exc,), ids, path)
+        raise
+    events.emit("on_chain_end", (output,), ids, path)
+    return output
+
+
+def run_batch_items(node: Any, impl: Callable[..., Any], inputs: list[Any], ctx: RunContext) -> list[Any]:
+    """A vectorized call over a chunk: one run per item, as LangChain's ``batch`` gives."""
+    if not node.reports_run() or not inputs:
+        return list(impl(node, inputs, ctx))
+    events = ctx.events
+    assert events is not None
+    path = ctx.path_str
+    runs = [_start(ctx, node, value) for value in inputs]
+    try:
+        outputs = impl(node, inputs, enter_run(ctx, node, runs[0][0]))
+    except BaseException as exc:
+        for _, ids in runs:
+            events.emit("on_chain_error", (exc,), ids, path)
+        raise
+    for (_, ids), output in zip(runs, outputs, strict=False):
+        events.emit("on_chain_end", (output,), ids, path)
+    return list(outputs)
+
+
+def run_transform(node: Any, impl: Callable[..., Any], chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
+    """A streamed run: its input is known at the end (``defers_inputs``, as LangChain reports it); its
+    chunks are ``STREAM_EVENT``s when someone wants them; the end carries the added-up output and input."""
+    if not node.reports_run():
+        yield from impl(node, chunks, ctx)
+        return
+    from ..runnables.chunks import add_chunk
+
+    events = ctx.events
+    assert events is not None
+    path = ctx.path_str
+    run_id, ids = _start(ctx, node, {"input": ""}, defers_inputs=True)
+    seen: list[Any] = [None]
+
+    def tapped() -> Iterator[Any]:
+        for chunk in chunks:
+            seen[0] = add_chunk(seen[0], chunk)
+            yield chunk
+
+    output: Any = None
+    named = {**ids, "name": ctx.config.get("run_name") or node.run_name(),
+             "metadata": dict(ctx.config.get("metadata") or {})}
+    try:
+        for chunk in impl(node, tapped(), enter_run(ctx, node, run_id)):
+            output = add_chunk(output, chunk)
+            if events.streams:
+                events.emit(STREAM_EVENT, (chunk,), named, path)
+            yield chunk
+    except BaseException as exc:
+        events.emit("on_chain_error", (exc,), {**ids, "inputs": seen[0]}, path)
+        raise
+    events.emit("on_chain_end", (output,), {**ids, "inputs": seen[0]}, path)
+
+
+# ---- delivery ----------------------------------------------------------------------------------------------------
+def _ignored(handler: Any, method: str) -> bool:
+    for prefix, switch in _IGNORE:
+        if method.startswith(prefix):
+            return bool(getattr(handler, switch, False))
+    return False
+
+
+def _call_handler(handler: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    callback = getattr(handler, method, None)
+    if callback is None or _ignored(handler, method):
+        return
+    try:
+        try:
+            result = callback(*args, **kwargs)
+        except NotImplementedError:
+            if method != "on_chat_model_start":
+                raise
+            # as LangChain does for a handler without chat-model support: the messages as prompt strings
+            from langchain_core.messages import get_buffer_string
+
+            serialized, batches = args
+            result = handler.on_llm_start(serialized, [get_buffer_string(m) for m in batches], **kwargs)
+        if hasattr(result, "__await__"):  # an async handler, called from synchronous code
+            from .._aio import run_coro_sync
+
+            run_coro_sync(result)
+    except Exception as exc:
+        if getattr(handler, "raise_error", False):
+            raise
+        logger.warning("Error in %s.%s callback: %r", type(handler).__name__, method, exc)
+
+
+# ---- with_listeners: one more consumer of the same events ----------------------------------------------------------
+@dataclass(frozen=True)
+class Listeners:
+    """A binding's ``on_start``/``on_end``/``on_error``. They belong to the process that built the chain
+    (they append to its lists, log, trace): a binding that runs elsewhere sends its runs back as events,
+    and they are called here, found by ``key`` (a pickled copy has the key, not the registration)."""
+
+    on_start: Callable[..., Any] | None = None
+    on_end: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        _LISTENERS[self.key] = self
+
+
+_LISTENERS: weakref.WeakValueDictionary[str, Listeners] = weakref.WeakValueDictionary()
+
+
+@dataclass
+class Run:
+    """What a listener receives (the fields of LangChain's ``Run`` that listeners use)."""
+
+    name: str
+    inputs: Any
+    outputs: Any = None
+    error: BaseException | None = None
+    start_time: float = field(default_factory=time.time)
+    end_time: float | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def notify_listener(listener: Callable[..., Any] | None, run: Run, config: dict[str, Any]) -> None:
+    if listener is None:
+        return
+    try:
+        n_params = len(inspect.signature(listener).parameters)
+    except (TypeError, ValueError):
+        n_params = 1
+    if n_params >= 2:
+        listener(run, config)
+    else:
+        listener(run)
+
+
+def _notify_listener(key: str, phase: str, run: Run, config: dict[str, Any]) -> None:
+    listeners = _LISTENERS.get(key)
+    if listeners is not None:
+        notify_listener(getattr(listeners, phase), run, config)
