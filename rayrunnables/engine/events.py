@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Event", "Recorder", "Buffer", "Dispatcher", "RunSink", "recorder_for", "run_invoke", "run_transform",
-    "run_batch_items", "LISTENER_EVENT", "STREAM_EVENT", "Listeners", "Run", "notify_listener", "enter_run",
+    "run_batch_items", "LISTENER_EVENT", "PARENT_RUN_KEY", "STREAM_EVENT", "Listeners", "Run", "notify_listener",
+    "enter_run",
 ]
 
 logger = logging.getLogger("rayrunnables.events")
@@ -39,6 +40,8 @@ Event = tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, str]]
 
 #: a chunk a streamed run produced (``astream_events``' ``on_chain_stream``); recorded only when wanted
 STREAM_EVENT = "on_chain_stream"
+#: the config key of a batch item whose caller's run differs from the batch's (LangChain's per-item callbacks)
+PARENT_RUN_KEY = "rayrunnables_parent_run_id"
 #: a ``with_listeners`` binding's run began or ended: dispatched to its listeners, in the caller's process
 LISTENER_EVENT = "on_rayrunnables_listener"
 

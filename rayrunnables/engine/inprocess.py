@@ -21,6 +21,7 @@ from typing import Any
 from ..context import RunContext, ThreadLimiter
 from ..errors import attach_step
 from ..protocols import ChunkRunner, Node
+from .events import PARENT_RUN_KEY
 from .execution import COMPUTING, subtree_class
 from .sharing import freeze, isolate, writable_outcomes
 
@@ -137,7 +138,11 @@ class PerItem:
 
 def _unwrap(value: Any, ctx: RunContext) -> tuple[Any, RunContext]:
     if type(value) is PerItem:
-        return value.value, ctx.with_config(value.config)
+        item_ctx = ctx.with_config(value.config)
+        parent = value.config.get(PARENT_RUN_KEY)
+        if parent is not None and ctx.events is not None:  # its run nests under its own caller's run
+            item_ctx = item_ctx.recording(ctx.events, parent)
+        return value.value, item_ctx
     return value, ctx
 
 

@@ -18,12 +18,13 @@ way out is to build it inside the worker: ``lazy_langchain_step(factory)``.
 
 Config: ``tags``, ``metadata``, ``run_name``, ``configurable``, ``max_concurrency`` and
 ``recursion_limit`` of a ``with_config`` binding are kept in our config, and reach (also in Ray
-workers) every function that takes a ``config`` parameter. ``callbacks`` (and ``run_id``) are dropped:
-LangChain's callback handlers and tracers hold driver-side state and are not sent to workers.
+workers) every function that takes a ``config`` parameter. A binding's own ``callbacks`` are dropped
+(give callbacks at the call). Callbacks given at the call see the same run tree LangChain gives: our
+steps' runs recorded where they run, an opaque step's runs (a model's tokens too) reported by LangChain
+itself into the same record, all replayed into the handlers in the calling process.
 
 ``to_langchain(ours)`` goes the other way: a ``langchain_core`` ``Runnable`` whose calls run through our
-backends. The driver-side call is reported to LangChain's callbacks as one chain run; the steps
-inside it are not.
+backends. Its runs nest under the LangChain run that calls it, step by step, as a LangChain chain's would.
 
 langchain-core is imported here only; ``import rayrunnables`` never loads it.
 """
@@ -37,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from functools import update_wrapper
 from typing import Any, cast
 
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManager
 from langchain_core.runnables.base import Runnable as LCRunnable
 from langchain_core.runnables.base import RunnableBinding as LCBinding
 from langchain_core.runnables.base import RunnableBindingBase as LCBindingBase
@@ -48,6 +50,7 @@ from langchain_core.runnables.base import RunnableSequence as LCSequence
 from langchain_core.runnables.base import coerce_to_runnable as lc_coerce
 from langchain_core.runnables.branch import RunnableBranch as LCBranch
 from langchain_core.runnables.config import RunnableConfig as LCConfig
+from langchain_core.runnables.config import get_config_list
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks as LCFallbacks
 from langchain_core.runnables.passthrough import RunnableAssign as LCAssign
 from langchain_core.runnables.passthrough import RunnablePassthrough as LCPassthrough
@@ -55,6 +58,7 @@ from langchain_core.runnables.passthrough import RunnablePick as LCPick
 from langchain_core.runnables.retry import RunnableRetry as LCRetry
 
 from .._aio import run_coro_sync
+from ..engine.events import Recorder, RunSink
 from ..runnables import (
     Runnable,
     RunnableAssign,
@@ -75,20 +79,56 @@ _SHARED_KEYS = ("tags", "metadata", "run_name", "configurable", "max_concurrency
 
 
 def _to_lc_config(config: Mapping[str, Any] | None, *, keep_run_name: bool = True) -> LCConfig:
-    """Our config -> a LangChain ``RunnableConfig`` (no ``backend``; ``callbacks`` never travel)."""
+    """Our config -> a LangChain ``RunnableConfig`` (no ``backend``). Inside a recorded run, LangChain gets
+    a callback manager whose parent is that run: what LangChain runs there (a model's start, tokens and end)
+    is recorded as our own steps are, in whatever process it runs."""
     keys = _SHARED_KEYS if keep_run_name else tuple(k for k in _SHARED_KEYS if k != "run_name")
     out: dict[str, Any] = {k: config[k] for k in keys if config and config.get(k) is not None}
+    sink = config.get("callbacks") if config else None
+    if isinstance(sink, RunSink):
+        recording = RecordingHandler(sink.recorder)
+        out["callbacks"] = CallbackManager([recording], [recording], parent_run_id=sink.run_id)
     return cast(LCConfig, out)
 
 
 def _from_lc_config(config: Mapping[str, Any] | None, backend: Any = None) -> dict[str, Any]:
-    """A LangChain config -> ours: shared keys only (``callbacks``, ``run_id`` and the rest dropped)."""
+    """A LangChain config -> ours: the shared keys, and its callbacks (handlers, or the manager LangChain
+    gives a child run: our runs then nest under the caller's); ``run_id`` and the rest dropped."""
     out: dict[str, Any] = {k: config[k] for k in _SHARED_KEYS if config and config.get(k) is not None}
     if "tags" in out:
         out["tags"] = list(out["tags"])
+    callbacks = config.get("callbacks") if config else None
+    if callbacks:
+        out["callbacks"] = callbacks
     if backend is not None:
         out["backend"] = backend
     return out
+
+
+class RecordingHandler(BaseCallbackHandler):
+    """Every LangChain callback, recorded as a run event (``rayrunnables.engine.events``), unchanged."""
+
+    run_inline = True
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+
+def _recorder_method(method: str) -> Callable[..., None]:
+    def record(self: RecordingHandler, *args: Any, **kwargs: Any) -> None:
+        self.recorder.emit(method, args, kwargs)
+
+    record.__name__ = method
+    return record
+
+
+for _method in (
+    "on_chain_start", "on_chain_end", "on_chain_error", "on_llm_start", "on_chat_model_start", "on_llm_new_token",
+    "on_llm_end", "on_llm_error", "on_tool_start", "on_tool_end", "on_tool_error", "on_retriever_start",
+    "on_retriever_end", "on_retriever_error", "on_text", "on_retry", "on_agent_action", "on_agent_finish",
+    "on_custom_event",
+):
+    setattr(RecordingHandler, _method, _recorder_method(_method))
 
 
 def _params(func: Any) -> Mapping[str, inspect.Parameter]:
@@ -116,8 +156,11 @@ class LangChainStep:
     """A LangChain runnable as one step: ``obj.invoke(input, config, **kwargs)`` where the step runs.
 
     Must pickle to run on Ray (the whole object travels to the worker). The config it receives is ours,
-    reduced to the keys LangChain knows; LangChain callbacks are not part of it.
+    reduced to the keys LangChain knows; its runs (a prompt's, a model's) are LangChain's own, reported
+    through LangChain's callbacks into our run events (``reports_runs``).
     """
+
+    reports_runs = True
 
     def __init__(self, obj: Any, kwargs: Mapping[str, Any] | None = None) -> None:
         self.obj = obj
@@ -142,6 +185,8 @@ _LAZY_LOCK = threading.Lock()
 class _LazyStep:
     """Builds its LangChain runnable with ``factory()`` on first use in each process; pickles the factory only."""
 
+    reports_runs = True
+
     def __init__(self, factory: Callable[[], Any], kwargs: Mapping[str, Any] | None = None) -> None:
         self.factory = factory
         self.kwargs = dict(kwargs or {})
@@ -161,6 +206,10 @@ class _LazyStep:
         obj = self.target()
         if isinstance(obj, LCRunnable):
             return obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+        if config and isinstance(config.get("callbacks"), RunSink):  # its run reported as LangChain's lambda's
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            call = LCLambda(lambda value: obj(value, **self.kwargs), name=name)
+            return call.invoke(input, _to_lc_config(config, keep_run_name=False))
         return obj(input, **self.kwargs)
 
 
@@ -433,31 +482,30 @@ class RayRunnable(LCRunnable[Any, Any]):
     def __init__(self, runnable: Runnable[Any, Any], backend: Any = None, name: str | None = None) -> None:
         self.runnable = runnable
         self.backend = backend
+        self.named = name is not None
         self.name = name or runnable.get_name()
 
     def __repr__(self) -> str:
         return f"RayRunnable({self.runnable!r}, backend={self.backend!r})"
 
     def _ours(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
-        return _from_lc_config(config, self.backend)
+        ours = _from_lc_config(config, self.backend)
+        if self.named and "run_name" not in ours:
+            ours["run_name"] = self.name
+        return ours
 
     def _no_kwargs(self, kwargs: Mapping[str, Any], where: str) -> None:
         if kwargs:  # our steps take no call-time kwargs: bind them inside the chain instead
             raise TypeError(f"{self.get_name()}.{where}() got unexpected keyword argument(s) {sorted(kwargs)}")
 
     def invoke(self, input: Any, config: LCConfig | None = None, **kwargs: Any) -> Any:
-        def call(value: Any, config: LCConfig) -> Any:
-            return self.runnable.invoke(value, self._ours(config))
-
+        """Our chain's own root run is the run LangChain's callbacks see (no wrapper run around it)."""
         self._no_kwargs(kwargs, "invoke")
-        return self._call_with_config(cast(Any, call), input, config)
+        return self.runnable.invoke(input, self._ours(config))
 
     async def ainvoke(self, input: Any, config: LCConfig | None = None, **kwargs: Any) -> Any:
-        async def call(value: Any, config: LCConfig) -> Any:
-            return await self.runnable.ainvoke(value, self._ours(config))
-
         self._no_kwargs(kwargs, "ainvoke")
-        return await self._acall_with_config(cast(Any, call), input, config)
+        return await self.runnable.ainvoke(input, self._ours(config))
 
     def _batch_ours(self, inputs: list[Any], configs: list[LCConfig], return_exceptions: bool) -> list[Any]:
         """One batch; an item whose converted config differs from the first's carries its own."""
@@ -473,14 +521,10 @@ class RayRunnable(LCRunnable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any | None,
     ) -> list[Any]:
+        self._no_kwargs(kwargs, "batch")
         if not inputs:
             return []
-
-        def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
-            return self._batch_ours(values, config, return_exceptions)
-
-        self._no_kwargs(kwargs, "batch")
-        return self._batch_with_config(cast(Any, call), list(inputs), config, return_exceptions=return_exceptions)
+        return self._batch_ours(list(inputs), get_config_list(config, len(inputs)), return_exceptions)
 
     async def abatch(
         self,
@@ -490,37 +534,21 @@ class RayRunnable(LCRunnable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any | None,
     ) -> list[Any]:
-        if not inputs:
-            return []
         import asyncio
 
-        async def call(values: list[Any], config: list[LCConfig]) -> list[Any]:
-            return await asyncio.to_thread(self._batch_ours, values, config, return_exceptions)
-
         self._no_kwargs(kwargs, "abatch")
-        return await self._abatch_with_config(
-            cast(Any, call), list(inputs), config, return_exceptions=return_exceptions
-        )
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        return await asyncio.to_thread(self._batch_ours, list(inputs), configs, return_exceptions)
 
     def stream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> Iterator[Any]:
-        def transform(values: Iterator[Any], config: LCConfig) -> Iterator[Any]:
-            for value in values:
-                yield from self.runnable.stream(value, self._ours(config))
-
         self._no_kwargs(kwargs, "stream")
-        yield from self._transform_stream_with_config(iter([input]), cast(Any, transform), config)
+        yield from self.runnable.stream(input, self._ours(config))
 
     async def astream(self, input: Any, config: LCConfig | None = None, **kwargs: Any | None) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async def transform(values: AsyncIterator[Any], config: LCConfig) -> AsyncIterator[Any]:
-            async for value in values:
-                async for chunk in self.runnable.astream(value, self._ours(config)):
-                    yield chunk
-
         self._no_kwargs(kwargs, "astream")
-        async for chunk in self._atransform_stream_with_config(one(), cast(Any, transform), config):
+        async for chunk in self.runnable.astream(input, self._ours(config)):
             yield chunk
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
-from ..engine.events import RunSink, recorder_for, run_batch_items, run_invoke, run_transform
+from ..engine.events import PARENT_RUN_KEY, RunSink, recorder_for, run_batch_items, run_invoke, run_transform
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
@@ -467,8 +467,18 @@ def _batch_config(
             )
     from ..engine.inprocess import PerItem
 
-    own = [first if c == first else {k: v for k, v in c.items() if k != "backend"} for c in configs]
+    own = [first if c == first else _item_config(c) for c in configs]
     return first, [item if c is first else PerItem(c, item) for item, c in zip(items, own, strict=True)]
+
+
+def _item_config(config: dict[str, Any]) -> dict[str, Any]:
+    """An item's own config, less the batch's backend; a callback manager of its own (LangChain hands each
+    item a child of its caller's run) becomes the parent of the item's run."""
+    own = {k: v for k, v in config.items() if k != "backend"}
+    parent = getattr(own.get("callbacks"), "parent_run_id", None)
+    if parent is not None:
+        own[PARENT_RUN_KEY] = parent
+    return own
 
 
 def coerce_to_runnable(thing: Any) -> Runnable[Any, Any]:
