@@ -58,7 +58,7 @@ from langchain_core.runnables.passthrough import RunnablePick as LCPick
 from langchain_core.runnables.retry import RunnableRetry as LCRetry
 
 from .._aio import run_coro_sync
-from ..engine.events import Recorder, RunSink
+from ..engine.events import STREAM_EVENT, Recorder, RunSink
 from ..runnables import (
     Runnable,
     RunnableAssign,
@@ -86,7 +86,7 @@ def _to_lc_config(config: Mapping[str, Any] | None, *, keep_run_name: bool = Tru
     out: dict[str, Any] = {k: config[k] for k in keys if config and config.get(k) is not None}
     sink = config.get("callbacks") if config else None
     if isinstance(sink, RunSink):
-        recording = RecordingHandler(sink.recorder)
+        recording = (StreamingRecordingHandler if sink.recorder.streams else RecordingHandler)(sink.recorder)
         out["callbacks"] = CallbackManager([recording], [recording], parent_run_id=sink.run_id)
     return cast(LCConfig, out)
 
@@ -129,6 +129,21 @@ for _method in (
     "on_custom_event",
 ):
     setattr(RecordingHandler, _method, _recorder_method(_method))
+
+
+class StreamingRecordingHandler(RecordingHandler):
+    """For ``astream_events``: LangChain hands a streaming handler each streamed run's output (and makes
+    its chat models stream): every chunk is recorded as that run's stream event."""
+
+    def tap_output_iter(self, run_id: uuid.UUID, output: Iterator[Any]) -> Iterator[Any]:
+        for chunk in output:
+            self.recorder.emit(STREAM_EVENT, (chunk,), {"run_id": run_id})
+            yield chunk
+
+    async def tap_output_aiter(self, run_id: uuid.UUID, output: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for chunk in output:
+            self.recorder.emit(STREAM_EVENT, (chunk,), {"run_id": run_id})
+            yield chunk
 
 
 def _params(func: Any) -> Mapping[str, inspect.Parameter]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -85,7 +87,7 @@ class RayBackend(Backend):
             kwargs.pop("include_dashboard", None)
             check_cluster(address, self.connect_timeout)
         try:
-            ray.init(address=address, runtime_env=self.runtime_env, **kwargs)
+            _on_lasting_thread(lambda: ray.init(address=address, runtime_env=self.runtime_env, **kwargs))
         except Exception as exc:
             raise BackendError(f"cannot start or reach Ray at {address!r}: {exc}{init_failure_hint(address)}") from exc
 
@@ -251,6 +253,20 @@ class RayBackend(Backend):
 
     def explain(self, node: Node) -> str:
         return planning.explain(node)
+
+
+_STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrunnables-ray-init")
+
+
+def _on_lasting_thread(start: Any) -> Any:
+    """Run ``start`` (``ray.init``) on a thread that lives as long as this process.
+
+    A local Ray's head processes are started with Linux's parent-death signal, which fires when the
+    *thread* that started them ends: a first call made from ``asyncio.to_thread`` or an ``astream`` would
+    otherwise take the whole local cluster down (SIGKILL) when that pool thread retires."""
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    return _STARTER.submit(start).result()
 
 
 def stop_stream(chunks: Any) -> None:
