@@ -48,8 +48,8 @@ class ListeningRunner:
             self.runs[index] = (start_run(self.node, item.value if type(item) is PerItem else item, own), own)
         return self.inner.submit(self.bare, items, ctx, True)  # every item's end reaches its listeners
 
-    def wait(self, handles: list[Any]) -> list[Any]:
-        return self.inner.wait(handles)
+    def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        return self.inner.wait(handles, timeout)
 
     def result(self, handle: Any) -> ChunkResult:
         result = self.inner.result(handle)
@@ -60,3 +60,6 @@ class ListeningRunner:
 
     def cancel(self, handles: list[Any]) -> None:
         self.inner.cancel(handles)
+
+    def abandon(self, handles: list[Any]) -> None:
+        self.inner.abandon(handles)
