@@ -28,7 +28,7 @@ BACKUP_FACTOR = 4.0
 BACKUP_FLOOR = 0.25
 #: where the step's own timer runs (in-process, executor), the scheduler's deadline is a backstop this
 #: much later: it catches a worker whose timer cannot run (a C call holding the GIL)
-BACKSTOP_SLACK = 2.0
+BACKSTOP_SLACK = 5.0
 
 
 @dataclass

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Deadlines", "BACKSTOP", "GRACE"]
 
 #: seconds after an item's deadline (counted from its submission) before its task is stopped from here
-BACKSTOP = 3.0
+BACKSTOP = 10.0
 #: seconds a cancelled task may take to stop before it is force-cancelled
 GRACE = 2.0
 
