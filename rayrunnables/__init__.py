@@ -8,6 +8,7 @@ from .config import RunnableConfig
 from .errors import (
     BackendError,
     ConfigError,
+    FailureBudgetExceeded,
     InputTypeError,
     OptionsError,
     RayRunnablesError,
@@ -35,7 +36,9 @@ from .runnables import (
     RunnableRateLimited,
     RunnableRetry,
     RunnableSequence,
+    RunnableTimeout,
     RunnableWithFallbacks,
+    cancel_requested,
     chain,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "ConfigError",
+    "FailureBudgetExceeded",
     "InputTypeError",
     "OptionsError",
     "RayRunnablesError",
@@ -64,6 +68,7 @@ __all__ = [
     "RunnableRateLimited",
     "RunnableRetry",
     "RunnableSequence",
+    "RunnableTimeout",
     "RunnableWithFallbacks",
     "StepConstructionError",
     "StepRecursionError",
@@ -72,6 +77,7 @@ __all__ = [
     "VectorizedOutputError",
     "__version__",
     "available_backends",
+    "cancel_requested",
     "chain",
     "get_backend",
     "item_index_of",

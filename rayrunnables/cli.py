@@ -1,7 +1,8 @@
 """The ``rayrunnables`` command. Built on click, which Ray already depends on (no extra install).
 
 Exit codes: 0 every item succeeded; 1 some items failed (or the run stopped part-way: rerun with
-``--resume``); 2 usage or set-up error (bad MODULE:ATTR, unreadable file, Ray unreachable).
+``--resume``); 2 usage or set-up error (bad MODULE:ATTR, unreadable file, Ray unreachable); 3 failure
+budget exceeded (``--max-failures``: more items failed; what finished is recorded, rerun with ``--resume``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import IO, Any
 import click
 
 from .backends import available_backends, get_backend
-from .errors import BackendError, ConfigError, RemoteTraceback, UnpicklableStepError, step_path_of
+from .errors import (
+    BackendError,
+    ConfigError,
+    FailureBudgetExceeded,
+    RemoteTraceback,
+    UnpicklableStepError,
+    step_path_of,
+)
 from .jsonl import BadLine, IndexSet, LineWriter, ResumeError, count_lines, dumps_line, read_lines, scan_done
 from .progress import Progress
 from .runnables.base import Runnable, coerce_to_runnable
@@ -92,10 +100,14 @@ def explain(target: str, backend: str) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Items per task (default: adaptive).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None, help="Chunks running at once.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
+@click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Per item, on the whole chain: a longer item becomes a TimeoutError record.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Stop once more than N items failed (exit code 3); finish with --resume.")
 def run(
     target: str, input_path: str, output_path: str, errors_path: str | None, backend: str | None,
     address: str | None, id_field: str | None, resume: bool, unordered: bool, chunk_size: int | None,
-    max_in_flight: int | None, progress: bool,
+    max_in_flight: int | None, progress: bool, timeout: float | None, max_failures: int | None,
 ) -> None:
     """Run TARGET (MODULE:ATTR) over every line of a JSON Lines file.
 
@@ -114,6 +126,8 @@ def run(
     if errors_path is not None and os.path.abspath(errors_path) == os.path.abspath(output_path):
         raise click.UsageError("--errors and --output must be different files")
     chain = load_target(target)
+    if timeout is not None:
+        chain = chain.with_timeout(timeout)
 
     done = IndexSet()
     if resume:
@@ -134,7 +148,7 @@ def run(
         if output_path == "-":  # keep stdout for records: prints of the chain (and Ray's logs) go to stderr
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         bar = stack.enter_context(Progress(total=total, desc="items", enabled=progress))
-        job = _Job(chain, out, errs, bar, id_field)
+        job = _Job(chain, out, errs, bar, id_field, max_failures)
         config: dict[str, Any] = {"backend": backend or "local"}
         if backend == "ray" or (backend is None and address):
             config["backend"] = get_backend("ray", address=address)
@@ -143,6 +157,10 @@ def run(
         except KeyboardInterrupt:
             click.echo(f"interrupted: {job.counts()}; finish with --resume", err=True)
             sys.exit(130)
+        except FailureBudgetExceeded as exc:
+            click.echo(f"failure budget exceeded: more than {max_failures:,} items failed ({exc}); "
+                       f"{job.counts()}; finish with --resume", err=True)
+            sys.exit(3)
         except BrokenPipeError:  # e.g. `rayrunnables run ... --output - | head`
             click.echo(f"output closed by the reader: {job.counts()}", err=True)
             sys.exit(1)
@@ -161,9 +179,11 @@ class _Job:
     """One ``run``: feeds parsed lines to the chain, writes each result as one whole line."""
 
     def __init__(
-        self, chain: Runnable[Any, Any], out: LineWriter, errs: LineWriter | None, bar: Progress, id_field: str | None
+        self, chain: Runnable[Any, Any], out: LineWriter, errs: LineWriter | None, bar: Progress, id_field: str | None,
+        max_failures: int | None = None,
     ) -> None:
         self.chain, self.out, self.errs, self.bar, self.id_field = chain, out, errs, bar, id_field
+        self.max_failures = max_failures
         self.ok = self.failed = self.malformed = 0
         # position in the stream given to the chain -> (line number, id); only items in flight are here
         self.meta: dict[int, tuple[int, Any]] = {}
@@ -185,7 +205,10 @@ class _Job:
         self, lines: Iterator[tuple[int, Any]], config: dict[str, Any], unordered: bool,
         chunk_size: int | None, max_in_flight: int | None,
     ) -> None:
-        options: dict[str, Any] = {"return_exceptions": True, "chunk_size": chunk_size, "max_in_flight": max_in_flight}
+        # the chain's own failures stop the scheduler at once (cancelling what runs); malformed lines and
+        # outputs that are not JSON count too, checked as they are recorded (``error``)
+        options: dict[str, Any] = {"return_exceptions": True, "chunk_size": chunk_size, "max_in_flight": max_in_flight,
+                                   "max_failures": self.max_failures}
         values = self.values(lines)
         results: Iterator[tuple[int, Any]] = (
             self.chain.imap_as_completed(values, config, **options)
@@ -226,6 +249,8 @@ class _Job:
         else:
             self.bar.write(line.decode().rstrip("\n"))
         self.bar.update(1, errors=1)
+        if self.max_failures is not None and self.failed > self.max_failures:
+            raise FailureBudgetExceeded(f"{self.failed} items failed", self.failed, self.ok)
 
     def counts(self) -> str:
         malformed = f" ({self.malformed:,} malformed lines)" if self.malformed else ""

@@ -23,7 +23,9 @@ __all__ = [
     "VectorizedOutputError",
     "ReadOnlyInputError",
     "RemoteTraceback",
+    "FailureBudgetExceeded",
     "attach_step",
+    "deadline_error",
     "step_path_of",
     "item_index_of",
 ]
@@ -75,6 +77,22 @@ class ReadOnlyInputError(RayRunnablesError, ValueError):
 
 class BackendError(RayRunnablesError, RuntimeError):
     """The backend itself failed (cannot connect, worker lost beyond retries...)."""
+
+
+class FailureBudgetExceeded(RayRunnablesError):
+    """More items failed than ``max_failures`` allows: the batch stopped submitting and cancelled what ran.
+
+    ``failed``: how many items had failed; ``done``: how many results (values and errors) were handed out
+    before it stopped. The last failure is the ``__cause__``."""
+
+    def __init__(self, message: str, failed: int, done: int) -> None:
+        super().__init__(message)
+        self.failed, self.done = failed, done
+
+
+def deadline_error(path: str, seconds: float) -> TimeoutError:
+    """The built-in ``TimeoutError`` of a step that gave no result within ``seconds``, naming the step."""
+    return attach_step(TimeoutError(f"{path}: no result within {seconds:g} s"), path)
 
 
 class RemoteTraceback(Exception):

@@ -26,7 +26,9 @@ RAY_OPTIONS = frozenset(
     }
 )
 #: Options that are ours: ``io_bound`` runs the step where waiting is cheap instead of on a CPU slot.
-OUR_OPTIONS = frozenset({"io_bound"})
+#: ``speculative``/``speculative_after``: the step is safe to run twice, so a straggling item of a batch
+#: gets one backup attempt (the scheduler's speculative execution, as Spark's ``spark.speculation``).
+OUR_OPTIONS = frozenset({"io_bound", "speculative", "speculative_after"})
 
 
 def _number(name: str, value: Any, where: str) -> None:
@@ -67,4 +69,11 @@ def validate_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise OptionsError(f"{where}.with_options: runtime_env must be a dict, got {options['runtime_env']!r}")
     if "io_bound" in options and not isinstance(options["io_bound"], bool):
         raise OptionsError(f"{where}.with_options: io_bound must be a bool, got {options['io_bound']!r}")
+    if "speculative" in options and not isinstance(options["speculative"], bool):
+        raise OptionsError(f"{where}.with_options: speculative must be a bool, got {options['speculative']!r}")
+    if "speculative_after" in options:
+        after = options["speculative_after"]
+        if isinstance(after, bool) or not isinstance(after, (int, float)) or not 0 < after < float("inf"):
+            raise OptionsError(f"{where}.with_options: speculative_after must be a positive number of seconds, "
+                               f"got {after!r}")
     return dict(options)

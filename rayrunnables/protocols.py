@@ -109,13 +109,18 @@ class ChunkRunner(Protocol):
         """Start a chunk; returns a handle. Item errors come back as values, never raised here."""
         ...
 
-    def wait(self, handles: list[Any]) -> list[Any]:
-        """Block until at least one handle is done; return the done ones."""
+    def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        """Block until at least one handle is done (or ``timeout`` seconds pass); return the done ones."""
         ...
 
     def result(self, handle: Any) -> ChunkResult: ...
 
     def cancel(self, handles: list[Any]) -> None: ...
+
+    def abandon(self, handles: list[Any]) -> None:
+        """Stop attempts the scheduler no longer wants (past their deadline, or a twin won), as hard as
+        the backend can: on Ray a cancel, then a forced one after a grace; in threads nothing can."""
+        ...
 
 
 class Backend(ABC):

@@ -40,3 +40,24 @@ def still_beating(path: str) -> bool:
     before = beats(path)
     time.sleep(2.0)
     return beats(path) != before
+
+
+def stubborn_heartbeat(path: str) -> str:
+    """A heartbeat that swallows ``KeyboardInterrupt`` (as a C call that never returns to Python would
+    ignore it): only killing its process stops it. Ends by itself after 40 s."""
+    end = time.monotonic() + 40
+    while time.monotonic() < end:
+        try:
+            heartbeat_for(path, end)
+        except KeyboardInterrupt:
+            continue
+    return path
+
+
+def heartbeat_for(path: str, end: float) -> None:
+    next_beat = 0.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_beat:
+            with open(path, "a") as f:
+                f.write(".")
+            next_beat = time.monotonic() + 0.1

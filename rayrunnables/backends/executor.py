@@ -57,8 +57,8 @@ class ExecutorChunkRunner:
         payload = cloudpickle.dumps((node, items, state, return_exceptions, cap))
         return self.executor.submit(run_payload, payload)
 
-    def wait(self, handles: list[Future[bytes]]) -> list[Future[bytes]]:
-        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+    def wait(self, handles: list[Future[bytes]], timeout: float | None = None) -> list[Future[bytes]]:
+        done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
         return [h for h in handles if h in done]
 
     def result(self, handle: Future[bytes]) -> ChunkResult:
@@ -68,6 +68,11 @@ class ExecutorChunkRunner:
     def cancel(self, handles: list[Future[bytes]]) -> None:
         for handle in handles:
             handle.cancel()
+
+    def abandon(self, handles: list[Future[bytes]]) -> None:
+        """An executor cannot stop a running call: a chunk not started is cancelled, a running one ends
+        in its worker (the step's own timer reports the item at its deadline meanwhile)."""
+        self.cancel(handles)
 
 
 def run_payload(payload: bytes) -> bytes:

@@ -233,7 +233,9 @@ class ThreadChunkRunner:
         self.final = final
 
     def runs_inline(self, node: Node) -> bool:
-        return subtree_class(node) == COMPUTING
+        # an item with a deadline or a backup is watched by the scheduler, so it must not hold its thread
+        watched = getattr(node, "item_timeout", None) is not None or getattr(node, "speculation", None)
+        return not watched and subtree_class(node) == COMPUTING
 
     def submit(
         self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
@@ -244,8 +246,8 @@ class ThreadChunkRunner:
         done.set_result(run_chunk(node, items, ctx, return_exceptions))
         return done
 
-    def wait(self, handles: list[Future[ChunkResult]]) -> list[Future[ChunkResult]]:
-        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+    def wait(self, handles: list[Future[ChunkResult]], timeout: float | None = None) -> list[Future[ChunkResult]]:
+        done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
         return [h for h in handles if h in done]
 
     def result(self, handle: Future[ChunkResult]) -> ChunkResult:
@@ -257,6 +259,11 @@ class ThreadChunkRunner:
     def cancel(self, handles: list[Future[ChunkResult]]) -> None:
         for handle in handles:
             handle.cancel()
+
+    def abandon(self, handles: list[Future[ChunkResult]]) -> None:
+        """A thread cannot be stopped: a chunk not started is cancelled, a running one left to end (its
+        cancel token is set, so a step that checks ``rayrunnables.cancel_requested()`` can return)."""
+        self.cancel(handles)
 
 
 def local_root_context(config: dict[str, Any], map_runner: Callable[[Node], ChunkRunner] | None = None) -> RunContext:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ..context import RunContext
-from ..errors import RemoteTraceback, attach_step
+from ..errors import FailureBudgetExceeded, RemoteTraceback, attach_step, deadline_error
 from ..protocols import Backend, ChunkRunner, Node
+from .attempts import Tracker
 from .inprocess import ChunkResult
 
 __all__ = ["ChunkRunner", "iter_batch", "run_batch", "MAX_CHUNK"]
@@ -73,21 +75,31 @@ def iter_batch(
     ordered: bool,
     chunk_size: int | None = None,
     max_in_flight: int | None = None,
+    max_failures: int | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """Yield ``(index, output)``; the first item failure in time is raised unless ``return_exceptions``."""
+    """Yield ``(index, output)``; the first item failure in time is raised unless ``return_exceptions``.
+
+    ``max_failures``: with ``return_exceptions``, once more than this many items have failed, stop
+    submitting, cancel what runs and raise ``FailureBudgetExceeded`` (what was yielded stays yielded).
+    """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if max_in_flight is not None and max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int)
+                                     or max_failures < 0):
+        raise ValueError(f"max_failures must be an int >= 0, got {max_failures!r}")
     ctx = ctx.fork()  # cancelling our in-flight work must not cancel the caller
     cap = ctx.config.get("max_concurrency")
     window = max_in_flight or runner.default_window
     if cap:
         window = min(window, cap)
+    # per-item deadlines and backups (``engine.attempts``): one item per chunk, each attempt watched
+    tracker = Tracker.of(node, runner)
     # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
     # the per-item time measured on small chunks would keep them small: start it at a useful size.
-    floor = VECTORIZED_MIN_CHUNK if node.vectorized else 1
-    sizer = _Sizer(runner.target_chunk_seconds, chunk_size, floor, spread=runner.default_window)
+    floor = VECTORIZED_MIN_CHUNK if node.vectorized and tracker is None else 1
+    sizer = _Sizer(runner.target_chunk_seconds, 1 if tracker else chunk_size, floor, spread=runner.default_window)
     remaining = len(inputs) if isinstance(inputs, Sized) else None
     source = enumerate(inputs)
     in_flight: dict[Any, list[int]] = {}
@@ -98,6 +110,16 @@ def iter_batch(
     held_cap = 2 * window
     next_index = 0
     exhausted = False
+    failed = yielded = 0
+
+    def start(items: list[tuple[int, Any]]) -> Any:
+        if tracker is None:
+            return runner.submit(node, items, ctx, return_exceptions)
+        own = ctx.fork()  # an abandoned attempt's token is set: a step may cooperate
+        handle = runner.submit(node, items, own, return_exceptions)
+        tracker.add(handle, items, own)
+        return handle
+
     # a runner that runs a computing step's chunks inline, in this thread, gets them one at a time: a
     # failure then stops the batch at once, and ``imap`` yields as it goes
     try:
@@ -110,22 +132,55 @@ def iter_batch(
                     break
                 if remaining is not None:
                     remaining = max(0, remaining - len(items))
-                in_flight[runner.submit(node, items, ctx, return_exceptions)] = [i for i, _ in items]
+                in_flight[start(items)] = [i for i, _ in items]
                 if ordered:
                     open_ends.append(items[-1][0] + 1)
+            if tracker is not None:  # a straggler gets one twin where the window has room
+                for late in tracker.stragglers(sizer.per_item, time.monotonic(), limit - len(in_flight)):
+                    twin_items = tracker.attempts[late].items
+                    twin = runner.submit(node, twin_items, own := ctx.fork(), return_exceptions)
+                    tracker.pair(late, twin, twin_items, own)
+                    in_flight[twin] = in_flight[late]
             if not in_flight:
                 break
-            for handle in runner.wait(list(in_flight)):
+            results: list[ChunkResult] = []
+            if tracker is None:
+                done = runner.wait(list(in_flight))
+            else:
+                done = runner.wait(list(in_flight), tracker.next_wake(sizer.per_item, time.monotonic()))
+                for handle in tracker.expired(time.monotonic()):
+                    if handle in done:
+                        continue
+                    indices = in_flight.pop(handle)
+                    twin = tracker.drop(handle)
+                    runner.abandon([handle])
+                    if twin is None:  # no attempt of these items left: they timed out
+                        assert tracker.seconds is not None
+                        results.append(ChunkResult(
+                            [(i, False, deadline_error(node.label(), tracker.seconds), None) for i in indices], 0.0
+                        ))
+            for handle in done:
+                if handle not in in_flight:  # the twin of an attempt that already won
+                    continue
                 indices = in_flight.pop(handle)
+                if tracker is not None:
+                    twin = tracker.drop(handle)
+                    if twin is not None:  # first result wins; the other attempt is stopped
+                        in_flight.pop(twin, None)
+                        tracker.drop(twin)
+                        runner.abandon([twin])
                 try:
                     result = runner.result(handle)
                 except Exception as exc:  # the chunk itself was lost (beyond the backend's retries)
                     if not return_exceptions:
                         raise
                     result = ChunkResult([(i, False, copy.copy(exc), None) for i in indices], 0.0)
-                sizer.observe(result)
+                if result.seconds:
+                    sizer.observe(result)
                 if result.events and ctx.events is not None:  # recorded in another process: replayed here
                     ctx.events.replay(result.events)
+                results.append(result)
+            for result in results:
                 for index, ok, value, tb in result.outcomes:
                     if not ok:
                         if tb is not None:
@@ -133,12 +188,21 @@ def iter_batch(
                         attach_step(value, node.label(), index)
                         if not return_exceptions:
                             raise value
+                        failed += 1
+                        if max_failures is not None and failed > max_failures:
+                            raise FailureBudgetExceeded(
+                                f"failure budget exceeded: {failed} items failed (max_failures={max_failures}); "
+                                f"stopped after {yielded} results, {len(in_flight)} chunks in flight cancelled",
+                                failed, yielded,
+                            ) from value
                     if ordered:
                         pending[index] = value
                     else:
+                        yielded += 1
                         yield index, value
                 if ordered:
                     while next_index in pending:
+                        yielded += 1
                         yield next_index, pending.pop(next_index)
                         next_index += 1
                     while open_ends and open_ends[0] <= next_index:

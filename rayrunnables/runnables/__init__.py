@@ -9,6 +9,7 @@ from .lambda_ import RunnableLambda, chain
 from .parallel import RunnableParallel
 from .passthrough import RunnableAssign, RunnablePassthrough, RunnablePick
 from .sequence import RunnableSequence
+from .timeout import RunnableTimeout, cancel_requested
 from .wrappers import RunnableBinding, RunnableRateLimited, RunnableRetry, RunnableWithFallbacks
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "RunnablePick",
     "RunnableRateLimited",
     "RunnableRetry",
+    "RunnableTimeout",
+    "cancel_requested",
     "RunnableSequence",
     "RunnableWithFallbacks",
     "chain",

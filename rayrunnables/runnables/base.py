@@ -126,13 +126,17 @@ class Runnable(Generic[Input, Output]):
         config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
+        max_failures: int | None = None,
         **kwargs: Any,
     ) -> list[Output]:
+        """``max_failures`` (with ``return_exceptions=True``): once more items fail, stop, cancel what runs
+        and raise ``rayrunnables.FailureBudgetExceeded``."""
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch")
         cfg = _recording(cfg, self)
         out: list[Any] = [None] * len(items)
         for index, value in run_batch(
-            resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False
+            resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False,
+            max_failures=max_failures,
         ):
             out[index] = value
         return out
@@ -143,11 +147,13 @@ class Runnable(Generic[Input, Output]):
         config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
+        max_failures: int | None = None,
         **kwargs: Any,
     ) -> Iterator[tuple[int, Output | Exception]]:
         cfg, items = _batch_config(config, list(inputs), kwargs, "batch_as_completed")  # checked now
         cfg = _recording(cfg, self)
-        return run_batch(resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False)
+        return run_batch(resolve_backend(cfg), self, items, cfg, return_exceptions=return_exceptions, ordered=False,
+                         max_failures=max_failures)
 
     async def abatch(
         self,
@@ -155,9 +161,11 @@ class Runnable(Generic[Input, Output]):
         config: BatchConfig = None,
         *,
         return_exceptions: bool = False,
+        max_failures: int | None = None,
         **kwargs: Any,
     ) -> list[Output]:
-        return await asyncio.to_thread(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return await asyncio.to_thread(self.batch, inputs, config, return_exceptions=return_exceptions,
+                                       max_failures=max_failures, **kwargs)
 
     async def abatch_as_completed(
         self,
@@ -184,15 +192,18 @@ class Runnable(Generic[Input, Output]):
         chunk_size: int | None = None,
         max_in_flight: int | None = None,
         progress: bool = False,
+        max_failures: int | None = None,
     ) -> Iterator[Output | Exception]:
         """Outputs in input order, consuming ``inputs`` lazily with a bounded window in flight.
 
         ``progress=True`` shows items done, rate, errors and ETA on stderr (``rayrunnables.progress``).
+        ``max_failures`` (with ``return_exceptions=True``): once more items fail, stop and raise
+        ``rayrunnables.FailureBudgetExceeded`` (what was yielded stays yielded).
         """
         cfg = _recording(_call_config(config, {}, "imap"), self)
         pairs = run_batch(
             resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=True,
-            chunk_size=chunk_size, max_in_flight=max_in_flight,
+            chunk_size=chunk_size, max_in_flight=max_in_flight, max_failures=max_failures,
         )
         return _values(_tracked(pairs, inputs) if progress else pairs)  # config checked at the call
 
@@ -205,12 +216,13 @@ class Runnable(Generic[Input, Output]):
         chunk_size: int | None = None,
         max_in_flight: int | None = None,
         progress: bool = False,
+        max_failures: int | None = None,
     ) -> Iterator[tuple[int, Output | Exception]]:
         """``(index, output)`` pairs as they finish, consuming ``inputs`` lazily."""
         cfg = _recording(_call_config(config, {}, "imap_as_completed"), self)
         pairs = run_batch(
             resolve_backend(cfg), self, inputs, cfg, return_exceptions=return_exceptions, ordered=False,
-            chunk_size=chunk_size, max_in_flight=max_in_flight,
+            chunk_size=chunk_size, max_in_flight=max_in_flight, max_failures=max_failures,
         )
         return _tracked(pairs, inputs) if progress else pairs  # config checked at the call
 
@@ -366,6 +378,13 @@ class Runnable(Generic[Input, Output]):
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise OptionsError(f"{self.label()}.with_rate_limit: burst must be an int >= 1, got {burst!r}")
         return RunnableRateLimited(self, float(requests_per_second), burst, uuid.uuid4().hex[:12])
+
+    def with_timeout(self, seconds: float) -> Runnable[Input, Output]:
+        """Each call (each item of ``batch``/``.map()``/``imap``) that takes longer than ``seconds`` raises
+        ``TimeoutError`` naming the step and item; the other items go on (``rayrunnables.runnables.timeout``)."""
+        from .timeout import RunnableTimeout, check_timeout
+
+        return RunnableTimeout(self, check_timeout(seconds, self.label()))
 
     def with_name(self, name: str) -> Runnable[Input, Output]:
         import dataclasses

@@ -228,6 +228,22 @@ class RunnableBinding(Runnable[Input, Output]):
     def vectorized(self) -> bool:
         return self.listeners is None and self.bound.vectorized
 
+    @property
+    def item_timeout(self) -> float | None:
+        """A ``with_timeout`` just inside holds for each item of a batch of this binding (scheduler)."""
+        return getattr(self.bound, "item_timeout", None) if self.listeners is None else None
+
+    @property
+    def speculation(self) -> float | bool | None:
+        """``speculative_after`` seconds, True (threshold learned), or None: what the scheduler backs up."""
+        if self.listeners is not None:
+            return None
+        if "speculative_after" in self.options:
+            return float(self.options["speculative_after"])
+        if "speculative" in self.options:
+            return True if self.options["speculative"] else None
+        return getattr(self.bound, "speculation", None)
+
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
         return self.bound._invoke_batch(inputs, self.enter(ctx))
 

@@ -34,6 +34,7 @@ from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
+from .deadlines import BACKSTOP, Deadlines
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
@@ -288,10 +289,16 @@ class RayChunkRunner:
 
     def __init__(self, backend: RayBackend, node: Node) -> None:
         self.backend = backend
+        # an item past its deadline whose task did not stop is force-cancelled here (``deadlines``)
+        self.deadlines = Deadlines(self)
         self.pool = backend.pool_of(node)
-        self.default_window = 2 * (len(self.pool.actors) if self.pool else backend.parallelism())
+        slots = len(self.pool.actors) if self.pool else backend.parallelism()
+        # a deadline counts from submission: timed items must not wait in Ray's queue behind their siblings
+        self.default_window = slots if getattr(node, "item_timeout", None) else 2 * slots
         self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
         self._actor_of_handle: dict[Any, int] = {}
+
+    deadline_slack = BACKSTOP
 
     def runs_inline(self, node: Node) -> bool:
         return False
@@ -313,14 +320,12 @@ class RayChunkRunner:
             return handle
         return remote.remote(node_ref, pack(items), self.backend.state(ctx), return_exceptions)
 
-    def wait(self, handles: list[Any]) -> list[Any]:
-        ready, _ = ray.wait(handles, num_returns=1)
+    def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
         return list(ready)
 
     def result(self, handle: Any) -> ChunkResult:
-        index = self._actor_of_handle.pop(handle, None)
-        if index is not None and self.pool is not None:
-            self.pool.done(index)
+        self.release(handle)
         try:
             result: ChunkResult = ray.get(handle)
         except RayTaskError as err:
@@ -331,3 +336,13 @@ class RayChunkRunner:
 
     def cancel(self, handles: list[Any]) -> None:
         cancel_pending(handles)
+
+    def abandon(self, handles: list[Any]) -> None:
+        self.deadlines.stop(handles)
+
+    def release(self, handle: Any) -> int | None:
+        """The pool member that ran ``handle`` (an actor chunk), its load given back."""
+        index = self._actor_of_handle.pop(handle, None)
+        if index is not None and self.pool is not None:
+            self.pool.done(index)
+        return index

@@ -25,6 +25,7 @@ from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.lambda_ import RunnableLambda
 from ...runnables.passthrough import require_dict
+from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
@@ -261,7 +262,7 @@ def _has_barrier(unit: planning.Unit) -> bool:
 
 
 def actor_of(node: Node) -> RunnableActor | None:
-    while isinstance(node, (RunnableBinding, RunnableRateLimited)):
+    while isinstance(node, (RunnableBinding, RunnableRateLimited, RunnableTimeout)):
         if isinstance(node, RunnableBinding) and (node.listeners is not None or node.config):
             return None
         node = node.bound

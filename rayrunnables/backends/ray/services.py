@@ -23,7 +23,7 @@ from ...runnables.actor import RunnableActor
 from ...services import TokenBucket
 from ..outputs import producer, unsendable
 from .pending import rebuild
-from .worker import chunk_here, list_here
+from .worker import chunk_here, interruptible, list_here
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -128,7 +128,8 @@ class _StepActorClass:
         return self.node._invoke_batch(items, self.context(_NO_STATE))
 
     def run_chunk(self, node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
-        """``node`` is this step, possibly wrapped (options, rate limit); it runs on our instance."""
+        """``node`` is this step, possibly wrapped (options, rate limit, timeout); it runs on our instance."""
+        interruptible()  # a timed call is interrupted here, on the actor, at its deadline
         return chunk_here(node, packed, self.context(state), return_exceptions)
 
     def run_list(self, node: Any, packed: bytes, state: ContextState) -> list[Any]:

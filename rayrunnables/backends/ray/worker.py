@@ -10,6 +10,7 @@ import ray.cloudpickle as ray_pickle
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
+from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import sendable_outcomes
 
 __all__ = ["chunk_here", "list_here", "interruptible"]
@@ -45,6 +46,7 @@ def interruptible() -> None:
     if _interruptible_checked:
         return
     _interruptible_checked = True
+    interrupt_on_deadline()  # a worker is ours: a timed call on its main thread is stopped at its deadline
     if threading.current_thread() is not threading.main_thread():
         return
     try:
