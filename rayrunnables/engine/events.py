@@ -1,7 +1,7 @@
 """Run events as data: recorded where a step runs, carried back, replayed into the caller's handlers.
 
 An event is LangChain's own vocabulary, ``(method, args, kwargs, meta)``: ``("on_chain_start", (None,
-input), {"run_id": ..., "parent_run_id": ..., "name": ...}, (time_ns, step_path))``. Replaying it is
+input), {"run_id": ..., "parent_run_id": ..., "name": ...}, (time_ns, step_path, pid))``. Replaying it is
 ``getattr(handler, method)(*args, **kwargs)``, so any LangChain callback handler, tracer or callback
 manager works unchanged (duck-typed: nothing here imports langchain-core), and the same records feed
 ``astream_events``, listeners and OpenTelemetry.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 import time
 import uuid
@@ -36,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger("rayrunnables.events")
 
-Event = tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, str]]
+Event = tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, str, int]]
 
 #: a chunk a streamed run produced (``astream_events``' ``on_chain_stream``); recorded only when wanted
 STREAM_EVENT = "on_chain_stream"
@@ -73,7 +74,7 @@ class Recorder:
         for method, args, kwargs, meta in events:
             self.deliver(method, args, kwargs, meta)
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
         raise NotImplementedError
 
 
@@ -85,9 +86,9 @@ class Buffer(Recorder):
         self.events: list[Event] = []
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
-        self.events.append((method, args, kwargs, (time.time_ns(), path)))  # list.append is atomic
+        self.events.append((method, args, kwargs, (time.time_ns(), path, os.getpid())))  # list.append is atomic
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
         self.events.append((method, args, kwargs, meta))
 
     def take(self) -> list[Event]:
@@ -113,9 +114,9 @@ class Dispatcher(Recorder):
         return Dispatcher(self.handlers, [*self.sinks, sink], self.streams or streams)
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
-        self.deliver(method, args, kwargs, (time.time_ns(), path))
+        self.deliver(method, args, kwargs, (time.time_ns(), path, os.getpid()))
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
         with self._lock:
             if method == LISTENER_EVENT:
                 _notify_listener(*args)
@@ -123,7 +124,7 @@ class Dispatcher(Recorder):
             for sink in self.sinks:
                 sink(method, args, kwargs, meta)
             for handler in self.handlers:
-                _call_handler(handler, method, args, kwargs)
+                _call_handler(handler, method, args, kwargs, meta)
 
 
 class RunSink:
@@ -170,7 +171,7 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
-def _start(ctx: RunContext, node: Any, input: Any, **extra: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+def _start(ctx: RunContext, node: Any, input: Any, path: str, **extra: Any) -> tuple[uuid.UUID, dict[str, Any]]:
     config = ctx.config
     given = config.get("run_id")
     run_id = given if isinstance(given, uuid.UUID) else uuid.uuid4()
@@ -178,8 +179,13 @@ def _start(ctx: RunContext, node: Any, input: Any, **extra: Any) -> tuple[uuid.U
     start = {**ids, "metadata": dict(config.get("metadata") or {}),
              "name": config.get("run_name") or node.run_name(), "run_type": None, **extra}
     assert ctx.events is not None
-    ctx.events.emit("on_chain_start", (None, input), start, ctx.path_str)
+    ctx.events.emit("on_chain_start", (None, input), start, path)
     return run_id, ids
+
+
+def _path(ctx: RunContext, node: Any) -> str:
+    """The step path of ``node``'s run, as errors name it (``step 1 > parallel['a'] > lambda 'f'``)."""
+    return ctx.child(node.label()).path_str
 
 
 def enter_run(ctx: RunContext, node: Any, run_id: uuid.UUID) -> RunContext:
@@ -194,10 +200,10 @@ def run_invoke(node: Any, impl: Callable[..., Any], input: Any, ctx: RunContext)
     """``impl(node, input, ctx)`` as one run: start, then end with the output or error with the exception."""
     if not node.reports_run():
         return impl(node, input, ctx)
-    run_id, ids = _start(ctx, node, input)
+    path = _path(ctx, node)
+    run_id, ids = _start(ctx, node, input, path)
     events = ctx.events
     assert events is not None
-    path = ctx.path_str
     try:
         output = impl(node, input, enter_run(ctx, node, run_id))
     except BaseException as exc:
@@ -213,8 +219,8 @@ def run_batch_items(node: Any, impl: Callable[..., Any], inputs: list[Any], ctx:
         return list(impl(node, inputs, ctx))
     events = ctx.events
     assert events is not None
-    path = ctx.path_str
-    runs = [_start(ctx, node, value) for value in inputs]
+    path = _path(ctx, node)
+    runs = [_start(ctx, node, value, path) for value in inputs]
     try:
         outputs = impl(node, inputs, enter_run(ctx, node, runs[0][0]))
     except BaseException as exc:
@@ -232,15 +238,22 @@ def run_transform(node: Any, impl: Callable[..., Any], chunks: Iterator[Any], ct
     if not node.reports_run():
         yield from impl(node, chunks, ctx)
         return
-    from ..runnables.chunks import add_chunk
+    from ..runnables.chunks import NOTHING, add_chunk
 
     events = ctx.events
     assert events is not None
-    path = ctx.path_str
-    run_id, ids = _start(ctx, node, {"input": ""}, defers_inputs=True)
+    # the first input chunk before the run starts, as LangChain does: the step that feeds this one starts
+    # (and may fail) first
+    chunks = iter(chunks)
+    first = next(chunks, NOTHING)
+    path = _path(ctx, node)
+    run_id, ids = _start(ctx, node, {"input": ""}, path, defers_inputs=True)
     seen: list[Any] = [None]
 
     def tapped() -> Iterator[Any]:
+        if first is not NOTHING:
+            seen[0] = first
+            yield first
         for chunk in chunks:
             seen[0] = add_chunk(seen[0], chunk)
             yield chunk
@@ -268,7 +281,16 @@ def _ignored(handler: Any, method: str) -> bool:
     return False
 
 
-def _call_handler(handler: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _call_handler(
+    handler: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]
+) -> None:
+    raw = getattr(handler, "on_run_event", None)
+    if raw is not None:  # a consumer of the records themselves (with when, where and which step): OpenTelemetry
+        try:
+            raw(method, args, kwargs, meta)
+        except Exception as exc:
+            logger.warning("Error in %s.on_run_event: %r", type(handler).__name__, exc)
+        return
     callback = getattr(handler, method, None)
     if callback is None or _ignored(handler, method):
         return
