@@ -123,7 +123,8 @@ class RunContext:
         """A context rebuilt in another process from what ``state`` sent; its run events (if the caller
         records any) go into a ``Buffer`` that travels back with the results."""
         events = Buffer(streams=state.recording > 1) if state.recording else None
-        return cls(state.config, state.path if path is None else path, limiters=state.limiters, depth=state.depth,
+        config = state.config if events is None else {**state.config, "callbacks": RunSink(events, state.run_id)}
+        return cls(config, state.path if path is None else path, limiters=state.limiters, depth=state.depth,
                    services=services, events=events, run_id=state.run_id)
 
     def state(self, config: dict[str, Any], path: tuple[str, ...] | None = None) -> ContextState:
@@ -148,6 +149,12 @@ class RunContext:
             return self
         new = self._copy()
         new._base, new._parent, new._segment = (), self, segment
+        return new
+
+    def at(self, path: tuple[str, ...]) -> RunContext:
+        """The same run, at another step's path (the steps of a fused task share one context)."""
+        new = self._copy()
+        new._base, new._parent, new._segment = path, None, ""
         return new
 
     def with_config(self, config: dict[str, Any]) -> RunContext:

@@ -325,3 +325,51 @@ def test_ray_started_from_a_short_lived_thread_survives_it(tmp_path: Any) -> Non
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
                           env={**__import__("os").environ, "RAY_ADDRESS": ""})
     assert "alive" in done.stdout, done.stderr[-2000:]
+
+
+class Counter1:
+    """A stateful step (RunnableActor) for the plan test."""
+
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+
+async def wait_inc(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x + 1
+
+
+@pytest.mark.ray_only
+def test_ray_invoke_keeps_its_tasks_when_recorded(ray_session: Any) -> None:
+    """With callbacks, a Ray invoke still fans out (a task per branch, chunk tasks for a .map() of a
+    computed list, the actor pool, io-bound steps in driver threads); the run tree is LangChain's."""
+    def build(m: Any, ours: bool) -> Any:
+        inc_step = rr.RunnableActor(Counter1, name="inc", pool_size=1) if ours else m.RunnableLambda(inc)
+        io_step = m.RunnableLambda(wait_inc, name="wait_inc") if ours else m.RunnableLambda(inc, name="wait_inc")
+        return m.RunnableLambda(pair) | {
+            "each": m.RunnableLambda(double).map(),
+            "first": m.RunnableLambda(lambda xs: xs[0], name="first") | inc_step | io_step,
+        }
+
+    theirs, ours = Tree(), Tree()
+    expected = build(lc, False).invoke(1, {"callbacks": [theirs]})
+    got = build(rr, True).invoke(1, {"backend": "ray", "callbacks": [ours]})
+    assert got == expected == {"each": [2, 22], "first": 3}
+    assert Counter(ours.events) == Counter(theirs.events)
+    tasks = rr.get_backend("ray").last_run.tasks  # type: ignore[attr-defined]
+    assert len(tasks) >= 3  # not one task for the whole chain
+
+
+@pytest.mark.ray_only
+def test_ray_invoke_failing_branch_reports_errors_up_the_tree(ray_session: Any) -> None:
+    chain = rr.RunnableLambda(inc) | {"ok": rr.RunnableLambda(double), "bad": rr.RunnableLambda(boom)}
+    ours = Tree()
+    with pytest.raises(ValueError, match="boom on 2"):
+        chain.invoke(1, {"backend": "ray", "callbacks": [ours]})
+    got = Counter(e for e in ours.events if e[1] != "double")  # the sibling may be cancelled or finish
+    assert got == Counter([
+        ("chain_start", "RunnableSequence", None), ("chain_start", "inc", "RunnableSequence"),
+        ("chain_end", "inc", "RunnableSequence"), ("chain_start", "RunnableParallel<ok,bad>", "RunnableSequence"),
+        ("chain_start", "boom", "RunnableParallel<ok,bad>"), ("chain_error", "boom", "RunnableParallel<ok,bad>"),
+        ("chain_error", "RunnableParallel<ok,bad>", "RunnableSequence"), ("chain_error", "RunnableSequence", None),
+    ])

@@ -25,10 +25,9 @@ from ray.exceptions import RayTaskError
 
 from ...config import sendable_config
 from ...context import RunContext
-from ...engine.events import RunSink
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
 from ...engine.sharing import isolate, writable, writable_outcomes
-from ...errors import BackendError, RemoteTraceback, UnpicklableStepError
+from ...errors import BackendError, UnpicklableStepError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
@@ -163,49 +162,32 @@ class RayBackend(Backend):
     # ---- invoke ------------------------------------------------------------------------------------
     def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
-        if isinstance(config.get("callbacks"), RunSink):
-            return self.invoke_recorded(node, input, config)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
+        error: BaseException | None = None
         try:
-            return run.materialize(run.submit(planning.plan(node), Share(Const(input))))
-        finally:
-            run.close()
-
-    def invoke_recorded(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
-        """An invocation whose run events someone records: the chain runs whole in one worker, as one item
-        of a batch does, and its events come back with its result. (Its dict branches and ``.map()``
-        items then share that worker, computing inline and waiting in threads, instead of one task each.)"""
-        ctx = self.root_context(config, node)
-        runner = self.chunk_runner(node, config)
-        handle = runner.submit(node, [(0, input)], ctx, True)
-        try:
-            result = runner.result(handle)
-        except BaseException:
-            runner.cancel([handle])
+            return run.materialize(run.submit(run.plan(node), Share(Const(input)), run.ctx.run_id))
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self.end_run(ctx)
-        if result.events and ctx.events is not None:
-            ctx.events.replay(result.events)
-        (_, ok, value, tb), = result.outcomes
-        if not ok:
-            if tb is not None and value.__cause__ is None:
-                value.__cause__ = RemoteTraceback(tb)
-            raise value
-        return value
+            run.close()
+            run.finish(error)
 
     async def ainvoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         self.prepare(node)
-        if isinstance(config.get("callbacks"), RunSink):
-            return await asyncio.to_thread(self.invoke_recorded, node, input, config)
         run = Invocation(self, self.root_context(config))
         self.last_run = run.stats
+        error: BaseException | None = None
         try:
-            pending = await asyncio.to_thread(run.submit, planning.plan(node), Share(Const(input)))
+            pending = await asyncio.to_thread(run.submit, run.plan(node), Share(Const(input)), run.ctx.run_id)
             return await run.amaterialize(pending)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             run.close()
+            await asyncio.to_thread(run.finish, error)
 
     def stream(self, node: Node, input: Any, config: dict[str, Any]) -> Iterator[Any]:
         """The chain runs in one worker as a Ray generator task and its chunks come back as they are

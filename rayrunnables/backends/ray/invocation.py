@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID, uuid4
 
 import ray
 from ray.exceptions import RayTaskError
 
 from ...config import merge_configs
 from ...context import RunContext, ThreadLimiter
+from ...engine.events import Buffer, RunSink
 from ...engine.inprocess import POOL
 from ...engine.sharing import writable
 from ...options import OUR_OPTIONS
@@ -29,6 +31,7 @@ from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
+from .recording import RunLog
 from .services import WORKER_SERVICES
 from .shipping import walk
 from .tasks import (
@@ -77,48 +80,86 @@ _SemaphoreActor: Any = ray.remote(ThreadLimiter)
 
 
 class Invocation:
-    """One ``invoke``: submits the plan's tasks, then waits for the result with first-failure-wins."""
+    """One ``invoke``: submits the plan's tasks, then waits for the result with first-failure-wins.
+
+    When someone records run events (``log``), every task returns its recorded events as a second return,
+    composite steps (``RunOf``) are reported by the driver, and ``finish`` replays it all in order."""
 
     def __init__(self, backend: RayBackend, ctx: RunContext) -> None:
         self.backend, self.ctx = backend, ctx
         self.stats = RunStats()
         self.submitted: list[Any] = []
+        self.log = RunLog(ctx.events) if ctx.events is not None else None
 
-    def state(self, path: tuple[str, ...], overlay: dict[str, Any] | None = None) -> ContextState:
+    def plan(self, node: Node) -> planning.Unit:
+        return planning.plan(node, recording=self.log is not None)
+
+    def state(self, path: tuple[str, ...], overlay: dict[str, Any] | None = None,
+              parent: UUID | None = None) -> ContextState:
         state = self.backend.state(self.ctx)
-        return state._replace(config=merge_configs(state.config, overlay) if overlay else state.config, path=path)
+        return state._replace(config=merge_configs(state.config, overlay) if overlay else state.config, path=path,
+                              run_id=parent)
 
     def remote_options(self, options: dict[str, Any], name: str) -> dict[str, Any]:
-        return {"name": name[:200], **{k: v for k, v in options.items() if k not in OUR_OPTIONS}}
+        returns = {"num_returns": 2} if self.log is not None else {}  # (value, recorded events)
+        return {"name": name[:200], **{k: v for k, v in options.items() if k not in OUR_OPTIONS}, **returns}
 
-    def submit(self, unit: planning.Unit, pending: Pending) -> Pending:
+    def submitted_ref(self, ref: Any, name: str) -> Ref:
+        """A task's output; with a log, ``ref`` is (output, events) and the events are logged here."""
+        if self.log is not None:
+            ref, events = ref
+            self.log.recorded(events)
+        self.submitted.append(ref)
+        self.stats.tasks.append(name)
+        return Ref(ref)
+
+    def in_driver(self, config: dict[str, Any], path: tuple[str, ...], parent: UUID | None,
+                  owner: Node | None = None) -> RunContext:
+        """The context of a step run in this process: its events (if recorded) kept for the log."""
+        events = Buffer() if self.log is not None else None
+        if events is not None:  # what it hands on (a LangChain step's own runs) nests under ``parent`` too
+            config = {**config, "callbacks": RunSink(events, parent)}
+        ctx = RunContext(config, path, limiters=self.ctx.limiters, depth=self.ctx.depth, services=WORKER_SERVICES,
+                         events=events, run_id=parent)
+        ctx.run_owner = owner  # a ``.map()`` reported by its ``RunOf`` is not a second run
+        return ctx
+
+    def log_driver_events(self, ctx: RunContext) -> None:
+        if self.log is not None and isinstance(ctx.events, Buffer):
+            self.log.events(ctx.events.take())
+
+    def submit(self, unit: planning.Unit, pending: Pending, parent: UUID | None = None) -> Pending:
         if isinstance(unit, planning.Task):
             if unit.where == "driver":
                 value = self.materialize(pending, barrier=True)
                 config = merge_configs(self.ctx.config, unit.config)
-                for path, node in unit.steps:
-                    value = node._invoke(value, RunContext(config, path, limiters=self.ctx.limiters,
-                                                           depth=self.ctx.depth, services=WORKER_SERVICES))
+                ctx = self.in_driver(config, (), parent)
+                try:
+                    for path, node in unit.steps:
+                        value = node._invoke(value, ctx.at(path))
+                finally:
+                    self.log_driver_events(ctx)
                 return Const(value)
             recipe, refs = flatten(pending)
             if unit.where == "actor":
                 (path, actor_node), = unit.steps
                 pool = self.backend.pools[cast(RunnableActor, actor_node).key]
                 index = pool.pick()
-                ref = pool.actors[index].call.remote(path, self.state((), unit.config), recipe, *refs)
+                method = pool.actors[index].call
+                if self.log is not None:
+                    method = method.options(num_returns=2)
+                ref = method.remote(path, self.state((), unit.config, parent), recipe, *refs)
                 pool.done(index)
-                self.submitted.append(ref)
-                self.stats.tasks.append(unit.name)
-                return Ref(ref)
+                return self.submitted_ref(ref, unit.name)
             ref = run_task.options(**self.remote_options(unit.options, unit.name)).remote(
-                unit.steps, self.state((), unit.config), recipe, *refs
+                unit.steps, self.state((), unit.config, parent), recipe, *refs
             )
-            self.submitted.append(ref)
-            self.stats.tasks.append(unit.name)
-            return Ref(ref)
+            return self.submitted_ref(ref, unit.name)
+        if isinstance(unit, planning.RunOf):
+            return self.submit_run(unit, pending, parent)
         if isinstance(unit, planning.Seq):
             for n, part in enumerate(unit.parts):
-                pending = self.submit(part, owned(pending) if n else pending)
+                pending = self.submit(part, owned(pending) if n else pending, parent)
             return pending
         if isinstance(unit, planning.Fan):
             base = unmarked(pending)
@@ -128,45 +169,66 @@ class Invocation:
             pending = shared(pending)  # every branch reads it, none copies it
             if any(_has_barrier(branch) for branch in unit.branches):
                 # a branch that waits in the driver must not hold back its siblings' submission
-                futures = [POOL.submit(self.submit, branch, pending) for branch in unit.branches]
+                futures = [POOL.submit(self.submit, branch, pending, parent) for branch in unit.branches]
                 outs = [future.result() for future in futures]
             else:
-                outs = [self.submit(branch, pending) for branch in unit.branches]
+                outs = [self.submit(branch, pending, parent) for branch in unit.branches]
             return Apply(_build_dict, (tuple(unit.keys), *outs))
         if isinstance(unit, planning.Assign):
-            mapped = self.submit(unit.mapper, pending)
+            mapped = self.submit(unit.mapper, pending, parent)
             return Apply(_merge_assign, (unit.node, unit.path, pending, mapped))
         if isinstance(unit, planning.Pass):
             return pending
         if isinstance(unit, planning.Pick):
             return Apply(_pick, (unit.node, unit.path, pending))
         if isinstance(unit, planning.Map):
-            return self.submit_map(unit, pending)
+            return self.submit_map(unit, pending, parent)
         raise AssertionError(f"unknown plan unit {unit!r}")
 
-    def submit_map(self, unit: planning.Map, pending: Pending) -> Pending:
+    def submit_run(self, unit: planning.RunOf, pending: Pending, parent: UUID | None) -> Pending:
+        """A composite step's own run: started here at submission, its end logged with its pending output."""
+        assert self.log is not None
+        run_id = uuid4()
+        config = merge_configs(self.ctx.config, {"run_name": unit.run_name} if unit.run_name else {})
+        path = " > ".join((*unit.path, unit.node.label()))
+        ids = self.log.start(unit.node, run_id, parent, config, path, pending, unit.run_name)
+        output = self.submit(unit.inner, pending, run_id)
+        self.log.end(ids, output, path)
+        return output
+
+    def submit_map(self, unit: planning.Map, pending: Pending, parent: UUID | None = None) -> Pending:
         options = self.remote_options(unit.options, "")
         options.pop("name")
-        state = self.state(unit.path, unit.config)
+        options.pop("num_returns", None)
+        state = self.state(unit.path, unit.config, parent)
         if waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
-            ctx = RunContext(state.config, unit.path, limiters=self.ctx.limiters, services=WORKER_SERVICES)
-            return Const(unit.node._invoke(value, ctx))
+            ctx = self.in_driver(state.config, unit.path, parent, unit.node if self.log is not None else None)
+            try:
+                return Const(unit.node._invoke(value, ctx))
+            finally:
+                self.log_driver_events(ctx)
         base = unmarked(pending)
         if isinstance(base, Const):
             items = unit.node.check_input(base.value, RunContext(path=unit.path))
             pool = self.backend.pool_of(unit.node.bound)
-            refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
+            refs, event_refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
+            for events in event_refs:
+                assert self.log is not None
+                self.log.recorded(events)
             self.submitted.extend(refs)
             self.stats.tasks.extend(["/".join((*unit.path, "map"))] * len(refs))
             return Apply(concat, tuple(Ref(r) for r in refs))
         recipe, refs = flatten(pending)
-        ref = run_fanout_task.options(name="/".join((*unit.path, "map fan-out")), num_cpus=0).remote(
-            unit.node, state, options, recipe, *refs
-        )
-        self.submitted.append(ref)
-        self.stats.tasks.append("/".join((*unit.path, "map fan-out")))
-        return Ref(ref)
+        name = "/".join((*unit.path, "map fan-out"))
+        fan_out = {"num_returns": 2} if self.log is not None else {}
+        ref = run_fanout_task.options(name=name, num_cpus=0, **fan_out).remote(unit.node, state, options, recipe, *refs)
+        return self.submitted_ref(ref, name)
+
+    def finish(self, error: BaseException | None) -> None:
+        """Replay what was recorded (nothing without a log), once the invocation is over."""
+        if self.log is not None:
+            self.log.replay(error)
 
     # ---- waiting ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -258,6 +320,8 @@ def _has_barrier(unit: planning.Unit) -> bool:
         return any(_has_barrier(b) for b in unit.branches)
     if isinstance(unit, planning.Assign):
         return _has_barrier(unit.mapper)
+    if isinstance(unit, planning.RunOf):
+        return _has_barrier(unit.inner)
     return False
 
 

@@ -21,7 +21,7 @@ from ...runnables.passthrough import RunnableAssign, RunnablePassthrough, Runnab
 from ...runnables.sequence import RunnableSequence
 from ...runnables.wrappers import RunnableBinding
 
-__all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "Unit", "plan", "explain", "task_options"]
+__all__ = ["Task", "Seq", "Fan", "Assign", "Map", "Pass", "Pick", "RunOf", "Unit", "plan", "explain", "task_options"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Fan:
 @dataclass
 class Assign:
     path: tuple[str, ...]
-    mapper: Fan
+    mapper: Unit
     node: Node
 
 
@@ -84,7 +84,18 @@ class Pick:
     node: RunnablePick
 
 
-Unit = Task | Seq | Fan | Assign | Map | Pass | Pick
+@dataclass
+class RunOf:
+    """A step's own run around the plan of its parts, when someone records run events: the driver reports
+    its start and end, the runs inside are recorded where they run (``rayrunnables.backends.ray.recording``)."""
+
+    node: Node
+    path: tuple[str, ...]
+    inner: Unit
+    run_name: str | None = None
+
+
+Unit = Task | Seq | Fan | Assign | Map | Pass | Pick | RunOf
 
 
 def plan(
@@ -92,7 +103,10 @@ def plan(
     path: tuple[str, ...] = (),
     options: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    recording: bool = False,
 ) -> Unit:
+    """``recording``: someone records run events, so each step that is a run of its own and is not run
+    whole inside one task (a sequence, a dict, a ``.map()``...) is wrapped in a ``RunOf``."""
     opts, cfg = options or {}, config or {}
     if isinstance(node, RunnableBinding):
         inner_opts = {**opts, **node.options}
@@ -100,13 +114,24 @@ def plan(
             # a cap of its own is a scope that must hold every call inside it: one task runs it whole
             return Task([(path, node)], inner_opts, "worker", cfg)
         # tags, metadata, run_name, configurable: carried to every task inside, structure kept
-        return plan(node.bound, path, inner_opts, merge_configs(cfg, node.config))
+        return plan(node.bound, path, inner_opts, merge_configs(cfg, node.config), recording)
+    unit = _plan_step(node, path, opts, {k: v for k, v in cfg.items() if k != "run_name"} if recording else cfg,
+                      recording)
+    runs_whole = isinstance(unit, Task) and len(unit.steps) == 1 and unit.steps[0][1] is node
+    if recording and not runs_whole:  # its parts run apart: its own run is reported by the driver
+        return RunOf(node, path, unit, cfg.get("run_name"))
+    if recording and isinstance(unit, Task) and "run_name" in cfg:
+        unit.config = {**unit.config, "run_name": cfg["run_name"]}  # the step's own run takes the name
+    return unit
+
+
+def _plan_step(node: Node, path: tuple[str, ...], opts: dict[str, Any], cfg: dict[str, Any], recording: bool) -> Unit:
     if isinstance(node, (RunnableSequence, RunnableParallel, RunnableEach)) and node.name:
         path = (*path, f"'{node.name}'")  # as ``Runnable.scope`` does in-process
     if isinstance(node, RunnableSequence):
         parts: list[Unit] = []
         for segment, step in node.children():
-            part = plan(step, (*path, segment), opts, cfg)
+            part = plan(step, (*path, segment), opts, cfg, recording)
             previous = parts[-1] if parts else None
             if (
                 isinstance(part, Task)
@@ -121,11 +146,9 @@ def plan(
         return parts[0] if len(parts) == 1 else Seq(parts)
     if isinstance(node, RunnableParallel):
         kids = node.children()
-        return Fan(path, list(node.steps), [plan(step, (*path, seg), opts, cfg) for seg, step in kids])
+        return Fan(path, list(node.steps), [plan(step, (*path, seg), opts, cfg, recording) for seg, step in kids])
     if isinstance(node, RunnableAssign):
-        mapper = plan(node.mapper, (*path, "assign"), opts, cfg)
-        assert isinstance(mapper, Fan)
-        return Assign(path, mapper, node)
+        return Assign(path, plan(node.mapper, (*path, "assign"), opts, cfg, recording), node)
     if isinstance(node, RunnableEach):
         # chunk tasks must meet what the mapped step asks for (``step.with_options(...).map()``)
         inner = task_options(plan(node.bound, path, opts, cfg))
@@ -158,6 +181,8 @@ def task_options(unit: Unit) -> dict[str, Any]:
             walk(u.mapper)
         elif isinstance(u, Map):
             walk(plan(u.node.bound, u.path, u.options))
+        elif isinstance(u, RunOf):
+            walk(u.inner)
 
     walk(unit)
     merged: dict[str, Any] = {}
@@ -213,6 +238,4 @@ def explain(node: Node) -> str:
     """The chain's steps, then the tasks the Ray backend will submit for it."""
     lines = ["steps:", *step_tree(node), "on ray:"]
     _units(plan(node), 1, lines)
-    lines.append("with callbacks (or listeners in the chain), invoke runs the chain whole in one task and its run "
-                 "events come back with the result; batch, imap and stream keep their tasks")
     return "\n".join(lines)

@@ -21,9 +21,9 @@ from ...errors import StepConstructionError
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ...services import TokenBucket
-from ..outputs import producer, unsendable
+from ..outputs import producer, take_events, unsendable
 from .pending import rebuild
-from .worker import chunk_here, interruptible, list_here
+from .worker import EVENTS_ATTR, chunk_here, interruptible, list_here
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -115,11 +115,19 @@ class _StepActorClass:
         return RunContext.from_state(state, self.services, path)
 
     def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
-        value = self.node._invoke(rebuild(recipe, values), self.context(state, path))
-        error = unsendable(value, producer(self.node, path))
-        if error is not None:
-            raise error
-        return value
+        """One step of an ``invoke`` (with its recorded run events as a second return when recorded)."""
+        ctx = self.context(state, path)
+        try:
+            value = self.node._invoke(rebuild(recipe, values), ctx)
+            error = unsendable(value, producer(self.node, path))
+            if error is not None:
+                raise error
+        except BaseException as exc:
+            events = take_events(ctx)
+            if events:
+                setattr(exc, EVENTS_ATTR, events)
+            raise
+        return (value, take_events(ctx) or []) if state.recording else value
 
     def call_one(self, item: Any) -> Any:
         return self.node._invoke(item, self.context(_NO_STATE))
@@ -132,8 +140,9 @@ class _StepActorClass:
         interruptible()  # a timed call is interrupted here, on the actor, at its deadline
         return chunk_here(node, packed, self.context(state), return_exceptions)
 
-    def run_list(self, node: Any, packed: bytes, state: ContextState) -> list[Any]:
-        return list_here(node, packed, self.context(state))
+    def run_list(self, node: Any, packed: bytes, state: ContextState) -> Any:
+        values, events = list_here(node, packed, self.context(state))
+        return (values, events or []) if state.recording else values
 
 
 # as Ray actor classes, typed loosely (Ray's ``.options`` is not visible to type checkers)

@@ -22,7 +22,7 @@ from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .worker import chunk_here, interruptible, list_here
+from .worker import EVENTS_ATTR, chunk_here, interruptible, list_here
 
 __all__ = [
     "cancel_pending",
@@ -43,6 +43,18 @@ __all__ = [
 
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
     return RunContext.from_state(state, WORKER_SERVICES, path)
+
+
+def with_events(state: ContextState, value: Any, ctx: RunContext) -> Any:
+    """What a task of a recorded invocation returns: its value and its events (two returns)."""
+    return (value, take_events(ctx) or []) if state.recording else value
+
+
+def events_on_error(exc: BaseException, ctx: RunContext) -> None:
+    """A failing task's events go with its error (its second return is the error too)."""
+    events = take_events(ctx)
+    if events:
+        setattr(exc, EVENTS_ATTR, [*(getattr(exc, EVENTS_ATTR, None) or []), *events])
 
 
 def convert(err: BaseException) -> BaseException:
@@ -85,14 +97,19 @@ def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, reci
     """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
     interruptible()
     value = rebuild(recipe, values)
-    for path, node in steps:
-        value = node._invoke(value, make_context(state, path))
-    if steps:
-        path, node = steps[-1]
-        error = unsendable(value, producer(node, path))
-        if error is not None:
-            raise error
-    return value
+    ctx = make_context(state)
+    try:
+        for path, node in steps:
+            value = node._invoke(value, ctx.at(path))
+        if steps:
+            path, node = steps[-1]
+            error = unsendable(value, producer(node, path))
+            if error is not None:
+                raise error
+    except BaseException as exc:
+        events_on_error(exc, ctx)
+        raise
+    return with_events(state, value, ctx)
 
 
 def pack(items: list[tuple[int, Any]]) -> bytes:
@@ -129,32 +146,39 @@ def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_excepti
 
 
 @ray.remote
-def run_list_task(node: Any, packed: bytes, state: ContextState) -> list[Any]:
+def run_list_task(node: Any, packed: bytes, state: ContextState) -> Any:
     """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
     interruptible()
-    return list_here(node, packed, make_context(state))
+    values, events = list_here(node, packed, make_context(state))
+    return (values, events or []) if state.recording else values
 
 
 def map_chunks(
     each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int, pool: Any = None
-) -> list[Any]:
-    """Submit one task per chunk of ``items`` (sized to spread over the cluster) and return their refs."""
+) -> tuple[list[Any], list[Any]]:
+    """Submit one task per chunk of ``items`` (sized to spread over the cluster): the refs of their
+    outputs, and of the run events they recorded (none when nobody records)."""
     n_chunks = min(len(items), 4 * max(1, parallelism))
     if n_chunks == 0:
-        return []
+        return [], []
     size = math.ceil(len(items) / n_chunks)
     inner = state._replace(path=(*state.path, "map"))
     name = "/".join((*state.path, "map", each.bound.label()))
     node_ref = ray.put(each.bound)
     chunks = [pack(list(enumerate(items[i : i + size], start=i))) for i in range(0, len(items), size)]
+    returns = {"num_returns": 2} if state.recording else {}
+    refs = []
     if pool is not None:  # a stateful step: its pool serves the chunks, spread evenly
-        refs = []
         for chunk in chunks:
             index = pool.pick()
-            refs.append(pool.actors[index].run_list.remote(node_ref, chunk, inner))
+            refs.append(pool.actors[index].run_list.options(**returns).remote(node_ref, chunk, inner))
             pool.done(index)
-        return refs
-    return [run_list_task.options(name=name, **options).remote(node_ref, chunk, inner) for chunk in chunks]
+    else:
+        refs = [run_list_task.options(name=name, **options, **returns).remote(node_ref, chunk, inner)
+                for chunk in chunks]
+    if state.recording:
+        return [value for value, _ in refs], [events for _, events in refs]
+    return refs, []
 
 
 @ray.remote(num_returns="streaming")
@@ -186,16 +210,19 @@ class RecordedEvents(list):  # type: ignore[type-arg]
 @ray.remote
 def run_fanout_task(
     each: Any, state: ContextState, options: dict[str, Any], recipe: Any, *values: Any
-) -> list[Any]:
+) -> Any:
     """A ``.map()`` over a list an earlier task computed: split here, beside the data, not in the driver."""
     interruptible()
     items = each.check_input(rebuild(recipe, values), make_context(state))
-    refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
+    refs, event_refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
     try:
-        return concat(*ray.get(refs))
+        outputs = concat(*ray.get(refs))
     except RayTaskError as err:
         cancel_pending(refs)
         raise_converted(err)
         raise
+    if not state.recording:
+        return outputs
+    return outputs, [event for events in ray.get(event_refs) for event in events]
 
 

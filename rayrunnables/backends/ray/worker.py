@@ -13,7 +13,10 @@ from ...engine.inprocess import ChunkResult, run_chunk
 from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import sendable_outcomes
 
-__all__ = ["chunk_here", "list_here", "interruptible"]
+__all__ = ["chunk_here", "list_here", "interruptible", "EVENTS_ATTR"]
+
+#: where a failing task leaves the run events it recorded before its error (they travel with the exception)
+EVENTS_ATTR = "_rayrunnables_events"
 
 
 def chunk_here(node: Any, packed: bytes, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
@@ -23,12 +26,15 @@ def chunk_here(node: Any, packed: bytes, ctx: RunContext, return_exceptions: boo
     return sendable_outcomes(result, node, ctx, return_exceptions)
 
 
-def list_here(node: Any, packed: bytes, ctx: RunContext) -> list[Any]:
-    """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
+def list_here(node: Any, packed: bytes, ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
+    """A chunk of a ``.map()`` inside a chain: the outputs and the run events recorded (if any), or the
+    first item's failure raised, carrying those events."""
     for _, ok, value, _ in (result := chunk_here(node, packed, ctx, return_exceptions=False)).outcomes:
         if not ok:
+            if result.events:
+                setattr(value, EVENTS_ATTR, result.events)
             raise value
-    return [value for _, _, value, _ in result.outcomes]
+    return [value for _, _, value, _ in result.outcomes], result.events
 
 
 _interruptible_checked = False

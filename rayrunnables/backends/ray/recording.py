@@ -1,0 +1,109 @@
+"""Run events of one Ray ``invoke``, kept in submission order and replayed into the caller's recorder.
+
+The plan's tasks are all submitted before anything is awaited, so the log is written at submission: a
+composite step's start (its input still a pending value), the reference to each task's recorded events
+(its second return), the step's end (its output pending). When the invocation is over, every entry is
+resolved (the values are in the object store by then) and replayed in that order, so a parent's start
+always precedes its children's. A step whose input never came (an earlier step failed) is left out, as
+it never started in-process either; one whose output never came ends with the invocation's error.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError
+
+from ...engine.events import Event, Recorder
+from .pending import Pending, flatten, rebuild
+from .tasks import convert
+from .worker import EVENTS_ATTR
+
+__all__ = ["RunLog"]
+
+
+class RunLog:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.entries: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+
+    def _add(self, *entry: Any) -> None:
+        with self._lock:  # branches that wait in the driver submit from threads
+            self.entries.append(entry)
+
+    def start(self, node: Any, run_id: uuid.UUID, parent: uuid.UUID | None, config: dict[str, Any], path: str,
+              input: Pending, run_name: str | None) -> dict[str, Any]:
+        ids = {"run_id": run_id, "parent_run_id": parent, "tags": list(config.get("tags") or ())}
+        start = {**ids, "metadata": dict(config.get("metadata") or {}), "name": run_name or node.run_name(),
+                 "run_type": None}
+        self._add("start", start, input, (time.time_ns(), path, os.getpid()))
+        return ids
+
+    def end(self, ids: dict[str, Any], output: Pending, path: str) -> None:
+        self._add("end", ids, output, path)
+
+    def recorded(self, events_ref: Any) -> None:
+        """A task's second return: the events it recorded."""
+        self._add("refs", events_ref)
+
+    def events(self, events: list[Event]) -> None:
+        """Events recorded in this process (a step that waits in a driver thread)."""
+        self._add("events", events)
+
+    def replay(self, error: BaseException | None) -> None:
+        skipped: set[uuid.UUID] = set()
+        for entry in self.entries:
+            kind = entry[0]
+            if kind == "start":
+                _, start, input, meta = entry
+                ok, value = _resolved(input)
+                if not ok:
+                    skipped.add(start["run_id"])
+                    continue
+                self.recorder.deliver("on_chain_start", (None, value), start, meta)
+            elif kind == "end":
+                _, ids, output, path = entry
+                if ids["run_id"] in skipped:
+                    continue
+                ok, value = _resolved(output)
+                meta = (time.time_ns(), path, os.getpid())
+                if ok:
+                    self.recorder.deliver("on_chain_end", (value,), ids, meta)
+                else:
+                    self.recorder.deliver("on_chain_error", (error,), ids, meta)
+            elif kind == "refs":
+                self.recorder.replay(_task_events(entry[1]))
+            else:
+                self.recorder.replay(entry[1])
+
+
+def _resolved(pending: Pending) -> tuple[bool, Any]:
+    """The value of ``pending`` if every object it needs is there and fine (never waits)."""
+    recipe, refs = flatten(pending)
+    try:
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            if len(ready) < len(refs):
+                return False, None
+        return True, rebuild(recipe, ray.get(refs) if refs else [], driver=True)
+    except Exception:  # a task failed or was cancelled, or a recipe cannot apply
+        return False, None
+
+
+def _task_events(ref: Any) -> list[Event]:
+    try:
+        ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
+        if not ready:  # cancelled before it ended: nothing came back
+            return []
+        events: list[Event] = ray.get(ref)
+        return events
+    except RayTaskError as err:  # it failed: its events came with its error
+        return list(getattr(convert(err), EVENTS_ATTR, None) or [])
+    except Exception:
+        return []
