@@ -51,7 +51,7 @@ def map_batches_args(
     chain: Runnable[Any, Any], job: Any, concurrency: int | None = None, batch_size: int | None = None
 ) -> dict[str, Any]:
     """``map_batches`` arguments that run ``job`` (a callable taking a batch): tasks for plain chains, an
-    actor pool sized from the largest ``pool_size`` when the chain holds ``RunnableActor`` steps, and the
+    actor pool of up to the largest ``pool_size`` when the chain holds ``RunnableActor`` steps, and the
     most of every step's ``num_cpus``/``num_gpus``/``memory``/``resources``."""
     from .backends.ray.planner import plan, task_options
 
@@ -59,7 +59,9 @@ def map_batches_args(
     pools = [node.pool_size for node in walk(chain) if isinstance(node, RunnableActor)]
     args: dict[str, Any] = {"batch_size": batch_size, "batch_format": "pyarrow", **resources}
     if pools:
-        args.update(fn=_PoolActor, fn_constructor_kwargs={"job": job}, concurrency=concurrency or max(pools))
+        # an autoscaling pool (1 to the largest pool_size): a fixed pool that takes every CPU would leave none
+        # for the reads that feed it, and Ray Data would wait forever
+        args.update(fn=_PoolActor, fn_constructor_kwargs={"job": job}, concurrency=concurrency or (1, max(pools)))
     else:
         args.update(fn=job, concurrency=concurrency)
     return args
