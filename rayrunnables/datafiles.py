@@ -90,7 +90,7 @@ class ChainFiles(FileBasedDatasource):
         start = 0
         for batch in pq.ParquetFile(f).iter_batches(batch_size=self.rows_per_block):
             table = pa.Table.from_batches([batch])
-            table = table.append_column(PATH, pa.array([path] * len(table), pa.string()))
+            table = table.append_column(PATH, _repeat(path, len(table)))
             table = table.append_column(LINE, pa.array(range(start, start + len(table)), pa.int64()))
             start += len(table)
             yield table
@@ -100,29 +100,31 @@ class ChainFiles(FileBasedDatasource):
         numbers: list[int] = []
         number, rest = 0, b""
         while True:
-            data = f.read(1 << 20)
-            if not data:
-                break
+            data = f.read(4 << 20)
             parts = (rest + data).split(b"\n")
-            rest = parts.pop()
-            for raw in parts:
-                if raw.strip():  # blank lines are not items, but they count: line numbers stay the file's
-                    lines.append(raw)
-                    numbers.append(number)
-                number += 1
-                if len(lines) >= self.rows_per_block:
-                    yield _lines_table(path, numbers, lines)
-                    lines, numbers = [], []
-        if rest.strip():
-            lines.append(rest)
-            numbers.append(number)
-        if lines:
-            yield _lines_table(path, numbers, lines)
+            rest = parts.pop() if data else b""
+            # blank lines are not items, but they count: line numbers stay the file's
+            kept = [(n, raw) for n, raw in enumerate(parts, number) if raw and not raw.isspace()]
+            number += len(parts)
+            numbers.extend(n for n, _ in kept)
+            lines.extend(raw for _, raw in kept)
+            while len(lines) >= self.rows_per_block or (not data and lines):
+                size = self.rows_per_block
+                yield _lines_table(path, numbers[:size], lines[:size])
+                del numbers[:size], lines[:size]
+            if not data:
+                return
 
 
 def _lines_table(path: str, numbers: list[int], lines: list[bytes]) -> pa.Table:
-    return pa.table({PATH: pa.array([path] * len(lines), pa.string()), LINE: pa.array(numbers, pa.int64()),
+    return pa.table({PATH: _repeat(path, len(lines)), LINE: pa.array(numbers, pa.int64()),
                      TEXT: pa.array(lines, pa.binary())})
+
+
+def _repeat(path: str, n: int) -> pa.Array:
+    import numpy as np
+
+    return pa.array([path], pa.string()).take(pa.array(np.zeros(n, dtype=np.int32)))
 
 
 def resolve_dir(path: str) -> tuple[pafs.FileSystem, str]:
