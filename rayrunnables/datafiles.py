@@ -32,7 +32,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from .data import run_values
 from .errors import step_path_of
-from .jsonl import dumps_line
+from .jsonl import BadLine, dumps_line
 from .records import error_record, output_record
 from .runnables.base import Runnable
 
@@ -232,7 +232,7 @@ class ShardJob:
             item_id = self.item_id(path, number, value)
             if done and id_key(item_id) in done:
                 skipped += 1
-            elif isinstance(value, _BadLine):
+            elif isinstance(value, BadLine):
                 malformed += 1
                 errors.append(dumps_line(error_record(number, item_id, "input", value.error,
                                                      prefix=f"{path}: input line {number + 1}: ")))
@@ -298,15 +298,8 @@ class ShardJob:
 _DONE_CACHE: dict[str, frozenset[str]] = {}
 
 
-class _BadLine:
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; absurd nesting
-        return _BadLine(exc)
+        return BadLine(exc)

@@ -71,7 +71,7 @@ class Sizer:
 def test_apply_puts_outputs_and_errors_in_columns(ray_session: Any) -> None:
     import ray.data
 
-    from rayrunnables import RunnableLambda, step_path_of  # noqa: F401
+    from rayrunnables import RunnableLambda
     from rayrunnables.data import apply
 
     ds = ray.data.from_items([{"i": i, "tag": f"t{i}"} for i in range(60)])
