@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -19,16 +18,10 @@ from typing import IO, Any
 import click
 
 from .backends import available_backends, get_backend
-from .errors import (
-    BackendError,
-    ConfigError,
-    FailureBudgetExceeded,
-    RemoteTraceback,
-    UnpicklableStepError,
-    step_path_of,
-)
+from .errors import BackendError, ConfigError, FailureBudgetExceeded, UnpicklableStepError, step_path_of
 from .jsonl import BadLine, IndexSet, LineWriter, ResumeError, count_lines, dumps_line, read_lines, scan_done
 from .progress import Progress
+from .records import error_record, output_record
 from .runnables.base import Runnable, coerce_to_runnable
 
 
@@ -87,17 +80,28 @@ def explain(target: str, backend: str) -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--input", "input_path", required=True, metavar="PATH", help="JSON Lines input; - = stdin.")
-@click.option("--output", "output_path", required=True, metavar="PATH", help="Output records; - = stdout.")
+@click.option("--input", "inputs", required=True, multiple=True, metavar="PATH",
+              help="JSON Lines file; - = stdin. A folder, a glob, several --input, Parquet or a URI: the data engine.")
+@click.option("--output", "output_path", required=True, metavar="PATH",
+              help="Output records; - = stdout. The data engine: a folder of shards.")
 @click.option("--errors", "errors_path", default=None, metavar="PATH",
-              help="Error records (default: printed to stderr, and failed items are retried by --resume).")
+              help="Error records (default: printed to stderr, and failed items are retried by --resume). "
+              "The data engine: a folder of shards (default: the output folder).")
+@click.option("--engine", type=click.Choice(["driver", "data"]), default=None,
+              help="driver: this process reads and writes every record; data: Ray Data reads, runs and writes "
+              "in the workers (default: data for a folder, a glob, several files, Parquet or a URI).")
+@click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
+              help="Data engine: output shards as JSON Lines or Parquet (error shards are JSON Lines).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Data engine: tasks or pool actors running the chain (default: Ray Data's; pool_size).")
 @click.option("--backend", default=None, type=click.Choice(available_backends()),
               help="Where the chain runs (default: local; ray when --address is given).")
 @click.option("--address", default=None, help="Ray address to attach to (default: start a local Ray).")
 @click.option("--id-field", default=None, metavar="NAME", help="Copy this field of each input object into its records.")
 @click.option("--resume", is_flag=True, help="Skip items already in the output or errors file; append.")
 @click.option("--unordered", is_flag=True, help="Write outputs as they finish instead of in input order.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Items per task (default: adaptive).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Items per task (default: adaptive; data engine: items per batch and shard, 10,000).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None, help="Chunks running at once.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
 @click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
@@ -105,18 +109,38 @@ def explain(target: str, backend: str) -> None:
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, metavar="N",
               help="Stop once more than N items failed (exit code 3); finish with --resume.")
 def run(
-    target: str, input_path: str, output_path: str, errors_path: str | None, backend: str | None,
-    address: str | None, id_field: str | None, resume: bool, unordered: bool, chunk_size: int | None,
-    max_in_flight: int | None, progress: bool, timeout: float | None, max_failures: int | None,
+    target: str, inputs: tuple[str, ...], output_path: str, errors_path: str | None, engine: str | None,
+    output_format: str, concurrency: int | None, backend: str | None, address: str | None, id_field: str | None,
+    resume: bool, unordered: bool, chunk_size: int | None, max_in_flight: int | None, progress: bool,
+    timeout: float | None, max_failures: int | None,
 ) -> None:
-    """Run TARGET (MODULE:ATTR) over every line of a JSON Lines file.
+    """Run TARGET (MODULE:ATTR) over every line of a JSON Lines file, or over folders of files on Ray Data.
 
     Each output line is {"index": i, "output": ...} (plus "id" with --id-field), i being the item's
     0-based line number; each failed item (a malformed line too) becomes an error record
     {"index", "id", "step", "error_type", "message", "traceback"} and the run goes on. Every record
     is written whole as soon as it is known, so a killed run can be finished with --resume, and then
     every item appears exactly once across the output and errors files. Blank lines are not items.
+
+    On the data engine the records are the same, written as shard files by the workers; "index" is the
+    line (or Parquet row) in its file and "id" is the --id-field value or, when there is none,
+    "FILE:LINE" (counted from 1). --resume skips the ids already in complete shards.
     """
+    from .data_cli import wants_data_engine
+
+    if engine is None:
+        engine = "data" if wants_data_engine(inputs) else "driver"
+    if engine == "data":
+        if max_failures is not None:
+            raise click.UsageError("--max-failures is for the driver engine")
+        _run_data_engine(target, inputs, output_path, errors_path, output_format, concurrency, backend, address,
+                         id_field, resume, chunk_size, max_in_flight, progress, timeout)
+        return
+    if len(inputs) != 1:
+        raise click.UsageError("the driver engine reads one file (or -): use --engine data for several")
+    if output_format != "jsonl" or concurrency is not None:
+        raise click.UsageError("--output-format and --concurrency are for the data engine")
+    input_path = inputs[0]
     if backend not in (None, "ray") and address:
         raise click.UsageError("--address is for --backend ray")
     if resume and output_path == "-":
@@ -175,6 +199,28 @@ def run(
         sys.exit(1)
 
 
+def _run_data_engine(
+    target: str, inputs: tuple[str, ...], output_path: str, errors_path: str | None, output_format: str,
+    concurrency: int | None, backend: str | None, address: str | None, id_field: str | None, resume: bool,
+    chunk_size: int | None, max_in_flight: int | None, progress: bool, timeout: float | None = None,
+) -> None:
+    if "-" in inputs or output_path == "-" or errors_path == "-":
+        raise click.UsageError("the data engine reads and writes files and folders, not - (standard input/output)")
+    if backend not in (None, "ray"):
+        raise click.UsageError("the data engine runs on Ray: --backend is for the driver engine")
+    if max_in_flight is not None:
+        raise click.UsageError("--max-in-flight is for the driver engine (the data engine: --concurrency)")
+    from .data_cli import run_data
+
+    chain = load_target(target)
+    if timeout is not None:  # per item, as on the driver engine
+        chain = chain.with_timeout(timeout)
+    status = run_data(chain, inputs, output_path, errors_path, address, id_field, resume,
+                      chunk_size, output_format, concurrency, progress, SetupError)
+    if status:
+        sys.exit(status)
+
+
 class _Job:
     """One ``run``: feeds parsed lines to the chain, writes each result as one whole line."""
 
@@ -220,11 +266,8 @@ class _Job:
             if isinstance(output, Exception):
                 self.error(number, item_id, step_path_of(output) or self.chain.label(), output)
                 continue
-            record = {"index": number, "id": item_id, "output": output}
-            if not self.id_field:
-                del record["id"]
             try:
-                line = dumps_line(record)
+                line = dumps_line(output_record(number, item_id, output, bool(self.id_field)))
             except (TypeError, ValueError, RecursionError) as exc:  # not JSON: that item failed
                 self.error(number, item_id, "output", exc)
                 continue
@@ -234,16 +277,7 @@ class _Job:
 
     def error(self, number: int, item_id: Any, step: str, exc: BaseException, prefix: str = "") -> None:
         self.failed += 1
-        _drop_position_notes(exc)
-        record = {
-            "index": number,
-            "id": item_id,
-            "step": step,
-            "error_type": type(exc).__name__,
-            "message": prefix + _safe_str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        }
-        line = dumps_line(record)
+        line = dumps_line(error_record(number, item_id, step, exc, prefix))
         if self.errs is not None:
             self.errs.write_line(line)
         else:
@@ -255,25 +289,6 @@ class _Job:
     def counts(self) -> str:
         malformed = f" ({self.malformed:,} malformed lines)" if self.malformed else ""
         return f"{self.ok:,} ok, {self.failed:,} failed{malformed}"
-
-
-def _drop_position_notes(exc: BaseException) -> None:
-    """The scheduler notes "for item index: N" (N counts items sent to the chain); the record's index is the line."""
-    notes = getattr(exc, "__notes__", None)
-    if notes:
-        setattr(exc, "__notes__", [note for note in notes if not note.startswith("for item index:")])  # noqa: B010
-    if isinstance(exc.__cause__, RemoteTraceback):
-        exc.__cause__.tb = _POSITION_NOTE.sub("", exc.__cause__.tb)
-
-
-_POSITION_NOTE = re.compile(r"^for item index: \d+\n", re.MULTILINE)
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
 
 
 if __name__ == "__main__":

@@ -319,6 +319,54 @@ def test_same_run_as_a_ray_job(cluster: dict[str, Any], tmp_path: Path) -> None:
     _check_output(out, 20)
 
 
+DATA_CHAIN = """
+import ray
+from rayrunnables import RunnableLambda
+
+def tag(doc):
+    if doc["i"] % 1000 == 5:
+        raise ValueError(f"cannot take {doc['i']}")
+    return {"i": doc["i"], "node": ray.get_runtime_context().get_node_id()}
+
+chain = RunnableLambda(tag, name="tag")
+"""
+
+
+def test_data_engine_reads_runs_and_writes_on_every_node(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """4 files of 25,000 documents with malformed lines and failing documents, over the whole cluster: each
+    good id exactly once across the shards, each bad one in the errors."""
+    name = f"data_chain_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(DATA_CHAIN)
+    (tmp_path / "docs").mkdir()
+    good, bad = set(), set()
+    for f in range(4):
+        path = tmp_path / "docs" / f"d{f}.jsonl"
+        lines = []
+        for i in range(25_000):
+            if i % 10_000 == 3:
+                lines.append("{not json")
+                bad.add(f"{path}:{i + 1}")
+            else:
+                lines.append(json.dumps({"doc_id": f"{f}-{i}", "i": i}))
+                (bad if i % 1000 == 5 else good).add(f"{f}-{i}")
+        path.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(
+        cli("run", f"{name}:chain", "--input", "docs", "--output", "out", "--errors", "errors", "--id-field", "doc_id",
+            "--address", cluster["address"], "--chunk-size", "2500", "--no-progress"),
+        cwd=tmp_path, env=driver_env(cluster, RAY_ADDRESS=None), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    outputs = [json.loads(line) for p in sorted((tmp_path / "out").glob("part-*.jsonl"))
+               for line in p.read_text().splitlines()]
+    errors = [json.loads(line) for p in sorted((tmp_path / "errors").glob("errors-*.jsonl"))
+              for line in p.read_text().splitlines()]
+    ids, error_ids = Counter(r["id"] for r in outputs), Counter(r["id"] for r in errors)
+    assert set(ids) == good and max(ids.values()) == 1
+    assert set(error_ids) == bad and max(error_ids.values()) == 1
+    assert all(r["output"]["i"] == r["index"] for r in outputs)
+    assert len({r["output"]["node"] for r in outputs}) > 1  # the work spread over the nodes
+
+
 # ---- nodes dying ---------------------------------------------------------------------------------------------------
 KILL_DRIVER = """
 LOG = {log!r}

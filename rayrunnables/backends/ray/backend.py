@@ -20,14 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
-import ray.cloudpickle as ray_pickle
 from ray.exceptions import RayTaskError
 
 from ...config import sendable_config
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
 from ...engine.sharing import isolate, writable, writable_outcomes
-from ...errors import BackendError, UnpicklableStepError
+from ...errors import BackendError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
@@ -37,7 +36,7 @@ from .deadlines import BACKSTOP, Deadlines
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
-from .shipping import find_unpicklable, ship_user_modules, walk
+from .shipping import check_sendable, walk
 from .tasks import RecordedEvents, cancel_pending, pack, raise_converted, run_chunk_task, stream_task
 
 __all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
@@ -104,16 +103,7 @@ class RayBackend(Backend):
         self.ensure_started()
         if node in self._checked:
             return
-        ship_user_modules(node)
-        try:
-            ray_pickle.dumps(node)
-        except Exception:
-            path, culprit, error = find_unpicklable(node, ())
-            raise UnpicklableStepError(
-                f"step {' > '.join(path) or culprit.label()!s} ({culprit.label()}) cannot be sent to Ray workers: "
-                f"{type(error).__name__}: {error}. Objects holding locks, sockets or clients must be created "
-                "inside the step (e.g. a function that builds the client on first call), not captured from the driver."
-            ) from error
+        check_sendable(node)
         self._start_services(node, {})
         self._checked.add(node)
 

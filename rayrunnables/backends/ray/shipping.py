@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 import ray.cloudpickle as ray_pickle
 
 from ...engine.steps import walk
+from ...errors import UnpicklableStepError
 from ...protocols import Node
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["ship_user_modules", "find_unpicklable", "walk"]
+__all__ = ["ship_user_modules", "find_unpicklable", "check_sendable", "walk"]
 
 _INSTALLED = tuple(
     os.path.realpath(p) for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
@@ -34,6 +35,20 @@ def ship_user_modules(node: Node) -> None:
                 module = sys.modules.get(mod_name or "")
                 if module is not None and _is_users(module):
                     ray_pickle.register_pickle_by_value(module)
+
+
+def check_sendable(node: Node) -> None:
+    """Ship the user's modules, then refuse, naming the step, a chain that cannot be sent to workers."""
+    ship_user_modules(node)
+    try:
+        ray_pickle.dumps(node)
+    except Exception:
+        path, culprit, error = find_unpicklable(node, ())
+        raise UnpicklableStepError(
+            f"step {' > '.join(path) or culprit.label()!s} ({culprit.label()}) cannot be sent to Ray workers: "
+            f"{type(error).__name__}: {error}. Objects holding locks, sockets or clients must be created "
+            "inside the step (e.g. a function that builds the client on first call), not captured from the driver."
+        ) from error
 
 
 def _is_users(module: Any) -> bool:

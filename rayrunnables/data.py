@@ -1,0 +1,165 @@
+"""Chains on Ray Data: ``apply(chain, dataset)`` and what every Ray Data worker does with a batch.
+
+Ray Data already is the engine for datasets too big for one process (parallel readers and writers,
+streaming execution, backpressure, actor pools), so a chain joins it as one ``map_batches`` stage
+rather than as a second engine beside it. Inside a worker the chain runs with the in-process engine
+(``{"backend": "local"}``): the worker already is a Ray process, and one Ray task per item would only
+add hand-off cost. Plain chains run as Ray Data tasks; a chain with ``RunnableActor`` steps runs in an
+actor pool (one instance of each stateful step per actor, built once), as big as its largest
+``pool_size``; a vectorized chain gets the whole batch in one call.
+
+Ray is imported inside the functions only: ``import rayrunnables`` never imports Ray or Ray Data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .engine.steps import walk
+from .errors import step_path_of
+from .records import error_record
+from .runnables.actor import RunnableActor
+from .runnables.base import Runnable, coerce_to_runnable
+
+if TYPE_CHECKING:
+    import pyarrow
+    import ray.data
+
+__all__ = ["apply", "run_values", "map_batches_args"]
+
+ERROR_MODES = ("column", "raise", "dataset")
+_RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
+
+
+def run_values(chain: Runnable[Any, Any], values: list[Any]) -> list[Any]:
+    """The chain on every value, in this process: each output, or the item's exception, in input order.
+
+    A vectorized chain gets all the values as one chunk (one call); any other chain runs through the
+    in-process scheduler, which runs computing steps inline and overlaps waiting ones in threads.
+    """
+    outputs: list[Any] = [None] * len(values)
+    if not values:
+        return outputs
+    chunk = len(values) if chain.vectorized else None
+    for index, output in chain.imap_as_completed(values, {"backend": "local"}, return_exceptions=True,
+                                                 chunk_size=chunk):
+        outputs[index] = output
+    return outputs
+
+
+def map_batches_args(
+    chain: Runnable[Any, Any], job: Any, concurrency: int | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """``map_batches`` arguments that run ``job`` (a callable taking a batch): tasks for plain chains, an
+    actor pool of up to the largest ``pool_size`` when the chain holds ``RunnableActor`` steps, and the
+    most of every step's ``num_cpus``/``num_gpus``/``memory``/``resources``."""
+    from .backends.ray.planner import plan, task_options
+
+    resources = {k: v for k, v in task_options(plan(chain)).items() if k in _RESOURCE_KEYS}
+    pools = [node.pool_size for node in walk(chain) if isinstance(node, RunnableActor)]
+    args: dict[str, Any] = {"batch_size": batch_size, "batch_format": "pyarrow", **resources}
+    if pools:
+        # an autoscaling pool (1 to the largest pool_size): a fixed pool that takes every CPU would leave none
+        # for the reads that feed it, and Ray Data would wait forever
+        args.update(fn=_PoolActor, fn_constructor_kwargs={"job": job}, concurrency=concurrency or (1, max(pools)))
+    else:
+        args.update(fn=job, concurrency=concurrency)
+    return args
+
+
+class _PoolActor:
+    """A Ray Data actor: holds the job, so stateful steps stay built between batches."""
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+    def __call__(self, batch: Any) -> Any:
+        return self.job(batch)
+
+
+def prepare(chain: Runnable[Any, Any]) -> None:
+    """Ship the user's modules to the workers and refuse, by step, a chain that cannot be sent."""
+    from .backends.ray.shipping import check_sendable
+
+    check_sendable(chain)
+
+
+class ApplyJob:
+    """The batch function of ``apply``: the input table with an output column and an error column added."""
+
+    def __init__(self, chain: Runnable[Any, Any], input_column: str | None, output_column: str,
+                 error_column: str, errors: str) -> None:
+        self.chain, self.input_column, self.output_column = chain, input_column, output_column
+        self.error_column, self.errors = error_column, errors
+
+    def __call__(self, batch: pyarrow.Table) -> dict[str, Any]:
+        import numpy as np
+
+        if self.input_column is None:
+            values = batch.to_pylist()
+        else:
+            values = batch.column(self.input_column).to_pylist()
+        outputs = run_values(self.chain, values)
+        out_col = np.empty(len(values), dtype=object)
+        err_col = np.empty(len(values), dtype=object)
+        for n, output in enumerate(outputs):
+            if isinstance(output, Exception):
+                if self.errors == "raise":
+                    raise output
+                err_col[n] = _apply_error(n, output, self.chain)
+            else:
+                out_col[n] = output
+        ours = (self.output_column, self.error_column)
+        columns: dict[str, Any] = {name: batch.column(name).to_numpy(zero_copy_only=False)
+                                   for name in batch.column_names if name not in ours}
+        columns[self.output_column] = out_col
+        if self.errors != "raise":
+            columns[self.error_column] = err_col
+        return columns
+
+
+def _apply_error(n: int, exc: Exception, chain: Runnable[Any, Any]) -> dict[str, Any]:
+    record = error_record(n, None, step_path_of(exc) or chain.label(), exc)
+    del record["index"], record["id"]  # the row is the item: its own columns say which one
+    return record
+
+
+def apply(
+    chain: Any,
+    dataset: ray.data.Dataset,
+    *,
+    input_column: str | None = None,
+    output_column: str = "output",
+    errors: str = "column",
+    error_column: str = "error",
+    concurrency: int | None = None,
+    batch_size: int | None = 1024,
+) -> Any:
+    """``dataset`` with ``chain`` applied to every row, lazily, as one ``map_batches`` stage.
+
+    - ``input_column``: the chain gets that column's value; ``None`` (default) gives it the whole row as a dict.
+    - ``output_column``: where each row's output goes (the row's other columns are kept).
+    - ``errors``: ``"column"`` (default): a failed row gets ``None`` as output and, in ``error_column``, a dict
+      ``{"step", "error_type", "message", "traceback"}`` (``None`` for rows that succeeded);
+      ``"raise"``: the first failure stops the dataset's execution (Ray Data raises it);
+      ``"dataset"``: returns ``(outputs, errors)``, two datasets split from one *materialized* run (kept in
+      the object store, which spills to disk): the rows that succeeded, without the error column, and the
+      rows that failed, with it. For a streaming run over data bigger than the object store, keep
+      ``"column"`` and filter.
+    - ``concurrency``: Ray Data's, for the stage (default: Ray Data's choice for tasks, the largest
+      ``pool_size`` for a chain with ``RunnableActor`` steps).
+    - ``batch_size``: rows per batch (a vectorized chain gets each batch in one call); ``None``: whole blocks.
+    """
+    if errors not in ERROR_MODES:
+        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+    runnable = coerce_to_runnable(chain)
+    prepare(runnable)
+    job = ApplyJob(runnable, input_column, output_column, error_column, errors)
+    args = map_batches_args(runnable, job, concurrency, batch_size)
+    mapped = dataset.map_batches(**args)
+    if errors != "dataset":
+        return mapped
+    done = mapped.materialize()
+    ok = done.filter(lambda row: row[error_column] is None).drop_columns([error_column])
+    failed = done.filter(lambda row: row[error_column] is not None)
+    return ok, failed

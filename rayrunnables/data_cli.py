@@ -1,0 +1,102 @@
+"""``rayrunnables run`` on Ray Data: the driver plans, the cluster reads, runs and writes.
+
+The driver never holds a document: it lists the input files, starts one Ray Data pipeline (read ->
+the chain in ``map_batches`` -> shards written by the workers), and sums the per-batch counts the
+workers send back. Its memory therefore does not grow with the number of documents (with
+``--resume`` it holds the set of ids already done, which the workers share from the object store).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import click
+
+from .runnables.base import Runnable
+
+__all__ = ["run_data", "wants_data_engine"]
+
+
+def wants_data_engine(inputs: tuple[str, ...]) -> bool:
+    """Several inputs, a folder, a glob, a URI or a Parquet file: the data engine; one JSON Lines file
+    or standard input: the driver engine."""
+    import os
+
+    if len(inputs) != 1:
+        return True
+    path = inputs[0]
+    if path == "-":
+        return False
+    return "://" in path or any(c in path for c in "*?[") or os.path.isdir(path) or path.endswith(".parquet")
+
+
+def run_data(
+    chain: Runnable[Any, Any], inputs: tuple[str, ...], output: str, errors: str | None, address: str | None,
+    id_field: str | None, resume: bool, chunk_size: int | None, output_format: str, concurrency: int | None,
+    progress: bool, setup_error: type[click.ClickException],
+) -> int:
+    """Run the pipeline; return the exit status (0 all ok, 1 some failed). Set-up failures raise ``setup_error``."""
+    from .datafiles import ChainFiles, ShardJob, Shards, expand_inputs
+
+    out, errs = Shards(output), Shards(errors or output)
+    out_prefix, err_prefix = ("part-",), ("errors-",)
+    done: set[str] = set()
+    try:  # everything that can be refused is refused before Ray starts
+        paths = expand_inputs(inputs)
+        for shards in (out, errs):
+            shards.make()
+        existing = out.files(out_prefix) + errs.files(err_prefix)
+        if existing and not resume:
+            raise setup_error(f"{output}: already holds shards ({len(existing)}): add --resume to finish that "
+                              "run, or give an empty folder")
+        if resume:
+            for shards in (out, errs):
+                for path in shards.leftovers():  # temporary files of a killed run: never a complete shard
+                    shards.fs.delete_file(path)
+            out.ids(out_prefix, done)
+            errs.ids(err_prefix, done)
+    except (OSError, ValueError) as exc:
+        raise setup_error(str(exc)) from None
+
+    from . import data as rr_data
+    from .backends import get_backend
+    from .errors import BackendError, UnpicklableStepError
+
+    try:
+        get_backend("ray", address=address).ensure_started()  # type: ignore[attr-defined]
+        rr_data.prepare(chain)
+        source = ChainFiles(paths)
+    except (BackendError, UnpicklableStepError) as exc:
+        raise setup_error(f"{type(exc).__name__}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise setup_error(str(exc)) from None
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = progress
+    done_ref = ray.put(frozenset(done)) if done else None
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref)
+    args = rr_data.map_batches_args(chain, job, concurrency, chunk_size or 10_000)
+    dataset = ray.data.read_datasource(source).map_batches(**args)
+    counts = dict.fromkeys(("ok", "failed", "malformed", "skipped"), 0)
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for key in counts:
+                counts[key] += sum(batch.column(key).to_pylist())
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {_counts(counts)}; finish with --resume", err=True)
+        return 130
+    except Exception as exc:
+        raise click.ClickException(f"run stopped ({type(exc).__name__}: {exc}); {_counts(counts)}; "
+                                   "finish with --resume") from None
+    click.echo(_counts(counts) + (f"; {len(done):,} already done" if resume else ""), err=True)
+    return 1 if counts["failed"] else 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    malformed = f" ({counts['malformed']:,} malformed lines)" if counts["malformed"] else ""
+    return f"{counts['ok']:,} ok, {counts['failed']:,} failed{malformed}"
