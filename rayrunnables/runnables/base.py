@@ -394,43 +394,27 @@ class Runnable(Generic[Input, Output]):
 
 
 # ---- run events: each run method, when a recorder is on, reports start/end/error (``engine.events``) -------------
-def _traced_invoke(impl: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(impl)
-    def _invoke(self: Runnable[Any, Any], input: Any, ctx: RunContext) -> Any:
-        if ctx.events is None or ctx.run_owner is self:  # nobody records, or the node's own run goes on
-            return impl(self, input, ctx)
-        return run_invoke(self, impl, input, ctx)
+def _tracer(run: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A run method that hands itself to ``run`` (``engine.events``) when someone records, and otherwise
+    is the method itself: one attribute test on the hot path."""
 
-    _invoke._traced = True  # type: ignore[attr-defined]
-    return _invoke
+    def wrap(impl: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(impl)
+        def traced(self: Runnable[Any, Any], value: Any, ctx: RunContext) -> Any:
+            if ctx.events is None or ctx.run_owner is self:  # nobody records, or the node's own run goes on
+                return impl(self, value, ctx)
+            return run(self, impl, value, ctx)
 
+        traced._traced = True  # type: ignore[attr-defined]
+        return traced
 
-def _traced_batch(impl: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(impl)
-    def _invoke_batch(self: Runnable[Any, Any], inputs: list[Any], ctx: RunContext) -> list[Any]:
-        if ctx.events is None or ctx.run_owner is self:
-            return cast(list[Any], impl(self, inputs, ctx))
-        return run_batch_items(self, impl, inputs, ctx)
-
-    _invoke_batch._traced = True  # type: ignore[attr-defined]
-    return _invoke_batch
-
-
-def _traced_transform(impl: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(impl)
-    def _transform(self: Runnable[Any, Any], chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
-        if ctx.events is None or ctx.run_owner is self:
-            return cast(Iterator[Any], impl(self, chunks, ctx))
-        return run_transform(self, impl, chunks, ctx)
-
-    _transform._traced = True  # type: ignore[attr-defined]
-    return _transform
+    return wrap
 
 
 _TRACERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-    "_invoke": _traced_invoke, "_invoke_batch": _traced_batch, "_transform": _traced_transform,
+    "_invoke": _tracer(run_invoke), "_invoke_batch": _tracer(run_batch_items), "_transform": _tracer(run_transform),
 }
-Runnable._invoke_batch = _traced_batch(Runnable._invoke_batch)  # type: ignore[method-assign]
+Runnable._invoke_batch = _TRACERS["_invoke_batch"](Runnable._invoke_batch)  # type: ignore[method-assign]
 # (the default ``_transform`` is not a streamed run: it invokes, and its run is ``_invoke``'s, as in LangChain,
 # where a runnable that does not stream natively reports an invoked run inside a stream)
 
