@@ -249,7 +249,8 @@ def test_run_name_tags_and_metadata_reach_the_handler(cfg: dict[str, Any]) -> No
     chain = rr.RunnableLambda(inc).with_config(run_name="first") | rr.RunnableLambda(double)
     chain.invoke(1, {**cfg, "callbacks": [Named()], "tags": ["t"], "metadata": {"m": 1}})
     assert [name for name, _, _ in seen] == ["RunnableSequence", "first", "double"]
-    assert all(tags == ["t"] and meta == {"m": 1} for _, tags, meta in seen)
+    assert [tags for _, tags, _ in seen] == [["t"], ["seq:step:1", "t"], ["seq:step:2", "t"]]
+    assert all(meta == {"m": 1} for _, _, meta in seen)
 
 
 def test_listeners_are_served_from_the_events_in_this_process(cfg: dict[str, Any]) -> None:
@@ -373,3 +374,43 @@ def test_ray_invoke_failing_branch_reports_errors_up_the_tree(ray_session: Any) 
         ("chain_start", "boom", "RunnableParallel<ok,bad>"), ("chain_error", "boom", "RunnableParallel<ok,bad>"),
         ("chain_error", "RunnableParallel<ok,bad>", "RunnableSequence"), ("chain_error", "RunnableSequence", None),
     ])
+
+
+def test_a_bindings_own_callbacks_hear_the_runs_inside_it(cfg: dict[str, Any]) -> None:
+    """``with_config(callbacks=[h])``: ``h`` sees the bound step's runs (and what runs inside them), from
+    any worker, as LangChain's binding gives; the call's own handlers see everything."""
+    def build(m: Any, handler: Any) -> Any:
+        inner = (m.RunnableLambda(inc) | {"a": m.RunnableLambda(double), "b": m.RunnablePassthrough()})
+        return m.RunnableLambda(inc) | inner.with_config(callbacks=[handler]) | m.RunnableLambda(add_up)
+
+    theirs, ours = Tree(), Tree()
+    theirs_all, ours_all = Tree(), Tree()
+    assert build(lc, theirs).invoke(1, {"callbacks": [theirs_all]}) == build(rr, ours).invoke(
+        1, {**cfg, "callbacks": [ours_all]}
+    )
+    assert Counter(ours.events) == Counter(theirs.events)
+    assert Counter(ours_all.events) == Counter(theirs_all.events)
+    theirs, ours = Tree(), Tree()
+    build(lc, theirs).batch([1, 2])
+    build(rr, ours).batch([1, 2], cfg)  # no call-level callbacks at all: the binding's still hear
+    assert Counter(ours.events) == Counter(theirs.events)
+
+
+def test_runs_carry_langchains_position_tags(cfg: dict[str, Any]) -> None:
+    seen: dict[str, list[tuple[str, tuple[str, ...]]]] = {"lc": [], "rr": []}
+
+    def tagger(side: str) -> Any:
+        class Tags(BaseCallbackHandler):
+            def on_chain_start(self, serialized: Any, inputs: Any, **kw: Any) -> None:
+                seen[side].append((kw["name"], tuple(kw["tags"])))
+
+        return Tags()
+
+    def build(m: Any) -> Any:
+        branch = m.RunnableBranch((m.RunnableLambda(lambda x: x > 100, name="big"), m.RunnableLambda(double)),
+                                  m.RunnableLambda(inc))
+        return m.RunnableLambda(inc) | {"a": branch, "b": m.RunnablePassthrough()} | m.RunnableLambda(add_up)
+
+    build(lc).invoke(1, {"callbacks": [tagger("lc")], "tags": ["mine"]})
+    build(rr).invoke(1, {**cfg, "callbacks": [tagger("rr")], "tags": ["mine"]})
+    assert Counter(seen["rr"]) == Counter(seen["lc"])

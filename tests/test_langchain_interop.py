@@ -404,14 +404,16 @@ def test_wrappers_translate_with_their_settings() -> None:
     assert isinstance(fallbacks, rr.RunnableWithFallbacks) and fallbacks.exception_key == "e"
 
 
-def test_binding_keeps_tags_metadata_run_name_and_drops_callbacks() -> None:
+def test_binding_keeps_tags_metadata_run_name_and_its_callbacks_here() -> None:
     handler = BaseCallbackHandler()
     chain = RunnableLambda(inc).with_config(
         tags=["t"], metadata={"m": 1}, run_name="named", callbacks=[handler], max_concurrency=3
     )
     ours = from_langchain(chain)
     assert isinstance(ours, rr.RunnableBinding)
+    callbacks = ours.config.pop("callbacks")
     assert ours.config == {"tags": ["t"], "metadata": {"m": 1}, "run_name": "named", "max_concurrency": 3}
+    assert callbacks.handlers == [handler]  # kept in this process; a worker gets the key only
     assert ours.get_name() == "named"
 
 

@@ -1,7 +1,7 @@
 """Run events as data: recorded where a step runs, carried back, replayed into the caller's handlers.
 
 An event is LangChain's own vocabulary, ``(method, args, kwargs, meta)``: ``("on_chain_start", (None,
-input), {"run_id": ..., "parent_run_id": ..., "name": ...}, (time_ns, step_path, pid))``. Replaying it is
+input), {"run_id": ..., "parent_run_id": ..., "name": ...}, (time_ns, step_path, pid, scopes))``. Replaying it is
 ``getattr(handler, method)(*args, **kwargs)``, so any LangChain callback handler, tracer or callback
 manager works unchanged (duck-typed: nothing here imports langchain-core), and the same records feed
 ``astream_events``, listeners and OpenTelemetry.
@@ -15,9 +15,11 @@ step.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -32,12 +34,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Event", "Recorder", "Buffer", "Dispatcher", "RunSink", "recorder_for", "run_invoke", "run_transform",
     "run_batch_items", "LISTENER_EVENT", "PARENT_RUN_KEY", "STREAM_EVENT", "Listeners", "Run", "notify_listener",
-    "enter_run",
+    "enter_run", "position_tags", "Scoped", "ScopedCallbacks", "scoped_callbacks", "Meta",
 ]
 
 logger = logging.getLogger("rayrunnables.events")
 
-Event = tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, str, int]]
+Meta = tuple[Any, ...]  # (time_ns, step path, pid, scopes): when, where and which step; scopes: see ``Scoped``
+Event = tuple[str, tuple[Any, ...], dict[str, Any], Meta]
 
 #: a chunk a streamed run produced (``astream_events``' ``on_chain_stream``); recorded only when wanted
 STREAM_EVENT = "on_chain_stream"
@@ -66,7 +69,8 @@ class Recorder:
 
     streams = False
 
-    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
+             scopes: tuple[str, ...] = ()) -> None:
         raise NotImplementedError
 
     def replay(self, events: Iterable[Event]) -> None:
@@ -74,7 +78,7 @@ class Recorder:
         for method, args, kwargs, meta in events:
             self.deliver(method, args, kwargs, meta)
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         raise NotImplementedError
 
 
@@ -85,10 +89,11 @@ class Buffer(Recorder):
         self.streams = streams
         self.events: list[Event] = []
 
-    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
-        self.events.append((method, args, kwargs, (time.time_ns(), path, os.getpid())))  # list.append is atomic
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
+             scopes: tuple[str, ...] = ()) -> None:
+        self.events.append((method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes)))  # atomic append
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         self.events.append((method, args, kwargs, meta))
 
     def take(self) -> list[Event]:
@@ -113,10 +118,11 @@ class Dispatcher(Recorder):
     def with_sink(self, sink: Callable[..., None], streams: bool = False) -> Dispatcher:
         return Dispatcher(self.handlers, [*self.sinks, sink], self.streams or streams)
 
-    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "") -> None:
-        self.deliver(method, args, kwargs, (time.time_ns(), path, os.getpid()))
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
+             scopes: tuple[str, ...] = ()) -> None:
+        self.deliver(method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes))
 
-    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]) -> None:
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         with self._lock:
             if method == LISTENER_EVENT:
                 _notify_listener(*args)
@@ -125,6 +131,66 @@ class Dispatcher(Recorder):
                 sink(method, args, kwargs, meta)
             for handler in self.handlers:
                 _call_handler(handler, method, args, kwargs, meta)
+            for key in meta[3] if len(meta) > 3 else ():  # the handlers of a ``with_config(callbacks=...)``
+                scope = _SCOPES.get(key)
+                for handler in scope.handlers if scope is not None else ():
+                    _call_handler(handler, method, args, kwargs, meta)
+
+
+class Scoped(Recorder):
+    """Inside a binding with callbacks of its own: every event also names that binding's scope, so the
+    caller's process hands it to those handlers too, wherever it was recorded."""
+
+    def __init__(self, inner: Recorder, key: str) -> None:
+        self.inner, self.key, self.streams = inner, key, inner.streams
+
+    def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
+             scopes: tuple[str, ...] = ()) -> None:
+        self.inner.emit(method, args, kwargs, path, (*scopes, self.key))
+
+    def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
+        scopes = meta[3] if len(meta) > 3 else ()
+        self.inner.deliver(method, args, kwargs, (*meta[:3], (*scopes, self.key)))
+
+
+class ScopedCallbacks:
+    """A binding's own handlers (``with_config(callbacks=[...])``). They stay in the process that built the
+    chain, registered by ``key``; a copy sent to a worker carries the key only."""
+
+    def __init__(self, handlers: list[Any], key: str | None = None) -> None:
+        self.handlers = handlers
+        self.key = key or uuid.uuid4().hex
+        _SCOPES[self.key] = self
+
+    def __reduce__(self) -> Any:
+        return (_scoped_callbacks, (self.key,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScopedCallbacks) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _scoped_callbacks(key: str) -> ScopedCallbacks:
+    found = _SCOPES.get(key)
+    if found is not None:
+        return found
+    stub = ScopedCallbacks.__new__(ScopedCallbacks)
+    stub.handlers, stub.key = [], key
+    return stub
+
+
+_SCOPES: weakref.WeakValueDictionary[str, ScopedCallbacks] = weakref.WeakValueDictionary()
+
+
+def scoped_callbacks(callbacks: Any) -> ScopedCallbacks:
+    """A ``with_config(callbacks=...)`` value (a list of handlers, one handler, or a LangChain manager)."""
+    if isinstance(callbacks, ScopedCallbacks):
+        return callbacks
+    if isinstance(callbacks, (list, tuple)):
+        return ScopedCallbacks(list(callbacks))
+    return ScopedCallbacks(list(getattr(callbacks, "handlers", None) or [callbacks]))
 
 
 class RunSink:
@@ -171,11 +237,34 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
+_POSITION = re.compile(r"^(?:step (\d+)|parallel\[(.+)\]|branch\[(\d+)\]( condition)?|branch (default))$")
+
+
+def position_tags(segments: tuple[str, ...]) -> list[str]:
+    """LangChain's tag for a run's place in its parent (``seq:step:2``, ``map:key:a``, ``condition:1``,
+    ``branch:1``, ``branch:default``), from the last segment of its step path."""
+    match = _POSITION.match(segments[-1]) if segments else None
+    if match is None:
+        return []
+    step, key, branch, condition, default = match.groups()
+    if step:
+        return [f"seq:step:{step}"]
+    if key:
+        try:
+            return [f"map:key:{ast.literal_eval(key)}"]
+        except (ValueError, SyntaxError):
+            return []
+    if default:
+        return ["branch:default"]
+    return [f"{'condition' if condition else 'branch'}:{int(branch) + 1}"]
+
+
 def _start(ctx: RunContext, node: Any, input: Any, path: str, **extra: Any) -> tuple[uuid.UUID, dict[str, Any]]:
     config = ctx.config
     given = config.get("run_id")
     run_id = given if isinstance(given, uuid.UUID) else uuid.uuid4()
-    ids: dict[str, Any] = {"run_id": run_id, "parent_run_id": ctx.run_id, "tags": list(config.get("tags") or ())}
+    tags = [*position_tags(ctx.path), *(config.get("tags") or ())]
+    ids: dict[str, Any] = {"run_id": run_id, "parent_run_id": ctx.run_id, "tags": tags}
     start = {**ids, "metadata": dict(config.get("metadata") or {}),
              "name": config.get("run_name") or node.run_name(), "run_type": None, **extra}
     assert ctx.events is not None
@@ -282,7 +371,7 @@ def _ignored(handler: Any, method: str) -> bool:
 
 
 def _call_handler(
-    handler: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]
+    handler: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta
 ) -> None:
     raw = getattr(handler, "on_run_event", None)
     if raw is not None:  # a consumer of the records themselves (with when, where and which step): OpenTelemetry

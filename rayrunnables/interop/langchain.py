@@ -406,7 +406,6 @@ def _bound(node: LCBindingBase[Any, Any]) -> Runnable[Any, Any]:
     """What a binding binds: translated, or opaque with its kwargs; then its config (callbacks dropped)."""
     inner = _opaque(node.bound, node.kwargs) if node.kwargs else from_langchain(node.bound)
     config = _from_lc_config(node.config)
-    config.pop("callbacks", None)  # a binding's own handlers: not carried (give callbacks at the call)
     if not config:
         return inner
     ours = inner.with_config(config)

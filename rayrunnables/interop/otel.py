@@ -40,13 +40,11 @@ class OpenTelemetryTracer:
         self._spans: dict[UUID, Any] = {}
         self._lock = threading.Lock()
 
-    def on_run_event(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[int, str, int]
-    ) -> None:
+    def on_run_event(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[Any, ...]) -> None:
         run_id = kwargs.get("run_id")
         if not isinstance(run_id, UUID):
             return
-        when, path, pid = meta
+        when, path, pid = meta[0], meta[1], meta[2]
         if method in _STARTS:
             name = _run_name(method, args, kwargs)
             with self._lock:

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
-from ..engine.events import PARENT_RUN_KEY, RunSink, recorder_for, run_batch_items, run_invoke, run_transform
+from ..engine.events import (
+    PARENT_RUN_KEY,
+    RunSink,
+    ScopedCallbacks,
+    recorder_for,
+    run_batch_items,
+    run_invoke,
+    run_transform,
+    scoped_callbacks,
+)
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
@@ -345,6 +354,8 @@ class Runnable(Generic[Input, Output]):
         from .wrappers import RunnableBinding
 
         cfg = validate_config({**(config or {}), **kwargs}, f"{self.label()}.with_config")
+        if cfg.get("callbacks") is not None and not isinstance(cfg["callbacks"], RunSink):
+            cfg["callbacks"] = scoped_callbacks(cfg["callbacks"])  # they stay here; workers send their runs back
         return RunnableBinding.wrap(self, config=cfg)
 
     def with_listeners(
@@ -420,14 +431,24 @@ Runnable._invoke_batch = _TRACERS["_invoke_batch"](Runnable._invoke_batch)  # ty
 
 
 def _listens(node: Any) -> bool:
-    """Whether ``node`` holds a ``with_listeners`` binding (cached: nodes are frozen)."""
+    """Whether ``node`` holds a ``with_listeners`` binding or one with callbacks of its own (cached: nodes
+    are frozen)."""
     found = node.__dict__.get("_listens")
     if found is None:
         from ..engine.steps import walk
 
-        found = any(getattr(n, "listeners", None) is not None for n in walk(node))
+        found = any(
+            getattr(n, "listeners", None) is not None
+            or isinstance(_config_of(n).get("callbacks"), ScopedCallbacks)
+            for n in walk(node)
+        )
         object.__setattr__(node, "_listens", found)
     return bool(found)
+
+
+def _config_of(node: Any) -> dict[str, Any]:
+    config = getattr(node, "config", None)
+    return config if isinstance(config, dict) else {}
 
 
 def _recording(cfg: dict[str, Any], node: Any) -> dict[str, Any]:

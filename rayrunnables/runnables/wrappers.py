@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import merge_configs
 from ..context import RunContext, ThreadLimiter
-from ..engine.events import LISTENER_EVENT, Listeners, Run, notify_listener
+from ..engine.events import LISTENER_EVENT, Listeners, Run, RunSink, Scoped, ScopedCallbacks, notify_listener
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
 from .chunks import NOTHING, gather
@@ -202,7 +202,9 @@ class RunnableBinding(Runnable[Input, Output]):
         options: dict[str, Any] | None = None,
         listeners: Listeners | None = None,
     ) -> RunnableBinding[Input, Output]:
-        if isinstance(bound, RunnableBinding) and bound.listeners is None and listeners is None:
+        both_call_back = bool(isinstance(bound, RunnableBinding) and bound.config.get("callbacks")
+                              and (config or {}).get("callbacks"))
+        if isinstance(bound, RunnableBinding) and bound.listeners is None and listeners is None and not both_call_back:
             return cls(
                 bound.bound,
                 merge_configs(bound.config, config or {}),
@@ -252,6 +254,14 @@ class RunnableBinding(Runnable[Input, Output]):
         if not self.config:
             return ctx
         inner = ctx.with_config(merge_configs(ctx.config, self.config))
+        scope = self.config.get("callbacks")
+        if isinstance(scope, ScopedCallbacks):  # our handlers hear every run inside, wherever it runs
+            if ctx.events is None:
+                inner.config["callbacks"] = ctx.config.get("callbacks")
+            else:
+                events = Scoped(ctx.events, scope.key)
+                inner = inner.recording(events, ctx.run_id)
+                inner.config["callbacks"] = RunSink(events, ctx.run_id)
         cap = self.config.get("max_concurrency")
         if not cap:
             return inner

@@ -189,11 +189,9 @@ class Invocation:
         """A composite step's own run: started here at submission, its end logged with its pending output."""
         assert self.log is not None
         run_id = uuid4()
-        config = merge_configs(self.ctx.config, {"run_name": unit.run_name} if unit.run_name else {})
-        path = " > ".join((*unit.path, unit.node.label()))
-        ids = self.log.start(unit.node, run_id, parent, config, path, pending, unit.run_name)
+        ids = self.log.start(unit.node, run_id, parent, self.ctx.config, unit.path, pending, unit.run_name)
         output = self.submit(unit.inner, pending, run_id)
-        self.log.end(ids, output, path)
+        self.log.end(ids, output, unit.path, unit.node)
         return output
 
     def submit_map(self, unit: planning.Map, pending: Pending, parent: UUID | None = None) -> Pending:

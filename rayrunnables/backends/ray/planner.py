@@ -110,7 +110,7 @@ def plan(
     opts, cfg = options or {}, config or {}
     if isinstance(node, RunnableBinding):
         inner_opts = {**opts, **node.options}
-        if node.listeners is not None or node.config.get("max_concurrency"):
+        if node.listeners is not None or node.config.get("max_concurrency") or node.config.get("callbacks"):
             # a cap of its own is a scope that must hold every call inside it: one task runs it whole
             return Task([(path, node)], inner_opts, "worker", cfg)
         # tags, metadata, run_name, configurable: carried to every task inside, structure kept

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from ...engine.events import Event, Recorder
+from ...engine.events import Event, Recorder, position_tags
 from .pending import Pending, flatten, rebuild
 from .tasks import convert
 from .worker import EVENTS_ATTR
@@ -37,16 +37,18 @@ class RunLog:
         with self._lock:  # branches that wait in the driver submit from threads
             self.entries.append(entry)
 
-    def start(self, node: Any, run_id: uuid.UUID, parent: uuid.UUID | None, config: dict[str, Any], path: str,
-              input: Pending, run_name: str | None) -> dict[str, Any]:
-        ids = {"run_id": run_id, "parent_run_id": parent, "tags": list(config.get("tags") or ())}
+    def start(self, node: Any, run_id: uuid.UUID, parent: uuid.UUID | None, config: dict[str, Any],
+              segments: tuple[str, ...], input: Pending, run_name: str | None) -> dict[str, Any]:
+        path = " > ".join((*segments, node.label()))
+        tags = [*position_tags(segments), *(config.get("tags") or ())]
+        ids = {"run_id": run_id, "parent_run_id": parent, "tags": tags}
         start = {**ids, "metadata": dict(config.get("metadata") or {}), "name": run_name or node.run_name(),
                  "run_type": None}
         self._add("start", start, input, (time.time_ns(), path, os.getpid()))
         return ids
 
-    def end(self, ids: dict[str, Any], output: Pending, path: str) -> None:
-        self._add("end", ids, output, path)
+    def end(self, ids: dict[str, Any], output: Pending, segments: tuple[str, ...], node: Any) -> None:
+        self._add("end", ids, output, " > ".join((*segments, node.label())))
 
     def recorded(self, events_ref: Any) -> None:
         """A task's second return: the events it recorded."""
@@ -58,6 +60,8 @@ class RunLog:
 
     def replay(self, error: BaseException | None) -> None:
         skipped: set[uuid.UUID] = set()
+        self.parents: dict[uuid.UUID, uuid.UUID | None] = {}
+        self.latest: dict[uuid.UUID, int] = {}  # the last moment anything of a run (or its children) happened
         for entry in self.entries:
             kind = entry[0]
             if kind == "start":
@@ -66,21 +70,30 @@ class RunLog:
                 if not ok:
                     skipped.add(start["run_id"])
                     continue
-                self.recorder.deliver("on_chain_start", (None, value), start, meta)
+                self._deliver("on_chain_start", (None, value), start, meta)
             elif kind == "end":
                 _, ids, output, path = entry
                 if ids["run_id"] in skipped:
                     continue
                 ok, value = _resolved(output)
-                meta = (time.time_ns(), path, os.getpid())
+                # a split step ended when its last part did (its parts' events came before this entry)
+                meta = (self.latest.get(ids["run_id"], time.time_ns()), path, os.getpid())
                 if ok:
-                    self.recorder.deliver("on_chain_end", (value,), ids, meta)
+                    self._deliver("on_chain_end", (value,), ids, meta)
                 else:
-                    self.recorder.deliver("on_chain_error", (error,), ids, meta)
-            elif kind == "refs":
-                self.recorder.replay(_task_events(entry[1]))
+                    self._deliver("on_chain_error", (error,), ids, meta)
             else:
-                self.recorder.replay(entry[1])
+                for method, args, kwargs, meta in _task_events(entry[1]) if kind == "refs" else entry[1]:
+                    self._deliver(method, args, kwargs, meta)
+
+    def _deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> None:
+        run_id = kwargs.get("run_id")
+        if method.endswith("_start") and isinstance(run_id, uuid.UUID):
+            self.parents[run_id] = kwargs.get("parent_run_id")
+        while isinstance(run_id, uuid.UUID) and self.latest.get(run_id, 0) < meta[0]:
+            self.latest[run_id] = meta[0]
+            run_id = self.parents.get(run_id)
+        self.recorder.deliver(method, args, kwargs, meta)
 
 
 def _resolved(pending: Pending) -> tuple[bool, Any]:
