@@ -414,3 +414,12 @@ def test_runs_carry_langchains_position_tags(cfg: dict[str, Any]) -> None:
     build(lc).invoke(1, {"callbacks": [tagger("lc")], "tags": ["mine"]})
     build(rr).invoke(1, {**cfg, "callbacks": [tagger("rr")], "tags": ["mine"]})
     assert Counter(seen["rr"]) == Counter(seen["lc"])
+
+
+@pytest.mark.parametrize("bad", ["a string", print, {"on_chain_start": 1}, 42])
+def test_what_is_not_a_handler_is_a_clear_error_at_the_call(bad: Any) -> None:
+    chain = rr.RunnableLambda(inc) | rr.RunnableLambda(double)
+    with pytest.raises(rr.ConfigError, match=r"callbacks'\]\[0\].*not a callback handler"):
+        chain.invoke(1, {"callbacks": [bad]})
+    with pytest.raises(rr.ConfigError, match="not a callback handler"):
+        chain.with_config(callbacks=[bad])

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from ..context import RunContext
 
@@ -189,8 +191,9 @@ def scoped_callbacks(callbacks: Any) -> ScopedCallbacks:
     if isinstance(callbacks, ScopedCallbacks):
         return callbacks
     if isinstance(callbacks, (list, tuple)):
-        return ScopedCallbacks(list(callbacks))
-    return ScopedCallbacks(list(getattr(callbacks, "handlers", None) or [callbacks]))
+        return ScopedCallbacks(checked_handlers(list(callbacks), "with_config(callbacks=...)"))
+    handlers = list(getattr(callbacks, "handlers", None) or [callbacks])
+    return ScopedCallbacks(checked_handlers(handlers, "with_config(callbacks=...)"))
 
 
 class RunSink:
@@ -233,7 +236,25 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
         handlers = [callbacks]
     if not handlers and not listens:
         return None, None
-    return Dispatcher(handlers), parent
+    return Dispatcher(checked_handlers(handlers)), parent
+
+
+def checked_handlers(handlers: list[Any], where: str = "config['callbacks']") -> list[Any]:
+    """Handlers are objects with LangChain's callback methods (``on_chain_start``...) or ``on_run_event``;
+    anything else (a string, a function, a dict) is a clear error at the call, not a silent no-op."""
+    for n, handler in enumerate(handlers):
+        if callable(handler) and not isinstance(handler, type) and not hasattr(handler, "on_chain_start"):
+            is_handler = hasattr(handler, "on_run_event")
+        else:
+            is_handler = not isinstance(handler, (str, bytes, int, float, dict, type(None), type)) and any(
+                name.startswith("on_") for name in dir(handler)
+            )
+        if not is_handler:
+            raise ConfigError(
+                f"{where}[{n}]: {type(handler).__name__} {handler!r:.60} is not a callback handler: give objects "
+                "with LangChain's callback methods (a BaseCallbackHandler, a tracer) or a callback manager"
+            )
+    return handlers
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
