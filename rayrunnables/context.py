@@ -122,7 +122,7 @@ class RunContext:
     ) -> RunContext:
         """A context rebuilt in another process from what ``state`` sent; its run events (if the caller
         records any) go into a ``Buffer`` that travels back with the results."""
-        events = Buffer(streams=state.recording > 1) if state.recording else None
+        events = Buffer(streams=state.recording > 1, trace_id=state.trace_id) if state.recording else None
         config = state.config if events is None else {**state.config, "callbacks": RunSink(events, state.run_id)}
         return cls(config, state.path if path is None else path, limiters=state.limiters, depth=state.depth,
                    services=services, events=events, run_id=state.run_id)
@@ -130,8 +130,9 @@ class RunContext:
     def state(self, config: dict[str, Any], path: tuple[str, ...] | None = None) -> ContextState:
         """This context as plain data (with ``config``: what may leave this process), for another process."""
         recording = 0 if self.events is None else 1 + self.events.streams
+        trace_id = None if self.events is None else self.events.trace_id
         return ContextState(config, self.path if path is None else path, self.depth, self.limiters, self.run_id,
-                            recording)
+                            recording, trace_id)
 
     def in_run(self, node: Any, run_id: UUID, config: dict[str, Any]) -> RunContext:
         """Inside ``node``'s run: what starts here is its child (``rayrunnables.engine.events.enter_run``)."""

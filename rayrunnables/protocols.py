@@ -93,6 +93,7 @@ class ContextState(NamedTuple):
     limiters: tuple[Any, ...]
     run_id: Any = None  # the caller's run: runs started there are its children
     recording: int = 0  # 0: nobody listens; 1: run events; 2: and every streamed chunk
+    trace_id: int | None = None  # the caller's OpenTelemetry trace, when an OpenTelemetry consumer listens
 
 
 class ChunkRunner(Protocol):

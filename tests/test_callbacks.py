@@ -423,3 +423,37 @@ def test_what_is_not_a_handler_is_a_clear_error_at_the_call(bad: Any) -> None:
         chain.invoke(1, {"callbacks": [bad]})
     with pytest.raises(rr.ConfigError, match="not a callback handler"):
         chain.with_config(callbacks=[bad])
+
+
+def whoami(x: int) -> list[str]:
+    """The OpenTelemetry span current while this step runs (in whatever process), as hex ids."""
+    from opentelemetry import trace
+
+    current = trace.get_current_span().get_span_context()
+    return [format(current.trace_id, "032x"), format(current.span_id, "016x")]
+
+
+def test_otel_trace_context_travels_with_the_work(cfg: dict[str, Any]) -> None:
+    """Inside a step (a Ray worker too) the current span is the step's own span, made by the caller's
+    tracer with that same id: what the step traces itself nests under it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from rayrunnables.interop.otel import OpenTelemetryTracer
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    chain = rr.RunnableLambda(inc) | {"who": rr.RunnableLambda(whoami), "same": rr.RunnablePassthrough()}
+    with provider.get_tracer("test").start_as_current_span("request") as request:
+        out = chain.invoke(1, {**cfg, "callbacks": [OpenTelemetryTracer(tracer_provider=provider)]})
+    trace_id, span_id = out["who"]
+    step = next(s for s in exporter.get_finished_spans() if s.name.endswith("lambda 'whoami'"))
+    assert format(step.context.span_id, "016x") == span_id
+    assert format(step.context.trace_id, "032x") == trace_id == format(request.get_span_context().trace_id, "032x")
+    # without a span around the call, the trace is a new one, still the same on both sides
+    exporter.clear()
+    out = chain.invoke(1, {**cfg, "callbacks": [OpenTelemetryTracer(tracer_provider=provider)]})
+    step = next(s for s in exporter.get_finished_spans() if s.name.endswith("lambda 'whoami'"))
+    assert [format(step.context.trace_id, "032x"), format(step.context.span_id, "016x")] == out["who"]

@@ -19,6 +19,7 @@ import ast
 import inspect
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -67,12 +68,15 @@ _RUN_ONLY_KEYS = ("run_name", "run_id")
 
 
 class Recorder:
-    """Where run events go. ``streams``: whether chunk events (``STREAM_EVENT``) are wanted at all."""
+    """Where run events go. ``streams``: whether chunk events (``STREAM_EVENT``) are wanted at all;
+    ``trace_id``: an OpenTelemetry trace the runs belong to (each run then gets its span id where it
+    starts, and runs with that span as the current one: see ``interop.otel``)."""
 
     streams = False
+    trace_id: int | None = None
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
-             scopes: tuple[str, ...] = ()) -> None:
+             scopes: tuple[str, ...] = (), span: tuple[int, int] | None = None) -> None:
         raise NotImplementedError
 
     def replay(self, events: Iterable[Event]) -> None:
@@ -87,13 +91,13 @@ class Recorder:
 class Buffer(Recorder):
     """Events kept in order, to travel back with a worker's results (``take`` empties it)."""
 
-    def __init__(self, streams: bool = False) -> None:
-        self.streams = streams
+    def __init__(self, streams: bool = False, trace_id: int | None = None) -> None:
+        self.streams, self.trace_id = streams, trace_id
         self.events: list[Event] = []
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
-             scopes: tuple[str, ...] = ()) -> None:
-        self.events.append((method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes)))  # atomic append
+             scopes: tuple[str, ...] = (), span: tuple[int, int] | None = None) -> None:
+        self.events.append((method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes, span)))  # atomic
 
     def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         self.events.append((method, args, kwargs, meta))
@@ -118,11 +122,13 @@ class Dispatcher(Recorder):
         self._lock = threading.RLock()
 
     def with_sink(self, sink: Callable[..., None], streams: bool = False) -> Dispatcher:
-        return Dispatcher(self.handlers, [*self.sinks, sink], self.streams or streams)
+        other = Dispatcher(self.handlers, [*self.sinks, sink], self.streams or streams)
+        other.trace_id = self.trace_id
+        return other
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
-             scopes: tuple[str, ...] = ()) -> None:
-        self.deliver(method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes))
+             scopes: tuple[str, ...] = (), span: tuple[int, int] | None = None) -> None:
+        self.deliver(method, args, kwargs, (time.time_ns(), path, os.getpid(), scopes, span))
 
     def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         with self._lock:
@@ -144,15 +150,15 @@ class Scoped(Recorder):
     caller's process hands it to those handlers too, wherever it was recorded."""
 
     def __init__(self, inner: Recorder, key: str) -> None:
-        self.inner, self.key, self.streams = inner, key, inner.streams
+        self.inner, self.key, self.streams, self.trace_id = inner, key, inner.streams, inner.trace_id
 
     def emit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], path: str = "",
-             scopes: tuple[str, ...] = ()) -> None:
-        self.inner.emit(method, args, kwargs, path, (*scopes, self.key))
+             scopes: tuple[str, ...] = (), span: tuple[int, int] | None = None) -> None:
+        self.inner.emit(method, args, kwargs, path, (*scopes, self.key), span)
 
     def deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Meta) -> None:
         scopes = meta[3] if len(meta) > 3 else ()
-        self.inner.deliver(method, args, kwargs, (*meta[:3], (*scopes, self.key)))
+        self.inner.deliver(method, args, kwargs, (*meta[:3], (*scopes, self.key), *meta[4:]))
 
 
 class ScopedCallbacks:
@@ -236,7 +242,13 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
         handlers = [callbacks]
     if not handlers and not listens:
         return None, None
-    return Dispatcher(checked_handlers(handlers)), parent
+    dispatcher = Dispatcher(checked_handlers(handlers))
+    for handler in handlers:  # an OpenTelemetry consumer plans the trace (``interop.otel``)
+        plan = getattr(handler, "plan_trace", None)
+        if plan is not None:
+            dispatcher.trace_id = plan()
+            break
+    return dispatcher, parent
 
 
 def checked_handlers(handlers: list[Any], where: str = "config['callbacks']") -> list[Any]:
@@ -280,7 +292,9 @@ def position_tags(segments: tuple[str, ...]) -> list[str]:
     return [f"{'condition' if condition else 'branch'}:{int(branch) + 1}"]
 
 
-def _start(ctx: RunContext, node: Any, input: Any, path: str, **extra: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+def _start(
+    ctx: RunContext, node: Any, input: Any, path: str, **extra: Any
+) -> tuple[uuid.UUID, dict[str, Any], tuple[int, int] | None]:
     config = ctx.config
     given = config.get("run_id")
     run_id = given if isinstance(given, uuid.UUID) else uuid.uuid4()
@@ -289,8 +303,29 @@ def _start(ctx: RunContext, node: Any, input: Any, path: str, **extra: Any) -> t
     start = {**ids, "metadata": dict(config.get("metadata") or {}),
              "name": config.get("run_name") or node.run_name(), "run_type": None, **extra}
     assert ctx.events is not None
-    ctx.events.emit("on_chain_start", (None, input), start, path)
-    return run_id, ids
+    trace_id = ctx.events.trace_id
+    span = None if trace_id is None else (trace_id, random.getrandbits(64) or 1)
+    ctx.events.emit("on_chain_start", (None, input), start, path, span=span)
+    return run_id, ids, span
+
+
+def _traced(span: tuple[int, int] | None, call: Callable[[], Any]) -> Any:
+    """``call()`` with the run's span as OpenTelemetry's current one, so what the step itself traces (an
+    instrumented HTTP client in a Ray worker) is that span's child."""
+    if span is None:
+        return call()
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - planned only when the caller has OpenTelemetry
+        return call()
+    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    current = trace.SpanContext(span[0], span[1], is_remote=True, trace_flags=sampled)
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(current)))
+    try:
+        return call()
+    finally:
+        otel_context.detach(token)
 
 
 def _path(ctx: RunContext, node: Any) -> str:
@@ -311,11 +346,12 @@ def run_invoke(node: Any, impl: Callable[..., Any], input: Any, ctx: RunContext)
     if not node.reports_run():
         return impl(node, input, ctx)
     path = _path(ctx, node)
-    run_id, ids = _start(ctx, node, input, path)
+    run_id, ids, span = _start(ctx, node, input, path)
     events = ctx.events
     assert events is not None
     try:
-        output = impl(node, input, enter_run(ctx, node, run_id))
+        inner = enter_run(ctx, node, run_id)
+        output = impl(node, input, inner) if span is None else _traced(span, lambda: impl(node, input, inner))
     except BaseException as exc:
         events.emit("on_chain_error", (exc,), ids, path)
         raise
@@ -334,10 +370,10 @@ def run_batch_items(node: Any, impl: Callable[..., Any], inputs: list[Any], ctx:
     try:
         outputs = impl(node, inputs, enter_run(ctx, node, runs[0][0]))
     except BaseException as exc:
-        for _, ids in runs:
+        for _, ids, _ in runs:
             events.emit("on_chain_error", (exc,), ids, path)
         raise
-    for (_, ids), output in zip(runs, outputs, strict=False):
+    for (_, ids, _), output in zip(runs, outputs, strict=False):
         events.emit("on_chain_end", (output,), ids, path)
     return list(outputs)
 
@@ -357,7 +393,7 @@ def run_transform(node: Any, impl: Callable[..., Any], chunks: Iterator[Any], ct
     chunks = iter(chunks)
     first = next(chunks, NOTHING)
     path = _path(ctx, node)
-    run_id, ids = _start(ctx, node, {"input": ""}, path, defers_inputs=True)
+    run_id, ids, _ = _start(ctx, node, {"input": ""}, path, defers_inputs=True)
     seen: list[Any] = [None]
 
     def tapped() -> Iterator[Any]:

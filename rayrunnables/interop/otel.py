@@ -7,6 +7,12 @@ or an executor's process are recorded there and their spans made here, with the 
 recorded where they ran (attribute ``process.pid``), so one trace shows the whole chain across workers
 and only the caller needs an exporter.
 
+The trace context travels with the work: the caller's trace id goes in the task payload, each run gets
+its span id where it starts, and runs there with that span as OpenTelemetry's current one. So a span
+the step itself makes in a worker (an instrumented HTTP or LLM client, with the worker's own exporter)
+is the child of the step's span, which this tracer then makes here with that same id. That needs the
+SDK's tracer (its ``id_generator``); with another tracer the spans are made, ids not planned.
+
 Only ``opentelemetry-api`` is imported; the SDK, its exporter and sampling are the caller's choice.
 """
 
@@ -39,6 +45,18 @@ class OpenTelemetryTracer:
         self._tracer = trace.get_tracer(tracer_name, tracer_provider=tracer_provider)
         self._spans: dict[UUID, Any] = {}
         self._lock = threading.Lock()
+        generator = getattr(self._tracer, "id_generator", None)  # the SDK's tracer; not the API's no-op one
+        self._ids = _PlannedIds(generator) if generator is not None else None
+        if self._ids is not None:
+            self._tracer.id_generator = self._ids  # type: ignore[attr-defined]
+
+    def plan_trace(self) -> int | None:
+        """At the call, in the caller: the trace its runs belong to (the current span's, else a new one),
+        sent with the work so each run's span context is known where it runs."""
+        if self._ids is None:
+            return None
+        current = trace.get_current_span().get_span_context()
+        return current.trace_id if current.is_valid else int(self._ids.fallback.generate_trace_id())
 
     def on_run_event(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: tuple[Any, ...]) -> None:
         run_id = kwargs.get("run_id")
@@ -50,12 +68,19 @@ class OpenTelemetryTracer:
             with self._lock:
                 parent = self._spans.get(kwargs.get("parent_run_id"))  # type: ignore[arg-type]
             parent_context = trace.set_span_in_context(parent) if parent is not None else otel_context.get_current()
-            span = self._tracer.start_span(
-                path or name, context=parent_context, start_time=when,
-                attributes={"rayrunnables.run_name": name, "rayrunnables.run_id": str(run_id),
-                            "rayrunnables.step_path": path, "process.pid": pid,
-                            "rayrunnables.tags": [str(t) for t in kwargs.get("tags") or []]},
-            )
+            planned = meta[4] if len(meta) > 4 else None
+            if planned is not None and self._ids is not None:
+                self._ids.plan(planned)
+            try:
+                span = self._tracer.start_span(
+                    path or name, context=parent_context, start_time=when,
+                    attributes={"rayrunnables.run_name": name, "rayrunnables.run_id": str(run_id),
+                                "rayrunnables.step_path": path, "process.pid": pid,
+                                "rayrunnables.tags": [str(t) for t in kwargs.get("tags") or []]},
+                )
+            finally:
+                if self._ids is not None:
+                    self._ids.plan(None)
             with self._lock:
                 self._spans[run_id] = span
             return
@@ -70,6 +95,29 @@ class OpenTelemetryTracer:
                     span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             span.end(end_time=when)
+
+
+class _PlannedIds:
+    """The tracer's id generator, giving the ids a run was given where it started (this thread's plan),
+    else the generator's own."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self._plan = threading.local()
+
+    def plan(self, ids: tuple[int, int] | None) -> None:
+        self._plan.ids = ids
+
+    def generate_span_id(self) -> int:
+        ids = getattr(self._plan, "ids", None)
+        return ids[1] if ids else int(self.fallback.generate_span_id())
+
+    def generate_trace_id(self) -> int:
+        ids = getattr(self._plan, "ids", None)
+        return ids[0] if ids else int(self.fallback.generate_trace_id())
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the generator's interface (is_trace_id_random...)
+        return getattr(self.fallback, name)
 
 
 def _run_name(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ it never started in-process either; one whose output never came ends with the in
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
@@ -44,7 +45,9 @@ class RunLog:
         ids = {"run_id": run_id, "parent_run_id": parent, "tags": tags}
         start = {**ids, "metadata": dict(config.get("metadata") or {}), "name": run_name or node.run_name(),
                  "run_type": None}
-        self._add("start", start, input, (time.time_ns(), path, os.getpid()))
+        trace_id = self.recorder.trace_id  # an OpenTelemetry consumer: this run's span id planned here too
+        span = None if trace_id is None else (trace_id, random.getrandbits(64) or 1)
+        self._add("start", start, input, (time.time_ns(), path, os.getpid(), (), span))
         return ids
 
     def end(self, ids: dict[str, Any], output: Pending, segments: tuple[str, ...], node: Any) -> None:
