@@ -251,17 +251,24 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
     return dispatcher, parent
 
 
+_HANDLER_TYPES: set[type] = set()
+
+
 def checked_handlers(handlers: list[Any], where: str = "config['callbacks']") -> list[Any]:
     """Handlers are objects with LangChain's callback methods (``on_chain_start``...) or ``on_run_event``;
     anything else (a string, a function, a dict) is a clear error at the call, not a silent no-op."""
     for n, handler in enumerate(handlers):
+        if type(handler) in _HANDLER_TYPES:  # checked once per class
+            continue
         if callable(handler) and not isinstance(handler, type) and not hasattr(handler, "on_chain_start"):
             is_handler = hasattr(handler, "on_run_event")
         else:
             is_handler = not isinstance(handler, (str, bytes, int, float, dict, type(None), type)) and any(
                 name.startswith("on_") for name in dir(handler)
             )
-        if not is_handler:
+        if is_handler:
+            _HANDLER_TYPES.add(type(handler))
+        else:
             raise ConfigError(
                 f"{where}[{n}]: {type(handler).__name__} {handler!r:.60} is not a callback handler: give objects "
                 "with LangChain's callback methods (a BaseCallbackHandler, a tracer) or a callback manager"
