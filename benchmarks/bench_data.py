@@ -33,20 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the driver-engine benchmark's trivial chain, and its reader of a process's peak memory (/proc)
+from bench_scale import CHAIN_MODULE, _status
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS_MD = HERE / "RESULTS.md"
 HEADING = "## Data engine: folders of files on Ray Data (issue 16)"
 FILES = 8
 
-CHAIN_MODULE = '''
-from rayrunnables import RunnableLambda
-
-def text_length(doc):
-    return len(doc["text"])
-
-chain = RunnableLambda(text_length, name="text_length")
-'''
 
 
 @dataclass
@@ -87,19 +83,6 @@ def make_corpus(data_dir: Path, n: int, doc_bytes: int) -> tuple[Path, Path]:
             whole.write(text)
     marker.write_text("")
     return folder, single
-
-
-def _status(pid: int) -> dict[str, int]:
-    fields: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "RssAnon"):
-                    fields[key] = int(value.split()[0])  # kB
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return fields
 
 
 def _has_output(out: Path) -> bool:
