@@ -6,7 +6,7 @@ rather than as a second engine beside it. Inside a worker the chain runs with th
 (``{"backend": "local"}``): the worker already is a Ray process, and one Ray task per item would only
 add hand-off cost. Plain chains run as Ray Data tasks; a chain with ``RunnableActor`` steps runs in an
 actor pool (one instance of each stateful step per actor, built once), as big as its largest
-``pool_size``; a vectorized chain gets the whole batch in one call.
+``pool_size``; a vectorized step gets the whole batch in one call, alone or inside a sequence.
 
 Ray is imported inside the functions only: ``import rayrunnables`` never imports Ray or Ray Data.
 """
@@ -20,6 +20,7 @@ from .errors import step_path_of
 from .records import error_record
 from .runnables.actor import RunnableActor
 from .runnables.base import Runnable, coerce_to_runnable
+from .runnables.sequence import RunnableSequence
 
 if TYPE_CHECKING:
     import pyarrow
@@ -40,10 +41,38 @@ def run_values(chain: Runnable[Any, Any], values: list[Any]) -> list[Any]:
     outputs: list[Any] = [None] * len(values)
     if not values:
         return outputs
+    if isinstance(chain, RunnableSequence) and not chain.vectorized and any(s.vectorized for s in chain.steps):
+        return _run_by_step(chain, values)
     chunk = len(values) if chain.vectorized else None
     for index, output in chain.imap_as_completed(values, {"backend": "local"}, return_exceptions=True,
                                                  chunk_size=chunk):
         outputs[index] = output
+    return outputs
+
+
+def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any]) -> list[Any]:
+    """A sequence holding a vectorized step, one step at a time over the whole batch: the vectorized step
+    gets every item still alive in one call (``embed`` over 1,024 texts at once), the others run item by
+    item as usual. An item that fails at a step keeps its error (named by its full step path) and goes no
+    further; the others go on."""
+    from .engine.inprocess import ThreadChunkRunner, local_root_context
+    from .engine.scheduler import iter_batch
+
+    outputs: list[Any] = list(values)
+    alive = list(range(len(values)))
+    ctx = chain.scope(local_root_context({"backend": "local"}))
+    runner = ThreadChunkRunner()
+    for n, step in enumerate(chain.steps, 1):
+        inputs = [outputs[i] for i in alive]
+        survivors: list[int] = []
+        for position, output in iter_batch(runner, step, inputs, ctx.child(f"step {n}"), return_exceptions=True,
+                                           ordered=False, chunk_size=len(inputs) if step.vectorized else None):
+            outputs[alive[position]] = output
+            if not isinstance(output, Exception):
+                survivors.append(alive[position])
+        alive = sorted(survivors)
+        if not alive:
+            break
     return outputs
 
 

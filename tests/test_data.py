@@ -251,3 +251,38 @@ def test_usage_errors_exit_2_before_ray_starts(workdir: Path) -> None:
         proc = cli(workdir, "chains:chain", *args, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert message in proc.stderr, (args, proc.stderr[-2000:])
+
+
+def _prep(x: int) -> int:
+    if x % 7 == 3:
+        raise ValueError(f"no {x}")
+    return x + 1
+
+
+_VEC_CALLS: list[int] = []
+
+
+def _vec(xs: list[int]) -> list[int]:
+    _VEC_CALLS.append(len(xs))
+    return [x * 10 for x in xs]
+
+
+def test_a_vectorized_step_inside_a_sequence_gets_the_whole_batch() -> None:
+    """The data engine runs such a sequence a step at a time over the batch: same outputs and errors
+    (with their full step paths) as the chain's own batch, and one call of the vectorized step."""
+    from rayrunnables import RunnableLambda
+    from rayrunnables.data import run_values
+    from rayrunnables.errors import step_path_of
+
+    chain = (RunnableLambda(_prep, name="prep") | RunnableLambda(_vec, name="vec", batched=True)
+             | RunnableLambda(lambda x: {"out": x}, name="post"))
+    values = list(range(40))
+    _VEC_CALLS.clear()
+    got = run_values(chain, values)
+    assert _VEC_CALLS == [40 - len([v for v in values if v % 7 == 3])]  # one call, every surviving item
+    expected = chain.batch(values, return_exceptions=True)
+    for g, e in zip(got, expected, strict=True):
+        if isinstance(e, Exception):
+            assert isinstance(g, ValueError) and step_path_of(g) == step_path_of(e) == "step 1 > lambda 'prep'"
+        else:
+            assert g == e
