@@ -135,7 +135,7 @@ class RunContext:
                             recording, trace_id)
 
     def in_run(self, node: Any, run_id: UUID, config: dict[str, Any]) -> RunContext:
-        """Inside ``node``'s run: what starts here is its child (``rayrunnables.engine.events.enter_run``)."""
+        """Inside ``node``'s run: what starts here is its child (``rayrunnables.runnables.runs.enter_run``)."""
         new = self._copy()
         new.run_id, new.run_owner, new.config = run_id, node, config
         return new

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cancel_steps import heartbeat, still_beating, stubborn_heartbeat
-from timeout_steps import fail_every_fifth, hang_first_time, maybe_hang, straggle_once
+from timeout_steps import fail_every_fifth, hang_first_time, maybe_hang, maybe_hang_marked, straggle_once
 
 from rayrunnables import (
     FailureBudgetExceeded,
@@ -26,18 +26,16 @@ from rayrunnables import (
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_200_items_5_hang_give_195_values_and_5_timeouts(cfg: dict[str, Any]) -> None:
-    step = RunnableLambda(maybe_hang, name="maybe_hang").with_timeout(2)
-    start = time.monotonic()
-    out = step.batch(list(range(200)), cfg, return_exceptions=True)
-    elapsed = time.monotonic() - start
+def test_200_items_5_hang_give_195_values_and_5_timeouts(cfg: dict[str, Any], tmp_path: Path) -> None:
+    step = RunnableLambda(maybe_hang_marked, name="maybe_hang").with_timeout(2)
+    out = step.batch([(str(tmp_path), x) for x in range(200)], cfg, return_exceptions=True)
+    assert not list(tmp_path.glob("*.ended"))  # the call came back without waiting for any hang to end
     errors = [o for o in out if isinstance(o, Exception)]
     assert [i for i, o in enumerate(out) if isinstance(o, Exception)] == [7, 47, 87, 127, 167]
     assert all(type(e) is TimeoutError for e in errors)
     assert [item_index_of(e) for e in errors] == [7, 47, 87, 127, 167]
     assert step_path_of(errors[0]) == "timeout(lambda 'maybe_hang')"
     assert [o for o in out if not isinstance(o, Exception)] == [x * 2 for x in range(200) if x % 40 != 7]
-    assert elapsed < 60  # the hang is 120 s: the call did not wait for it
 
 
 def test_imap_yields_a_timeout_in_order(cfg: dict[str, Any]) -> None:
@@ -76,10 +74,9 @@ def test_a_timeout_falls_back(cfg: dict[str, Any], tmp_path: Path) -> None:
 
 def test_a_straggler_gets_a_backup_and_no_longer_holds_the_batch(cfg: dict[str, Any], tmp_path: Path) -> None:
     step = RunnableLambda(straggle_once).with_options(speculative_after=1.0)
-    start = time.monotonic()
     out = list(step.imap([(str(tmp_path), x) for x in range(30)], cfg))
     assert out == list(range(30))
-    assert time.monotonic() - start < 18  # the first attempt of item 5 alone takes 20 s
+    assert not (tmp_path / "5.first-ended").exists()  # item 5's answer came from its backup
 
 
 @pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, "5", True, None])

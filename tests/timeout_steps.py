@@ -19,6 +19,15 @@ def maybe_hang(x: int) -> int:
     return x * 2
 
 
+def maybe_hang_marked(item: tuple[str, int]) -> int:
+    """``maybe_hang`` that leaves ``<x>.ended`` in ``folder`` if a hang ever runs to its end."""
+    folder, x = item
+    out = maybe_hang(x)
+    if x % 40 == 7:
+        open(os.path.join(folder, f"{x}.ended"), "w").close()
+    return out
+
+
 def hang_first_time(marker: str) -> str:
     """Hangs on its first call for ``marker`` (the file does not exist yet), answers on any later one."""
     try:
@@ -41,6 +50,7 @@ def straggle_once(item: tuple[str, int]) -> int:
             return x
         os.close(fd)
         time.sleep(20)
+        open(os.path.join(folder, "5.first-ended"), "w").close()
     return x
 
 

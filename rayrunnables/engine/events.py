@@ -15,29 +15,26 @@ step.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import logging
 import os
-import random
-import re
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..context import RunContext
+    pass
 
 __all__ = [
-    "Event", "Recorder", "Buffer", "Dispatcher", "RunSink", "recorder_for", "run_invoke", "run_transform",
-    "run_batch_items", "LISTENER_EVENT", "PARENT_RUN_KEY", "STREAM_EVENT", "Listeners", "Run", "notify_listener",
-    "enter_run", "position_tags", "Scoped", "ScopedCallbacks", "scoped_callbacks", "Meta",
+    "Event", "Recorder", "Buffer", "Dispatcher", "RunSink", "recorder_for", "checked_handlers", "LISTENER_EVENT",
+    "PARENT_RUN_KEY", "STREAM_EVENT", "Listeners", "Run", "notify_listener", "Scoped", "ScopedCallbacks",
+    "scoped_callbacks", "Meta",
 ]
 
 logger = logging.getLogger("rayrunnables.events")
@@ -63,8 +60,6 @@ _IGNORE = (
     ("on_retry", "ignore_retry"),
     ("on_custom_event", "ignore_custom_event"),
 )
-# keys a run's children do not inherit: they name or identify that one run
-_RUN_ONLY_KEYS = ("run_name", "run_id")
 
 
 class Recorder:
@@ -220,12 +215,12 @@ def _no_sink() -> None:
     return None
 
 
-def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Recorder | None, uuid.UUID | None]:
+def recorder_for(config: Mapping[str, Any]) -> tuple[Recorder, uuid.UUID | None]:
     """The recorder a run reports to, and the parent of its root run, from ``config["callbacks"]``.
 
     Accepts a list of handlers, a LangChain callback manager (its handlers, under its parent run: how a
-    LangChain chain hands a child its callbacks), or a ``RunSink`` (a nested call of ours). ``listens``:
-    the chain has ``with_listeners`` bindings, which are served from the same events.
+    LangChain chain hands a child its callbacks), or a ``RunSink`` (a nested call of ours). Without any,
+    a dispatcher with no handlers (listeners and a binding's own handlers are served from its events).
     """
     callbacks = config.get("callbacks")
     if isinstance(callbacks, RunSink):
@@ -240,8 +235,6 @@ def recorder_for(config: Mapping[str, Any], listens: bool = False) -> tuple[Reco
         parent = getattr(callbacks, "parent_run_id", None)
     else:
         handlers = [callbacks]
-    if not handlers and not listens:
-        return None, None
     dispatcher = Dispatcher(checked_handlers(handlers))
     for handler in handlers:  # an OpenTelemetry consumer plans the trace (``interop.otel``)
         plan = getattr(handler, "plan_trace", None)
@@ -274,156 +267,6 @@ def checked_handlers(handlers: list[Any], where: str = "config['callbacks']") ->
                 "with LangChain's callback methods (a BaseCallbackHandler, a tracer) or a callback manager"
             )
     return handlers
-
-
-# ---- runs ------------------------------------------------------------------------------------------------------
-_POSITION = re.compile(r"^(?:step (\d+)|parallel\[(.+)\]|branch\[(\d+)\]( condition)?|branch (default))$")
-
-
-def position_tags(segments: tuple[str, ...]) -> list[str]:
-    """LangChain's tag for a run's place in its parent (``seq:step:2``, ``map:key:a``, ``condition:1``,
-    ``branch:1``, ``branch:default``), from the last segment of its step path."""
-    match = _POSITION.match(segments[-1]) if segments else None
-    if match is None:
-        return []
-    step, key, branch, condition, default = match.groups()
-    if step:
-        return [f"seq:step:{step}"]
-    if key:
-        try:
-            return [f"map:key:{ast.literal_eval(key)}"]
-        except (ValueError, SyntaxError):
-            return []
-    if default:
-        return ["branch:default"]
-    return [f"{'condition' if condition else 'branch'}:{int(branch) + 1}"]
-
-
-def _start(
-    ctx: RunContext, node: Any, input: Any, path: str, **extra: Any
-) -> tuple[uuid.UUID, dict[str, Any], tuple[int, int] | None]:
-    config = ctx.config
-    given = config.get("run_id")
-    run_id = given if isinstance(given, uuid.UUID) else uuid.uuid4()
-    tags = [*position_tags(ctx.path), *(config.get("tags") or ())]
-    ids: dict[str, Any] = {"run_id": run_id, "parent_run_id": ctx.run_id, "tags": tags}
-    start = {**ids, "metadata": dict(config.get("metadata") or {}),
-             "name": config.get("run_name") or node.run_name(), "run_type": None, **extra}
-    assert ctx.events is not None
-    trace_id = ctx.events.trace_id
-    span = None if trace_id is None else (trace_id, random.getrandbits(64) or 1)
-    ctx.events.emit("on_chain_start", (None, input), start, path, span=span)
-    return run_id, ids, span
-
-
-def _traced(span: tuple[int, int] | None, call: Callable[[], Any]) -> Any:
-    """``call()`` with the run's span as OpenTelemetry's current one, so what the step itself traces (an
-    instrumented HTTP client in a Ray worker) is that span's child."""
-    if span is None:
-        return call()
-    try:
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
-    except ImportError:  # pragma: no cover - planned only when the caller has OpenTelemetry
-        return call()
-    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
-    current = trace.SpanContext(span[0], span[1], is_remote=True, trace_flags=sampled)
-    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(current)))
-    try:
-        return call()
-    finally:
-        otel_context.detach(token)
-
-
-def _path(ctx: RunContext, node: Any) -> str:
-    """The step path of ``node``'s run, as errors name it (``step 1 > parallel['a'] > lambda 'f'``)."""
-    return ctx.child(node.label()).path_str
-
-
-def enter_run(ctx: RunContext, node: Any, run_id: uuid.UUID) -> RunContext:
-    """The context ``node``'s own work runs in: its children report under ``run_id``."""
-    assert ctx.events is not None
-    config = {k: v for k, v in ctx.config.items() if k not in _RUN_ONLY_KEYS}
-    config["callbacks"] = RunSink(ctx.events, run_id)
-    return ctx.in_run(node, run_id, config)
-
-
-def run_invoke(node: Any, impl: Callable[..., Any], input: Any, ctx: RunContext) -> Any:
-    """``impl(node, input, ctx)`` as one run: start, then end with the output or error with the exception."""
-    if not node.reports_run():
-        return impl(node, input, ctx)
-    path = _path(ctx, node)
-    run_id, ids, span = _start(ctx, node, input, path)
-    events = ctx.events
-    assert events is not None
-    try:
-        inner = enter_run(ctx, node, run_id)
-        output = impl(node, input, inner) if span is None else _traced(span, lambda: impl(node, input, inner))
-    except BaseException as exc:
-        events.emit("on_chain_error", (exc,), ids, path)
-        raise
-    events.emit("on_chain_end", (output,), ids, path)
-    return output
-
-
-def run_batch_items(node: Any, impl: Callable[..., Any], inputs: list[Any], ctx: RunContext) -> list[Any]:
-    """A vectorized call over a chunk: one run per item, as LangChain's ``batch`` gives."""
-    if not node.reports_run() or not inputs:
-        return list(impl(node, inputs, ctx))
-    events = ctx.events
-    assert events is not None
-    path = _path(ctx, node)
-    runs = [_start(ctx, node, value, path) for value in inputs]
-    try:
-        outputs = impl(node, inputs, enter_run(ctx, node, runs[0][0]))
-    except BaseException as exc:
-        for _, ids, _ in runs:
-            events.emit("on_chain_error", (exc,), ids, path)
-        raise
-    for (_, ids, _), output in zip(runs, outputs, strict=False):
-        events.emit("on_chain_end", (output,), ids, path)
-    return list(outputs)
-
-
-def run_transform(node: Any, impl: Callable[..., Any], chunks: Iterator[Any], ctx: RunContext) -> Iterator[Any]:
-    """A streamed run: its input is known at the end (``defers_inputs``, as LangChain reports it); its
-    chunks are ``STREAM_EVENT``s when someone wants them; the end carries the added-up output and input."""
-    if not node.reports_run():
-        yield from impl(node, chunks, ctx)
-        return
-    from ..runnables.chunks import NOTHING, add_chunk
-
-    events = ctx.events
-    assert events is not None
-    # the first input chunk before the run starts, as LangChain does: the step that feeds this one starts
-    # (and may fail) first
-    chunks = iter(chunks)
-    first = next(chunks, NOTHING)
-    path = _path(ctx, node)
-    run_id, ids, _ = _start(ctx, node, {"input": ""}, path, defers_inputs=True)
-    seen: list[Any] = [None]
-
-    def tapped() -> Iterator[Any]:
-        if first is not NOTHING:
-            seen[0] = first
-            yield first
-        for chunk in chunks:
-            seen[0] = add_chunk(seen[0], chunk)
-            yield chunk
-
-    output: Any = None
-    named = {**ids, "name": ctx.config.get("run_name") or node.run_name(),
-             "metadata": dict(ctx.config.get("metadata") or {})}
-    try:
-        for chunk in impl(node, tapped(), enter_run(ctx, node, run_id)):
-            output = add_chunk(output, chunk)
-            if events.streams:
-                events.emit(STREAM_EVENT, (chunk,), named, path)
-            yield chunk
-    except BaseException as exc:
-        events.emit("on_chain_error", (exc,), {**ids, "inputs": seen[0]}, path)
-        raise
-    events.emit("on_chain_end", (output,), {**ids, "inputs": seen[0]}, path)
 
 
 # ---- delivery ----------------------------------------------------------------------------------------------------

@@ -13,20 +13,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
-from ..engine.events import (
-    PARENT_RUN_KEY,
-    RunSink,
-    ScopedCallbacks,
-    recorder_for,
-    run_batch_items,
-    run_invoke,
-    run_transform,
-    scoped_callbacks,
-)
+from ..engine.events import PARENT_RUN_KEY, RunSink, ScopedCallbacks, recorder_for, scoped_callbacks
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
 from .chunks import gather
+from .runs import run_batch_items, run_invoke, run_transform
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -457,9 +449,8 @@ def _recording(cfg: dict[str, Any], node: Any) -> dict[str, Any]:
     callbacks = cfg.get("callbacks")
     if (callbacks is None and not _listens(node)) or isinstance(callbacks, RunSink):
         return cfg
-    recorder, parent = recorder_for(cfg, listens=True)
-    if recorder is not None:
-        cfg["callbacks"] = RunSink(recorder, parent)
+    recorder, parent = recorder_for(cfg)
+    cfg["callbacks"] = RunSink(recorder, parent)
     return cfg
 
 

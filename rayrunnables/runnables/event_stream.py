@@ -168,12 +168,11 @@ async def astream_events(
             if _keep(event, filters):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-    recorder, parent = recorder_for(config, listens=True)
+    recorder, parent = recorder_for(config)
     if isinstance(recorder, Dispatcher):
         dispatcher = recorder.with_sink(sink, streams=True)
     else:  # a nested call: the caller's recorder hears everything too
-        outer = recorder
-        dispatcher = Dispatcher(sinks=[sink] + ([outer.deliver] if outer is not None else []), streams=True)
+        dispatcher = Dispatcher(sinks=[sink, recorder.deliver], streams=True)
     config = {**config, "callbacks": RunSink(dispatcher, parent)}
     stopped = threading.Event()
 

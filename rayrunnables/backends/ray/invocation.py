@@ -101,8 +101,9 @@ class Invocation:
                               run_id=parent)
 
     def remote_options(self, options: dict[str, Any], name: str) -> dict[str, Any]:
-        returns = {"num_returns": 2} if self.log is not None else {}  # (value, recorded events)
-        return {"name": name[:200], **{k: v for k, v in options.items() if k not in OUR_OPTIONS}, **returns}
+        """A task's Ray options; with a log, it returns (value, recorded events)."""
+        returns = {"num_returns": 2} if self.log is not None else {}
+        return {"name": name[:200], **_ray_options(options), **returns}
 
     def submitted_ref(self, ref: Any, name: str) -> Ref:
         """A task's output; with a log, ``ref`` is (output, events) and the events are logged here."""
@@ -195,9 +196,7 @@ class Invocation:
         return output
 
     def submit_map(self, unit: planning.Map, pending: Pending, parent: UUID | None = None) -> Pending:
-        options = self.remote_options(unit.options, "")
-        options.pop("name")
-        options.pop("num_returns", None)
+        options = _ray_options(unit.options)  # ``map_chunks`` names its tasks and asks for their returns
         state = self.state(unit.path, unit.config, parent)
         if waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
@@ -276,6 +275,10 @@ class Invocation:
 
     def close(self) -> None:
         kill_limiters(self.ctx)
+
+
+def _ray_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in OUR_OPTIONS}
 
 
 def kill_limiters(ctx: RunContext) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from ...engine.events import Event, Recorder, position_tags
+from ...engine.events import Event, Recorder
+from ...runnables.runs import position_tags
 from .pending import Pending, flatten, rebuild
 from .tasks import convert
 from .worker import EVENTS_ATTR

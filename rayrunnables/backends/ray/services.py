@@ -21,9 +21,9 @@ from ...errors import StepConstructionError
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ...services import TokenBucket
-from ..outputs import producer, take_events, unsendable
+from ..outputs import producer, unsendable
 from .pending import rebuild
-from .worker import EVENTS_ATTR, chunk_here, interruptible, list_here
+from .worker import chunk_here, events_on_error, interruptible, list_here, with_events
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -123,11 +123,9 @@ class _StepActorClass:
             if error is not None:
                 raise error
         except BaseException as exc:
-            events = take_events(ctx)
-            if events:
-                setattr(exc, EVENTS_ATTR, events)
+            events_on_error(exc, ctx)
             raise
-        return (value, take_events(ctx) or []) if state.recording else value
+        return with_events(state, value, ctx)
 
     def call_one(self, item: Any) -> Any:
         return self.node._invoke(item, self.context(_NO_STATE))

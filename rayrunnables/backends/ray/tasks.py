@@ -22,7 +22,7 @@ from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .worker import EVENTS_ATTR, chunk_here, interruptible, list_here
+from .worker import chunk_here, events_on_error, interruptible, list_here, with_events
 
 __all__ = [
     "cancel_pending",
@@ -43,18 +43,6 @@ __all__ = [
 
 def make_context(state: ContextState, path: tuple[str, ...] | None = None) -> RunContext:
     return RunContext.from_state(state, WORKER_SERVICES, path)
-
-
-def with_events(state: ContextState, value: Any, ctx: RunContext) -> Any:
-    """What a task of a recorded invocation returns: its value and its events (two returns)."""
-    return (value, take_events(ctx) or []) if state.recording else value
-
-
-def events_on_error(exc: BaseException, ctx: RunContext) -> None:
-    """A failing task's events go with its error (its second return is the error too)."""
-    events = take_events(ctx)
-    if events:
-        setattr(exc, EVENTS_ATTR, [*(getattr(exc, EVENTS_ATTR, None) or []), *events])
 
 
 def convert(err: BaseException) -> BaseException:

@@ -10,10 +10,11 @@ import ray.cloudpickle as ray_pickle
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
+from ...protocols import ContextState
 from ...runnables.timeout import interrupt_on_deadline
-from ..outputs import sendable_outcomes
+from ..outputs import sendable_outcomes, take_events
 
-__all__ = ["chunk_here", "list_here", "interruptible", "EVENTS_ATTR"]
+__all__ = ["chunk_here", "list_here", "interruptible", "EVENTS_ATTR", "with_events", "events_on_error"]
 
 #: where a failing task leaves the run events it recorded before its error (they travel with the exception)
 EVENTS_ATTR = "_rayrunnables_events"
@@ -31,8 +32,7 @@ def list_here(node: Any, packed: bytes, ctx: RunContext) -> tuple[list[Any], lis
     first item's failure raised, carrying those events."""
     for _, ok, value, _ in (result := chunk_here(node, packed, ctx, return_exceptions=False)).outcomes:
         if not ok:
-            if result.events:
-                setattr(value, EVENTS_ATTR, result.events)
+            _attach_events(value, result.events)
             raise value
     return [value for _, _, value, _ in result.outcomes], result.events
 
@@ -62,3 +62,17 @@ def interruptible() -> None:
         pass
 
 
+def with_events(state: ContextState, value: Any, ctx: RunContext) -> Any:
+    """What a step of a recorded invocation returns (a task's or a pool actor's): its value and the run
+    events it recorded, as two returns."""
+    return (value, take_events(ctx) or []) if state.recording else value
+
+
+def events_on_error(exc: BaseException, ctx: RunContext) -> None:
+    """A failing step's events go with its error (its second return is the error too)."""
+    _attach_events(exc, take_events(ctx))
+
+
+def _attach_events(exc: BaseException, events: list[Any] | None) -> None:
+    if events:
+        setattr(exc, EVENTS_ATTR, [*(getattr(exc, EVENTS_ATTR, None) or []), *events])
