@@ -21,9 +21,8 @@ from ...errors import StepConstructionError
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ...services import TokenBucket
-from ..outputs import producer, unsendable
 from .pending import rebuild
-from .worker import chunk_here, events_on_error, interruptible, list_here, with_events
+from .worker import chunk_here, interruptible, list_here, steps_here
 
 __all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
 
@@ -116,16 +115,7 @@ class _StepActorClass:
 
     def call(self, path: tuple[str, ...], state: Any, recipe: Any, *values: Any) -> Any:
         """One step of an ``invoke`` (with its recorded run events as a second return when recorded)."""
-        ctx = self.context(state, path)
-        try:
-            value = self.node._invoke(rebuild(recipe, values), ctx)
-            error = unsendable(value, producer(self.node, path))
-            if error is not None:
-                raise error
-        except BaseException as exc:
-            events_on_error(exc, ctx)
-            raise
-        return with_events(state, value, ctx)
+        return steps_here([(path, self.node)], rebuild(recipe, values), self.context(state), state)
 
     def call_one(self, item: Any) -> Any:
         return self.node._invoke(item, self.context(_NO_STATE))

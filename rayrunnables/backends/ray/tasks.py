@@ -22,7 +22,7 @@ from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .worker import chunk_here, events_on_error, interruptible, list_here, with_events
+from .worker import chunk_here, interruptible, list_here, steps_here
 
 __all__ = [
     "cancel_pending",
@@ -84,20 +84,7 @@ def concat(*chunks: list[Any]) -> list[Any]:
 def run_task(steps: list[tuple[tuple[str, ...], Any]], state: ContextState, recipe: Any, *values: Any) -> Any:
     """A fused unit: the steps of a sequence segment, one after the other, in this worker."""
     interruptible()
-    value = rebuild(recipe, values)
-    ctx = make_context(state)
-    try:
-        for path, node in steps:
-            value = node._invoke(value, ctx.at(path))
-        if steps:
-            path, node = steps[-1]
-            error = unsendable(value, producer(node, path))
-            if error is not None:
-                raise error
-    except BaseException as exc:
-        events_on_error(exc, ctx)
-        raise
-    return with_events(state, value, ctx)
+    return steps_here(steps, rebuild(recipe, values), make_context(state), state)
 
 
 def pack(items: list[tuple[int, Any]]) -> bytes:

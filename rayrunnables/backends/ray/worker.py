@@ -12,9 +12,9 @@ from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
 from ...protocols import ContextState
 from ...runnables.timeout import interrupt_on_deadline
-from ..outputs import sendable_outcomes, take_events
+from ..outputs import producer, sendable_outcomes, take_events, unsendable
 
-__all__ = ["chunk_here", "list_here", "interruptible", "EVENTS_ATTR", "with_events", "events_on_error"]
+__all__ = ["chunk_here", "list_here", "steps_here", "interruptible", "EVENTS_ATTR"]
 
 #: where a failing task leaves the run events it recorded before its error (they travel with the exception)
 EVENTS_ATTR = "_rayrunnables_events"
@@ -62,15 +62,21 @@ def interruptible() -> None:
         pass
 
 
-def with_events(state: ContextState, value: Any, ctx: RunContext) -> Any:
-    """What a step of a recorded invocation returns (a task's or a pool actor's): its value and the run
-    events it recorded, as two returns."""
+def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunContext, state: ContextState) -> Any:
+    """Steps of an ``invoke`` one after the other, here (a fused task's, or a pool actor's one step): the
+    last one's output, checked to be sendable, and the run events recorded when someone records."""
+    try:
+        for path, node in steps:
+            value = node._invoke(value, ctx.at(path))
+        if steps:
+            path, node = steps[-1]
+            error = unsendable(value, producer(node, path))
+            if error is not None:
+                raise error
+    except BaseException as exc:
+        _attach_events(exc, take_events(ctx))  # its second return is the error too
+        raise
     return (value, take_events(ctx) or []) if state.recording else value
-
-
-def events_on_error(exc: BaseException, ctx: RunContext) -> None:
-    """A failing step's events go with its error (its second return is the error too)."""
-    _attach_events(exc, take_events(ctx))
 
 
 def _attach_events(exc: BaseException, events: list[Any] | None) -> None:
