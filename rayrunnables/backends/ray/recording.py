@@ -26,13 +26,17 @@ from .pending import Pending, flatten, rebuild
 from .tasks import convert
 from .worker import EVENTS_ATTR
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "REPLAY_GRACE"]
+
+#: after a failure, how long the replay waits for what cancelled tasks may still send back
+REPLAY_GRACE = 5.0
 
 
 class RunLog:
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self.entries: list[tuple[Any, ...]] = []
+        self.deadline: float | None = None  # how long replay may wait for what tasks send back
         self._lock = threading.Lock()
 
     def _add(self, *entry: Any) -> None:
@@ -63,6 +67,10 @@ class RunLog:
         self._add("events", events)
 
     def replay(self, error: BaseException | None) -> None:
+        # after a success every task has ended, and each one's second return is there or about to be (it
+        # may be noted a moment after the first): wait for it. After a failure, what was cancelled may
+        # never return anything: give it a moment (``REPLAY_GRACE``), then leave it out.
+        self.deadline = None if error is None else time.monotonic() + REPLAY_GRACE
         skipped: set[uuid.UUID] = set()
         self.parents: dict[uuid.UUID, uuid.UUID | None] = {}
         self.latest: dict[uuid.UUID, int] = {}  # the last moment anything of a run (or its children) happened
@@ -70,7 +78,7 @@ class RunLog:
             kind = entry[0]
             if kind == "start":
                 _, start, input, meta = entry
-                ok, value = _resolved(input)
+                ok, value = self._resolved(input)
                 if not ok:
                     skipped.add(start["run_id"])
                     continue
@@ -79,7 +87,7 @@ class RunLog:
                 _, ids, output, path = entry
                 if ids["run_id"] in skipped:
                     continue
-                ok, value = _resolved(output)
+                ok, value = self._resolved(output)
                 # a split step ended when its last part did (its parts' events came before this entry)
                 meta = (self.latest.get(ids["run_id"], time.time_ns()), path, os.getpid())
                 if ok:
@@ -87,7 +95,7 @@ class RunLog:
                 else:
                     self._deliver("on_chain_error", (error,), ids, meta)
             else:
-                for method, args, kwargs, meta in _task_events(entry[1]) if kind == "refs" else entry[1]:
+                for method, args, kwargs, meta in self._task_events(entry[1]) if kind == "refs" else entry[1]:
                     self._deliver(method, args, kwargs, meta)
 
     def _deliver(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> None:
@@ -99,28 +107,29 @@ class RunLog:
             run_id = self.parents.get(run_id)
         self.recorder.deliver(method, args, kwargs, meta)
 
+    def _wait(self, refs: list[Any]) -> bool:
+        """Whether every one of ``refs`` is there (waiting as ``replay`` allows)."""
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+        return len(ready) == len(refs)
 
-def _resolved(pending: Pending) -> tuple[bool, Any]:
-    """The value of ``pending`` if every object it needs is there and fine (never waits)."""
-    recipe, refs = flatten(pending)
-    try:
-        if refs:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-            if len(ready) < len(refs):
+    def _resolved(self, pending: Pending) -> tuple[bool, Any]:
+        """The value of ``pending`` if every object it needs is there and fine."""
+        recipe, refs = flatten(pending)
+        try:
+            if refs and not self._wait(refs):
                 return False, None
-        return True, rebuild(recipe, ray.get(refs) if refs else [], driver=True)
-    except Exception:  # a task failed or was cancelled, or a recipe cannot apply
-        return False, None
+            return True, rebuild(recipe, ray.get(refs) if refs else [], driver=True)
+        except Exception:  # a task failed or was cancelled, or a recipe cannot apply
+            return False, None
 
-
-def _task_events(ref: Any) -> list[Event]:
-    try:
-        ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
-        if not ready:  # cancelled before it ended: nothing came back
+    def _task_events(self, ref: Any) -> list[Event]:
+        try:
+            if not self._wait([ref]):  # cancelled before it ended: nothing came back
+                return []
+            events: list[Event] = ray.get(ref)
+            return events
+        except RayTaskError as err:  # it failed: its events came with its error
+            return list(getattr(convert(err), EVENTS_ATTR, None) or [])
+        except Exception:
             return []
-        events: list[Event] = ray.get(ref)
-        return events
-    except RayTaskError as err:  # it failed: its events came with its error
-        return list(getattr(convert(err), EVENTS_ATTR, None) or [])
-    except Exception:
-        return []
