@@ -24,6 +24,7 @@ __all__ = [
     "ReadOnlyInputError",
     "RemoteTraceback",
     "FailureBudgetExceeded",
+    "RateLimitTimeout",
     "attach_step",
     "deadline_error",
     "step_path_of",
@@ -88,6 +89,11 @@ class FailureBudgetExceeded(RayRunnablesError):
     def __init__(self, message: str, failed: int, done: int) -> None:
         super().__init__(message)
         self.failed, self.done = failed, done
+
+
+class RateLimitTimeout(RayRunnablesError, TimeoutError):
+    """A rate-limited step's provider kept answering "too many requests" past ``max_wait`` seconds of pauses.
+    The provider's last error is the ``__cause__``."""
 
 
 def deadline_error(path: str, seconds: float) -> TimeoutError:

@@ -115,7 +115,7 @@ class RayBackend(Backend):
             ray_options = {k: v for k, v in options.items() if k not in OUR_OPTIONS}
             self.pools[node.key] = ActorPool(node, ray_options)
         if isinstance(node, RunnableRateLimited) and node.key not in self._limiters:
-            self._limiters[node.key] = create_limiter(node.key, node.requests_per_second, node.burst)
+            self._limiters[node.key] = create_limiter(node.key, node.pace)
         for _, child in node.children():
             self._start_services(child, options)
 
