@@ -213,17 +213,18 @@ def limit_kind_of(exc: BaseException) -> str | None:
 
 def max_tokens_of(obj: Any, depth: int = 3) -> int | None:
     """The most output tokens a step's model may produce (``max_tokens``, ``max_completion_tokens`` or
-    ``max_output_tokens``), looked for on the step and the objects it wraps, a few levels down."""
-    for attr in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+    ``max_output_tokens``), looked for on the step and the objects it wraps, a few levels down; arguments
+    bound to a call (``model.bind(max_tokens=...)``) before the model's own."""
     kwargs = getattr(obj, "kwargs", None)
     if isinstance(kwargs, Mapping):
         for attr in ("max_tokens", "max_completion_tokens"):
             value = kwargs.get(attr)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
+    for attr in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
     if depth == 0:
         return None
     inner = [getattr(obj, attr, None) for attr in ("bound", "func", "obj")]

@@ -12,6 +12,7 @@ EXPECTED_ALL = {
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
+    "RateLimitTimeout",
     "InputTypeError",
     "OptionsError",
     "RayRunnablesError",
