@@ -61,6 +61,7 @@ import json
 import math
 import re
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -630,7 +631,12 @@ class OpenAIServer:
             return
         with self._lock:
             self._last_request = {"headers": {k.lower(): v for k, v in handler.headers.items()}, "body": body}
-        text, finish_reason = self._complete(body, budget)
+        try:
+            text, finish_reason = self._complete(body, budget)
+        except Exception as exc:  # the reply callable failed: a 500 the client will not retry
+            failure = _HTTPError(500, f"the reply callable raised {exc!r}", "server_error")
+            handler.send_json(500, failure.body, {**headers, "x-should-retry": "false"})
+            return
         completion_tokens = count_tokens(text)
         try:
             headers.update(self._admit(body, prompt_tokens, budget, completion_tokens))
@@ -730,7 +736,9 @@ class _HTTPServer(ThreadingHTTPServer):
     owner: OpenAIServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Connections dropped by either side are part of the job: no traceback on stderr."""
+        """Connections dropped by either side are part of the job: no traceback on stderr for them."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)) and not self.owner.closed:
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
