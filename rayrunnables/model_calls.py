@@ -23,6 +23,7 @@ __all__ = [
     "is_rate_limit_error",
     "retry_after_of",
     "named_limits_of",
+    "named_limits_in",
     "limit_kind_of",
     "max_tokens_of",
 ]
@@ -183,14 +184,27 @@ def retry_after_of(exc: BaseException) -> float | None:
     return None
 
 
-def named_limits_of(exc: BaseException) -> tuple[float | None, float | None]:
-    """Requests and tokens per second that the provider named in ``x-ratelimit-limit-*`` (per minute)."""
-    headers = _headers(exc)
+def _named_limits(headers: Mapping[str, Any]) -> tuple[float | None, float | None]:
     named = []
     for kind in ("requests", "tokens"):
         value = _seconds(headers.get(f"x-ratelimit-limit-{kind}"))
         named.append(value / 60 if value else None)
     return named[0], named[1]
+
+
+def named_limits_of(exc: BaseException) -> tuple[float | None, float | None]:
+    """Requests and tokens per second that the provider named in ``x-ratelimit-limit-*`` (per minute)."""
+    return _named_limits(_headers(exc))
+
+
+def named_limits_in(output: Any) -> tuple[float | None, float | None]:
+    """The same, from a successful answer's headers where the client keeps them (LangChain's
+    ``response_metadata["headers"]``, with ``ChatOpenAI(include_response_headers=True)``)."""
+    metadata = getattr(output, "response_metadata", None)
+    headers = metadata.get("headers") if isinstance(metadata, Mapping) else None
+    if not isinstance(headers, Mapping):
+        return None, None
+    return _named_limits({str(k).lower(): v for k, v in headers.items()})
 
 
 _KIND = re.compile(r"\b(requests|tokens) per min", re.IGNORECASE)

@@ -17,7 +17,7 @@ Why it is more than a token bucket:
   limits a provider names in its headers replace declared ones that were too high. A 429 that the known
   limits do not explain (the key is shared with another client) lowers the pace multiplicatively, once
   per round of calls, and the pace climbs back additively (AIMD, as TCP does). With nothing declared,
-  requests start slowly and double every second until the first 429 (TCP's slow start); a budget that
+  requests start slowly and double every half second until the first 429 (TCP's slow start); a budget that
   was not declared is learned from the rate measured when its first 429 came.
 """
 
@@ -35,7 +35,8 @@ __all__ = ["Pace", "Pacer", "Booking", "Bucket"]
 SAFETY = 0.98  # paced a little under the limit: a sleeper that wakes a few ms late must not push a window over
 DECREASE = 0.8  # the pace after a 429 that the known limits do not explain
 INCREASE = 0.02  # per second without a 429: the share of the pace before the last decrease added back
-SLOW_START = 4.0  # requests per second a step with no declared limit starts at, doubling every second
+SLOW_START = 4.0  # requests per second a step with no declared limit starts at, doubling every DOUBLING seconds
+DOUBLING = 0.5
 MIN_RATE = 0.05  # requests per second: a pace is never learned below this
 WINDOW = 2.0  # seconds over which the rate admitted is measured when a limit must be learned
 
@@ -137,7 +138,7 @@ class Pacer:
         self._requests = _Limit(pace.requests_per_second, pace.burst / (pace.requests_per_second or 1.0),
                                 pace.burst)
         self._tokens = _Limit(pace.tokens_per_second, 1.0, 1.0)
-        if not pace.declared:  # nothing declared: requests start slowly and double every second
+        if not pace.declared:  # nothing declared: requests start slowly and double (slow start)
             self._requests.known, self._requests.learned = SLOW_START, True
             self._requests.capacity_seconds = 1.0 / SLOW_START
         self._slow_start = not pace.declared
@@ -158,26 +159,56 @@ class Pacer:
         with self._lock:
             now = self._clock()
             self._advance(now)
-            tokens = round(estimate * self._scale) if estimate else 0
-            delay = 0.0
-            if self._requests.bucket is not None:
-                delay = max(delay, self._requests.bucket.book(1, now))
-            if self._tokens.bucket is not None and tokens:
-                delay = max(delay, self._tokens.bucket.book(tokens, now))
-            delay = max(delay, self._paused_until - now)
-            self.requests += 1
-            self.tokens_booked += tokens
-            self._history.append((now + delay, tokens))
-            return Booking(delay, self._epoch, tokens)
+            return self._book(estimate, now)
 
-    def settle(self, estimate: int, booking: Booking, used: int) -> None:
-        """The call succeeded and cost ``used`` tokens (as the provider counts them): correct the budget."""
+    def claim(self, booking: Booking, estimate: int) -> Booking:
+        """After sleeping ``booking.delay``: go (a booking with no delay), or, when a 429 came meanwhile,
+        the same call booked again under the new pace (a booking made at the old pace must not go out)."""
         with self._lock:
+            if booking.epoch == self._epoch:
+                return Booking(0.0, booking.epoch, booking.tokens)
+            now = self._clock()
+            self._advance(now)
+            self._unbook(booking)
+            return self._book(estimate, now)
+
+    def _book(self, estimate: int, now: float) -> Booking:
+        tokens = round(estimate * self._scale) if estimate else 0
+        delay = 0.0
+        if self._requests.bucket is not None:
+            delay = max(delay, self._requests.bucket.book(1, now))
+        if self._tokens.bucket is not None and tokens:
+            delay = max(delay, self._tokens.bucket.book(tokens, now))
+        delay = max(delay, self._paused_until - now)
+        self.requests += 1
+        self.tokens_booked += tokens
+        self._history.append((now + delay, tokens))
+        return Booking(delay, self._epoch, tokens)
+
+    def _unbook(self, booking: Booking) -> None:
+        self.requests -= 1
+        self.tokens_booked -= booking.tokens
+        if booking.epoch != self._epoch:
+            return  # the pause since reset the budgets: nothing of it is left to give back
+        if self._requests.bucket is not None:
+            self._requests.bucket.refund(1)
+        if self._tokens.bucket is not None:
+            self._tokens.bucket.refund(booking.tokens)
+
+    def settle(self, estimate: int, booking: Booking, used: int,
+               limits: tuple[float | None, float | None] = (None, None)) -> None:
+        """The call succeeded and cost ``used`` tokens (as the provider counts them): correct the budget, and
+        take the limits the provider named in its answer's headers (``include_response_headers``)."""
+        with self._lock:
+            if limits != (None, None):
+                self._adopt(limits, self._clock())
             self.tokens_used += used
             self._throttles_in_a_row = 0
             if estimate > 0 and used > 0:
                 self._scale = 0.8 * self._scale + 0.2 * (used / estimate)
-            if self._tokens.bucket is not None:
+            if self._tokens.bucket is not None and booking.epoch == self._epoch:
+                # (a booking from before the last 429 is not corrected: the pause reset the budget to the
+                # provider's own state, which already held it)
                 self._tokens.bucket.refund(booking.tokens - used)
 
     def throttle(
@@ -194,9 +225,9 @@ class Pacer:
             self._advance(now)
             self.throttled += 1
             self._throttles_in_a_row += 1
-            self.requests -= 1
+            self.requests -= 1  # not admitted: its tokens were not spent (its request slot was: kept)
             self.tokens_booked -= booking.tokens
-            if self._tokens.bucket is not None:
+            if self._tokens.bucket is not None and booking.epoch == self._epoch:
                 self._tokens.bucket.refund(booking.tokens)
             explained = self._adopt(limits, now)
             if booking.epoch == self._epoch and not explained:
@@ -228,7 +259,7 @@ class Pacer:
             self._history.popleft()
         for limit in (self._requests, self._tokens):
             if self._slow_start and limit is self._requests:
-                limit.known = min(1e6, (limit.known or SLOW_START) * 2**seconds)
+                limit.known = min(1e6, (limit.known or SLOW_START) * 2 ** (seconds / DOUBLING))
                 limit.capacity_seconds = 1.0 / limit.known
             elif limit.known is not None:
                 limit.climb(seconds)

@@ -69,12 +69,15 @@ class Limiter(Protocol):
 
 class RateLimiter(Protocol):
     """A run's pace for one key (``rayrunnables.pacing.Pacer``, or its proxy on Ray): ``reserve`` books a call
-    of about ``estimate`` tokens and says how long to wait; ``settle`` hands back what it really cost;
-    ``throttle`` reports a 429 (the pace learns and pauses)."""
+    of about ``estimate`` tokens and says how long to wait; ``claim`` confirms it after the wait; ``settle``
+    hands back what it really cost; ``throttle`` reports a 429 (the pace learns and pauses)."""
 
     def reserve(self, estimate: int) -> Any: ...
 
-    def settle(self, estimate: int, booking: Any, used: int) -> None: ...
+    def claim(self, booking: Any, estimate: int) -> Any: ...
+
+    def settle(self, estimate: int, booking: Any, used: int,
+               limits: tuple[float | None, float | None] = (None, None)) -> None: ...
 
     def throttle(self, booking: Any, retry_after: float | None, limits: tuple[float | None, float | None],
                  kind: str | None) -> float: ...

@@ -25,7 +25,8 @@ from rayrunnables.model_calls import (
 URL = "http://127.0.0.1/v1/chat/completions"
 
 
-def rate_limit_error(headers: dict[str, str], body: object = None, message: str = "Rate limit") -> openai.RateLimitError:
+def rate_limit_error(headers: dict[str, str], body: object = None, message: str = "Rate limit"
+                     ) -> openai.RateLimitError:
     response = httpx.Response(429, headers=headers, request=httpx.Request("POST", URL))
     return openai.RateLimitError(message, response=response, body=body)
 
@@ -50,8 +51,8 @@ def test_usage_from_messages_chunks_results_and_dicts() -> None:
     assert usage_of(AIMessage("hi")) is None
     result = LLMResult(generations=[[ChatGeneration(message=AIMessage("a", usage_metadata=usage))]])
     assert usage_of(result) == (30, 7)
-    assert usage_of(LLMResult(generations=[], llm_output={"token_usage": {"prompt_tokens": 5, "completion_tokens": 2}}))\
-        == (5, 2)
+    old_style = {"token_usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    assert usage_of(LLMResult(generations=[], llm_output=old_style)) == (5, 2)
     assert usage_of({"answer": AIMessage("a", usage_metadata=usage), "other": 1}) == (30, 7)
     assert usage_of("text") is None
     assert charged_tokens((30, 7), 50) == 80  # the provider booked max_tokens when it admitted the call

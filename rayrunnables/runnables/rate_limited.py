@@ -21,6 +21,7 @@ from ..model_calls import (
     estimate_tokens,
     is_rate_limit_error,
     limit_kind_of,
+    named_limits_in,
     named_limits_of,
     retry_after_of,
     usage_of,
@@ -108,9 +109,13 @@ class RunnableRateLimited(Runnable[Input, Output]):
     def _is_rate_limit(self, exc: BaseException) -> bool:
         return is_rate_limit_error(exc) or (self.rate_limit_errors is not None and bool(self.rate_limit_errors(exc)))
 
-    def _settle(self, pacer: Any, estimate: int, booking: Booking, usage: tuple[int, int] | None) -> None:
+    def _settle(self, pacer: Any, estimate: int, booking: Booking, usage: tuple[int, int] | None,
+                named: tuple[float | None, float | None] = (None, None)) -> None:
+        """Hand the pacer what the call really cost, and the limits its answer named, if it said either."""
         if usage is not None:
-            pacer.settle(estimate, booking, charged_tokens(usage, self.max_output_tokens))
+            pacer.settle(estimate, booking, charged_tokens(usage, self.max_output_tokens), named)
+        elif named != (None, None):
+            pacer.settle(estimate, booking, booking.tokens, named)
 
     def _turn(self, pacer: Any, estimate: int, give_up: float, ctx: RunContext,
               error: BaseException | None, booking: Booking | None) -> Booking:
@@ -124,8 +129,9 @@ class RunnableRateLimited(Runnable[Input, Output]):
                     f"(with_rate_limit(max_wait=...)); last answer: {type(error).__name__}: {error}"), where
                 ) from error
         booking = pacer.reserve(estimate)
-        if booking.delay > 0:
+        while booking.delay > 0:  # a 429 while it slept re-books it at the new pace
             time.sleep(booking.delay)
+            booking = pacer.claim(booking, estimate)
         return booking
 
     def _paced(self, input: Any, ctx: RunContext, call: Callable[[], Any], usage: Callable[[Any], Any]) -> Any:
@@ -143,7 +149,7 @@ class RunnableRateLimited(Runnable[Input, Output]):
                     raise
                 error = exc
                 continue
-            self._settle(pacer, estimate, booking, usage(output))
+            self._settle(pacer, estimate, booking, usage(output), named_limits_in(output))
             return output
 
     # ---- the three ways a step runs ------------------------------------------------------------------------------
@@ -178,14 +184,14 @@ class RunnableRateLimited(Runnable[Input, Output]):
             break
         if first is NOTHING:
             return
-        used = usage_of(first)
+        used, named = usage_of(first), named_limits_in(first)
         yield first
         for chunk in stream:
             more = usage_of(chunk)
             if more is not None:
                 used = more if used is None else (used[0] + more[0], used[1] + more[1])
             yield chunk
-        self._settle(pacer, estimate, booking, used)
+        self._settle(pacer, estimate, booking, used, named)
 
 
 def _summed_usage(outputs: Any) -> tuple[int, int] | None:

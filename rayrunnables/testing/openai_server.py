@@ -529,7 +529,8 @@ class OpenAIServer:
         headers = {}
         for kind, bucket in (("requests", self._request_bucket), ("tokens", self._token_bucket)):
             if bucket is not None:
-                headers[f"x-ratelimit-limit-{kind}"] = f"{bucket.limit:g}"
+                limit = f"{bucket.limit:.0f}" if bucket.limit >= 1 else f"{bucket.limit:g}"  # integers, as OpenAI's
+                headers[f"x-ratelimit-limit-{kind}"] = limit
                 headers[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
                 headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_after())
         return headers

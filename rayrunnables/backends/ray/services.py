@@ -45,8 +45,13 @@ class _RemotePacer:
         booking: Booking = ray.get(self.handle.reserve.remote(estimate))
         return booking
 
-    def settle(self, estimate: int, booking: Booking, used: int) -> None:
-        self.handle.settle.remote(estimate, booking, used)  # nobody waits for it: the next booking sees it
+    def claim(self, booking: Booking, estimate: int) -> Booking:
+        claimed: Booking = ray.get(self.handle.claim.remote(booking, estimate))
+        return claimed
+
+    def settle(self, estimate: int, booking: Booking, used: int,
+               limits: tuple[float | None, float | None] = (None, None)) -> None:
+        self.handle.settle.remote(estimate, booking, used, limits)  # nobody waits: the next booking sees it
 
     def throttle(self, booking: Booking, retry_after: float | None, limits: tuple[float | None, float | None],
                  kind: str | None) -> float:
