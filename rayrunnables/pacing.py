@@ -38,6 +38,7 @@ INCREASE = 0.02  # per second without a 429: the share of the pace before the la
 SLOW_START = 4.0  # requests per second a step with no declared limit starts at, doubling every DOUBLING seconds
 DOUBLING = 0.5
 MIN_RATE = 0.05  # requests per second: a pace is never learned below this
+PERSISTENT = 10.0  # seconds: a second unexplained 429 within this lowers a declared or named pace
 WINDOW = 2.0  # seconds over which the rate admitted is measured when a limit must be learned
 
 
@@ -55,39 +56,61 @@ class Pace:
 
 
 class Bucket:
-    """A budget refilled at ``rate`` units per second, holding at most ``capacity`` units: the generic
-    cell rate algorithm, with a rate that may change (the debt is kept in units across a change)."""
+    """A budget refilled at ``rate`` units per second, holding at most ``capacity`` units: the generic cell
+    rate algorithm kept in units rather than times, so that a booking's place in line (its ``ticket``, the
+    units booked up to and including it) stays put when the rate changes, and a faster pace lets a call that
+    is already waiting go sooner.
 
-    def __init__(self, rate: float, capacity: float) -> None:
+    ``meter``: units the budget has paid out as of ``stamp``; ``booked``: units booked in all."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
         self.rate, self.capacity = rate, capacity
-        self.tat = 0.0  # when the debt booked so far is paid off
+        self.meter = self.booked = 0.0
+        self.stamp = now
 
-    def book(self, cost: float, now: float) -> float:
-        """Book ``cost`` units; the time from ``now`` until the call conforms."""
-        tat = max(self.tat, now)
-        self.tat = tat + cost / self.rate
-        return max(0.0, self.tat - max(self.capacity, cost) / self.rate - now)
+    def _run(self, now: float) -> None:
+        self.meter += max(0.0, now - self.stamp) * self.rate
+        self.stamp = max(self.stamp, now)
+
+    def book(self, cost: float, now: float) -> tuple[float, float]:
+        """Book ``cost`` units: the call's ticket, and the time from ``now`` until it conforms."""
+        self._run(now)
+        self.meter = min(self.meter, self.booked)  # a quiet time saves up no more than ``capacity``
+        self.booked += cost
+        return self.booked, self.wait(self.booked, cost, now)
+
+    def wait(self, ticket: float, cost: float, now: float) -> float:
+        """Seconds from ``now`` until the call holding ``ticket`` conforms, at the rate in force now."""
+        self._run(now)
+        wait = (ticket - max(self.capacity, cost) - self.meter) / self.rate
+        return wait if wait > 1e-9 else 0.0  # (not a rounding error's sleep)
 
     def refund(self, cost: float) -> None:
-        self.tat -= cost / self.rate
+        self.booked -= cost
 
-    def empty_at(self, moment: float) -> None:
-        """Nothing left to spend at ``moment``: the budget refills from then on."""
-        self.tat = max(self.tat, moment + self.capacity / self.rate)
+    def empty_at(self, now: float, moment: float, forget: bool = False) -> None:
+        """Nothing left to spend at ``moment``: the budget refills from then on (``forget``: whatever was
+        booked until now is dropped rather than kept in line before later bookings)."""
+        self._run(now)
+        empty = self.meter + self.capacity + (moment - now) * self.rate
+        self.booked = empty if forget else max(self.booked, empty)
 
     def set_rate(self, rate: float, capacity: float, now: float) -> None:
-        debt = max(0.0, self.tat - now) * self.rate
+        self._run(now)
         self.rate, self.capacity = rate, capacity
-        self.tat = now + debt / rate
 
 
 @dataclass(frozen=True)
 class Booking:
-    """A booked call: wait ``delay`` seconds, then call; ``epoch`` and ``tokens`` go back with the outcome."""
+    """A booked call: wait ``delay`` seconds, then ``claim`` it; it goes back with the outcome.
+
+    ``epoch``: the round of 429s it was booked in; ``tickets``: its places in line in the requests and
+    the tokens budget (None where that budget was not paced)."""
 
     delay: float
     epoch: int
     tokens: int
+    tickets: tuple[float | None, float | None] = (None, None)
 
 
 class _Limit:
@@ -113,8 +136,7 @@ class _Limit:
             return
         capacity = max(self.min_capacity, rate * self.capacity_seconds)
         if self.bucket is None:
-            self.bucket = Bucket(rate, capacity)
-            self.bucket.tat = now  # a new budget starts full
+            self.bucket = Bucket(rate, capacity, now)  # a new budget starts full
         else:
             self.bucket.set_rate(rate, capacity, now)
 
@@ -146,8 +168,10 @@ class Pacer:
         self._epoch = 0
         self._paused_until = 0.0
         self._throttles_in_a_row = 0
+        self._last_unexplained = float("-inf")
         self._scale = 1.0  # real tokens / estimated tokens, a running ratio
         self._history: deque[tuple[float, int]] = deque()  # (time, tokens) of calls booked in the last WINDOW
+        self._successes: deque[float] = deque()  # when calls succeeded, in the last second
         self.requests = self.throttled = 0
         self.tokens_booked = self.tokens_used = 0
         for limit in (self._requests, self._tokens):
@@ -162,28 +186,34 @@ class Pacer:
             return self._book(estimate, now)
 
     def claim(self, booking: Booking, estimate: int) -> Booking:
-        """After sleeping ``booking.delay``: go (a booking with no delay), or, when a 429 came meanwhile,
-        the same call booked again under the new pace (a booking made at the old pace must not go out)."""
+        """After sleeping (some of) ``booking.delay``: go (no delay left), or sleep on for the time left at the
+        pace in force now (a faster pace lets it go sooner). When a 429 came meanwhile, the call is booked
+        again under the new pace: a booking made at the old pace must not go out."""
         with self._lock:
-            if booking.epoch == self._epoch:
-                return Booking(0.0, booking.epoch, booking.tokens)
             now = self._clock()
             self._advance(now)
-            self._unbook(booking)
-            return self._book(estimate, now)
+            if booking.epoch != self._epoch:
+                self._unbook(booking)
+                return self._book(estimate, now)
+            delay = max(0.0, self._paused_until - now)
+            for limit, ticket, cost in ((self._requests, booking.tickets[0], 1),
+                                        (self._tokens, booking.tickets[1], booking.tokens)):
+                if limit.bucket is not None and ticket is not None:
+                    delay = max(delay, limit.bucket.wait(ticket, cost, now))
+            return Booking(delay, booking.epoch, booking.tokens, booking.tickets)
 
     def _book(self, estimate: int, now: float) -> Booking:
         tokens = round(estimate * self._scale) if estimate else 0
-        delay = 0.0
-        if self._requests.bucket is not None:
-            delay = max(delay, self._requests.bucket.book(1, now))
-        if self._tokens.bucket is not None and tokens:
-            delay = max(delay, self._tokens.bucket.book(tokens, now))
-        delay = max(delay, self._paused_until - now)
+        delay = max(0.0, self._paused_until - now)
+        tickets: list[float | None] = [None, None]
+        for i, (limit, cost) in enumerate(((self._requests, 1), (self._tokens, tokens))):
+            if limit.bucket is not None and cost:
+                tickets[i], wait = limit.bucket.book(cost, now)
+                delay = max(delay, wait)
         self.requests += 1
         self.tokens_booked += tokens
         self._history.append((now + delay, tokens))
-        return Booking(delay, self._epoch, tokens)
+        return Booking(delay, self._epoch, tokens, (tickets[0], tickets[1]))
 
     def _unbook(self, booking: Booking) -> None:
         self.requests -= 1
@@ -195,15 +225,20 @@ class Pacer:
         if self._tokens.bucket is not None:
             self._tokens.bucket.refund(booking.tokens)
 
-    def settle(self, estimate: int, booking: Booking, used: int,
+    def settle(self, estimate: int, booking: Booking, used: int | None,
                limits: tuple[float | None, float | None] = (None, None)) -> None:
-        """The call succeeded and cost ``used`` tokens (as the provider counts them): correct the budget, and
-        take the limits the provider named in its answer's headers (``include_response_headers``)."""
+        """The call succeeded; it cost ``used`` tokens as the provider counts them (None: it did not say).
+        Correct the budget, and take the limits the provider named in its answer's headers
+        (``include_response_headers``). Successes also clock the slow start."""
         with self._lock:
+            now = self._clock()
+            self._successes.append(now)
             if limits != (None, None):
-                self._adopt(limits, self._clock())
-            self.tokens_used += used
+                self._adopt(limits, now)
             self._throttles_in_a_row = 0
+            if used is None:
+                return
+            self.tokens_used += used
             if estimate > 0 and used > 0:
                 self._scale = 0.8 * self._scale + 0.2 * (used / estimate)
             if self._tokens.bucket is not None and booking.epoch == self._epoch:
@@ -227,20 +262,35 @@ class Pacer:
             self._throttles_in_a_row += 1
             self.requests -= 1  # not admitted: its tokens were not spent (its request slot was: kept)
             self.tokens_booked -= booking.tokens
-            if self._tokens.bucket is not None and booking.epoch == self._epoch:
+            current = booking.epoch == self._epoch
+            if self._tokens.bucket is not None and current:
                 self._tokens.bucket.refund(booking.tokens)
             explained = self._adopt(limits, now)
-            if booking.epoch == self._epoch and not explained:
+            if current and not explained and self._persistent(now, kind):
                 self._lower(kind, now)
-            self._epoch += 1  # calls booked before this answer do not lower the pace again
             if retry_after is None:
                 retry_after = min(60.0, 0.5 * 2 ** (self._throttles_in_a_row - 1)) * random.uniform(0.5, 1.0)
             pause_end = max(self._paused_until, now + retry_after)
             self._paused_until = pause_end
             for limit in (self._requests, self._tokens):
                 if limit.bucket is not None:
-                    limit.bucket.empty_at(pause_end)
+                    # the provider's budget is empty now: ours too, at the end of the pause. The first 429 of
+                    # a round forgets what was booked before it (calls not yet sent book again: ``claim``);
+                    # a later one of the same round keeps what the new round booked
+                    limit.bucket.empty_at(now, pause_end, forget=current)
+            if current:
+                self._epoch += 1  # calls booked before this answer neither lower the pace again nor go out
             return pause_end - now
+
+    def _persistent(self, now: float, kind: str | None) -> bool:
+        """Whether a 429 the known limits do not explain should lower the pace. A limit nobody declared or
+        named is learned at once (a learned one yields at once too); with limits known, one 429 now and then
+        is the estimates' error, and a second within ``PERSISTENT`` seconds means the key is shared."""
+        recent, self._last_unexplained = now - self._last_unexplained <= PERSISTENT, now
+        return recent or any(limit.known is None or limit.learned for limit in self._targets(kind))
+
+    def _targets(self, kind: str | None) -> list[_Limit]:
+        return {"requests": [self._requests], "tokens": [self._tokens]}.get(kind or "", [self._requests, self._tokens])
 
     def stats(self) -> dict[str, float | int | None]:
         with self._lock:
@@ -257,27 +307,34 @@ class Pacer:
             return
         while self._history and self._history[0][0] < now - WINDOW:
             self._history.popleft()
+        while self._successes and self._successes[0] < now - 1.0:
+            self._successes.popleft()
         for limit in (self._requests, self._tokens):
             if self._slow_start and limit is self._requests:
-                limit.known = min(1e6, (limit.known or SLOW_START) * 2 ** (seconds / DOUBLING))
+                # doubling, but clocked by what succeeds (TCP's acks): never past twice the rate of successes
+                clocked = max(SLOW_START, 2.0 * len(self._successes))
+                limit.known = min(clocked, (limit.known or SLOW_START) * 2 ** (seconds / DOUBLING))
                 limit.capacity_seconds = 1.0 / limit.known
             elif limit.known is not None:
                 limit.climb(seconds)
             limit.sync(now)
 
     def _adopt(self, limits: tuple[float | None, float | None], now: float) -> bool:
-        """Take the limits the provider named; whether they explain the 429 (ours were higher)."""
+        """Take the limits the provider named (never above a declared one: the user may want less); whether
+        they explain a 429 (we were going faster than they allow)."""
         explained = False
         for limit, named in zip((self._requests, self._tokens), limits, strict=True):
             if named is None or named <= 0:
                 continue
-            if limit.known is None or limit.learned or named < limit.known:
-                explained = explained or limit.known is None or named < limit.known * limit.factor
-                limit.known, limit.learned, limit.factor = named, False, min(limit.factor, 1.0)
-                if limit is self._requests:
-                    limit.capacity_seconds = self.pace.burst / named
-                    self._slow_start = False
-                limit.sync(now)
+            target = named if limit.declared is None else min(named, limit.declared)
+            if target == limit.known and not limit.learned:
+                continue
+            explained = explained or limit.known is None or target < limit.known * limit.factor
+            limit.known, limit.learned, limit.factor = target, False, min(limit.factor, 1.0)
+            if limit is self._requests:
+                limit.capacity_seconds = self.pace.burst / target
+                self._slow_start = False
+            limit.sync(now)
         return explained
 
     def _lower(self, kind: str | None, now: float) -> None:
@@ -292,9 +349,7 @@ class Pacer:
             self._requests.sync(now)
             if kind != "tokens":
                 return
-        targets = {"requests": [self._requests], "tokens": [self._tokens]}.get(
-            kind or "", [self._requests, self._tokens])
-        for limit in targets:
+        for limit in self._targets(kind):
             if limit.known is None:  # never declared, never named: learn it from what was admitted
                 measured = measured_tokens if limit is self._tokens else measured_requests
                 if measured <= 0:

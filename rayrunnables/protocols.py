@@ -76,7 +76,7 @@ class RateLimiter(Protocol):
 
     def claim(self, booking: Any, estimate: int) -> Any: ...
 
-    def settle(self, estimate: int, booking: Any, used: int,
+    def settle(self, estimate: int, booking: Any, used: int | None,
                limits: tuple[float | None, float | None] = (None, None)) -> None: ...
 
     def throttle(self, booking: Any, retry_after: float | None, limits: tuple[float | None, float | None],

@@ -74,11 +74,14 @@ def test_a_named_lower_limit_is_adopted_without_lowering_the_pace() -> None:
     assert pacer.stats()["requests_per_second"] == pytest.approx(10 * SAFETY)
 
 
-def test_an_unexplained_429_lowers_the_pace_once_per_round_then_it_climbs_back() -> None:
+def test_unexplained_429s_lower_the_pace_once_per_round_then_it_climbs_back() -> None:
     clock = Clock()
     pacer = Pacer(Pace(requests_per_second=10), clock)
+    pacer.throttle(pacer.reserve(0), 0.0, (None, None), "requests")
+    assert pacer.stats()["requests_per_second"] == pytest.approx(10 * SAFETY)  # one alone: the estimates' error
+    clock.now += 1
     bookings = [pacer.reserve(0) for _ in range(5)]
-    for booking in bookings:  # five answers of one round: one decrease
+    for booking in bookings:  # five answers of one round, soon after: the key is shared, one decrease
         pacer.throttle(booking, 0.0, (None, None), "requests")
     assert pacer.stats()["requests_per_second"] == pytest.approx(10 * SAFETY * DECREASE)
     clock.now += 100
@@ -86,18 +89,54 @@ def test_an_unexplained_429_lowers_the_pace_once_per_round_then_it_climbs_back()
     assert pacer.stats()["requests_per_second"] == pytest.approx(10 * SAFETY)  # climbed back, not past
 
 
-def test_nothing_declared_starts_slow_doubles_then_learns_from_the_first_429() -> None:
+def test_bookings_made_before_a_429_book_again_when_they_wake() -> None:
+    clock = Clock()
+    pacer = Pacer(Pace(requests_per_second=10), clock)
+    sleeping = [pacer.reserve(0) for _ in range(20)]  # 2 s of calls booked ahead
+    pacer.throttle(sleeping[0], 0.5, (None, None), "requests")
+    woke = pacer.claim(sleeping[5], 0)
+    assert woke.delay == pytest.approx(0.5 + 1 / (10 * SAFETY))  # after the pause, first in the new round
+    clock.now += woke.delay
+    assert pacer.claim(woke, 0).delay == 0  # nothing happened since: it goes
+
+
+def test_a_faster_pace_lets_a_waiting_call_go_sooner() -> None:
+    clock = Clock()
+    pacer = Pacer(Pace(requests_per_second=10), clock)
+    pacer.throttle(pacer.reserve(0), 0.0, (1.0, None), "requests")  # the provider says 1 request per second
+    waiting = [pacer.reserve(0) for _ in range(5)]
+    assert waiting[-1].delay == pytest.approx(5 / SAFETY)
+    pacer.settle(0, waiting[0], None, (4.0, None))  # a later answer names 4 per second (the limit was raised)
+    assert pacer.claim(waiting[-1], 0).delay < 2 / SAFETY
+
+
+def test_nothing_declared_starts_slow_doubles_as_calls_succeed_then_learns_from_the_first_429() -> None:
     clock = Clock()
     pacer = Pacer(Pace(), clock)
     assert pacer.stats()["requests_per_second"] == pytest.approx(SLOW_START * SAFETY)
-    starts = run_calls(pacer, clock, 60)
+    starts = []
+    for _ in range(60):
+        booking = pacer.reserve(0)
+        while booking.delay > 0:
+            clock.now += booking.delay
+            booking = pacer.claim(booking, 0)
+        starts.append(clock.now)
+        pacer.settle(0, booking, None)  # each call succeeds at once: the successes clock the doubling
     rate_then = pacer.stats()["requests_per_second"]
-    assert rate_then is not None and rate_then > 4 * SLOW_START  # doubled a few times
-    booking = pacer.reserve(0)
-    pacer.throttle(booking, 0.5, (None, None), None)
+    assert rate_then is not None and rate_then > 4 * SLOW_START
+    pacer.throttle(pacer.reserve(0), 0.5, (None, None), None)
     learned = pacer.stats()["requests_per_second"]
     assert learned is not None and learned < rate_then
     assert starts == sorted(starts)
+
+
+def test_slow_start_does_not_outrun_what_succeeds() -> None:
+    clock = Clock()
+    pacer = Pacer(Pace(), clock)
+    for _ in range(40):  # calls go out but none has come back yet
+        booking = pacer.reserve(0)
+        clock.now += booking.delay
+    assert pacer.stats()["requests_per_second"] == pytest.approx(SLOW_START * SAFETY)
 
 
 def test_a_tokens_429_with_nothing_declared_learns_a_token_budget() -> None:

@@ -32,6 +32,8 @@ from .chunks import NOTHING, gather
 
 __all__ = ["RunnableRateLimited", "check_limits"]
 
+RECHECK = 0.5  # seconds a booked call sleeps at most before it asks the pacer again
+
 
 def _positive(value: Any, what: str, where: str) -> float | None:
     if value is None:
@@ -111,11 +113,9 @@ class RunnableRateLimited(Runnable[Input, Output]):
 
     def _settle(self, pacer: Any, estimate: int, booking: Booking, usage: tuple[int, int] | None,
                 named: tuple[float | None, float | None] = (None, None)) -> None:
-        """Hand the pacer what the call really cost, and the limits its answer named, if it said either."""
-        if usage is not None:
-            pacer.settle(estimate, booking, charged_tokens(usage, self.max_output_tokens), named)
-        elif named != (None, None):
-            pacer.settle(estimate, booking, booking.tokens, named)
+        """Tell the pacer the call succeeded, what it really cost and the limits its answer named, if it said."""
+        used = None if usage is None else charged_tokens(usage, self.max_output_tokens)
+        pacer.settle(estimate, booking, used, named)
 
     def _turn(self, pacer: Any, estimate: int, give_up: float, ctx: RunContext,
               error: BaseException | None, booking: Booking | None) -> Booking:
@@ -129,8 +129,8 @@ class RunnableRateLimited(Runnable[Input, Output]):
                     f"(with_rate_limit(max_wait=...)); last answer: {type(error).__name__}: {error}"), where
                 ) from error
         booking = pacer.reserve(estimate)
-        while booking.delay > 0:  # a 429 while it slept re-books it at the new pace
-            time.sleep(booking.delay)
+        while booking.delay > 0:  # a 429, or a much faster pace, while it slept: it books again
+            time.sleep(min(booking.delay, RECHECK))
             booking = pacer.claim(booking, estimate)
         return booking
 

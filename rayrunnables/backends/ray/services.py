@@ -49,7 +49,7 @@ class _RemotePacer:
         claimed: Booking = ray.get(self.handle.claim.remote(booking, estimate))
         return claimed
 
-    def settle(self, estimate: int, booking: Booking, used: int,
+    def settle(self, estimate: int, booking: Booking, used: int | None,
                limits: tuple[float | None, float | None] = (None, None)) -> None:
         self.handle.settle.remote(estimate, booking, used, limits)  # nobody waits: the next booking sees it
 
