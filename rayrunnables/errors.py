@@ -18,6 +18,7 @@ __all__ = [
     "OptionsError",
     "StepRecursionError",
     "UnpicklableStepError",
+    "UnportableError",
     "BackendError",
     "StepConstructionError",
     "VectorizedOutputError",
@@ -60,6 +61,16 @@ class UnpicklableStepError(RayRunnablesError, TypeError):
 
 class UnpicklableOutputError(RayRunnablesError, TypeError):
     """A step's output cannot be sent back from a Ray worker (it holds a lock, a socket, a generator...)."""
+
+
+class UnportableError(RayRunnablesError):
+    """A step's exception cannot be rebuilt in the process it was sent to, even without its constructor:
+    this error stands for it, naming its type (``original_type``, as ``module.qualname``) and keeping its
+    message, step path and item index. Exceptions that can be rebuilt keep their own type on every backend."""
+
+    def __init__(self, message: str, original_type: str = "") -> None:
+        super().__init__(message)
+        self.original_type = original_type
 
 
 class StepConstructionError(RayRunnablesError, RuntimeError):

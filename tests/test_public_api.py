@@ -38,6 +38,7 @@ EXPECTED_ALL = {
     "StepRecursionError",
     "UnpicklableOutputError",
     "UnpicklableStepError",
+    "UnportableError",
     "__version__",
     "available_backends",
     "cancel_requested",
@@ -88,6 +89,7 @@ def test_error_hierarchy() -> None:
         rr.StepRecursionError,
         rr.UnpicklableStepError,
         rr.UnpicklableOutputError,
+        rr.UnportableError,
         rr.BackendError,
     ):
         assert issubclass(cls, rr.RayRunnablesError)
