@@ -7,6 +7,7 @@ so ``except ValueError`` keeps working on every backend.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -26,7 +27,9 @@ __all__ = [
     "RemoteTraceback",
     "FailureBudgetExceeded",
     "attach_step",
+    "copy_error",
     "deadline_error",
+    "rebuild_error",
     "step_path_of",
     "item_index_of",
 ]
@@ -151,3 +154,30 @@ def item_index_of(exc: BaseException) -> int | None:
     """The index of the batch/map item whose run raised ``exc``, when known."""
     value: Any = getattr(exc, _INDEX_ATTR, None)
     return value
+
+
+def rebuild_error(cls: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    """An exception of ``cls`` made without calling its constructor, its ``args`` and attributes restored.
+
+    pickle and ``copy`` rebuild an exception as ``cls(*args)``, which fails for a class whose constructor
+    takes other arguments (openai's ``RateLimitError(message, *, response, body)``); this does not."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    vars(exc).update(state)
+    return exc
+
+
+def copy_error(exc: E) -> E:
+    """A shallow copy of ``exc`` (each item's own error when one call failed for a whole chunk): as
+    ``copy.copy`` makes it, or, for a class whose constructor cannot be called again, ``rebuild_error``'s.
+    Its notes are its own list, so a note added to the copy is not added to the original."""
+    try:
+        twin = copy.copy(exc)
+        if type(twin) is not type(exc):
+            raise TypeError(type(twin))
+    except Exception:
+        twin = rebuild_error(type(exc), exc.args, dict(vars(exc)))
+    notes = vars(twin).get("__notes__")
+    if isinstance(notes, list):
+        vars(twin)["__notes__"] = list(notes)
+    return twin

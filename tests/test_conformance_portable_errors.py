@@ -25,7 +25,7 @@ import openai
 import pytest
 
 import rayrunnables
-from rayrunnables import RunnableLambda, UnportableError
+from rayrunnables import RunnableActor, RunnableLambda, UnportableError
 
 BAD = 3
 BODY = {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}
@@ -139,6 +139,20 @@ def ident(x: Any) -> Any:
     return x
 
 
+def embed_all(items: list[int]) -> list[int]:
+    """A vectorized step: one call for a whole chunk, failing as its client does."""
+    if BAD in items:
+        raise openai_error()
+    return [x * 10 for x in items]
+
+
+class ClientModel:
+    """A stateful step (a pool of actors on Ray) whose calls fail as its client does."""
+
+    def __call__(self, x: int) -> int:
+        return raise_openai(x)
+
+
 # ---- what must arrive --------------------------------------------------------------------------------
 
 
@@ -233,6 +247,30 @@ def test_map_in_a_chain_raises_the_clients_error_whole(cfg: dict[str, Any], kind
     check(info.value)
     assert "parallel['each']" in (rayrunnables.step_path_of(info.value) or "")
     check_path(info.value, fn, BAD)
+
+
+def test_a_vectorized_step_gives_each_item_its_own_whole_error(cfg: dict[str, Any]) -> None:
+    out = RunnableLambda(embed_all, batched=True).batch([BAD, 4, 5], config=cfg, return_exceptions=True)
+    assert len(out) == 3
+    for index, exc in enumerate(out):
+        check_openai(exc)
+        check_path(exc, embed_all, index)
+    assert len({id(exc) for exc in out}) == 3  # copies, each naming its own item
+
+
+def test_a_stateful_steps_client_error_arrives_whole(cfg: dict[str, Any]) -> None:
+    step = RunnableActor(ClientModel, pool_size=1)
+    with pytest.raises(Exception) as info:
+        step.invoke(BAD, config=cfg)
+    check_openai(info.value)
+    out = step.batch(list(range(6)), config=cfg, return_exceptions=True)
+    assert [o for i, o in enumerate(out) if i != BAD] == [0, 10, 20, 40, 50]
+    check_openai(out[BAD])
+    assert rayrunnables.item_index_of(out[BAD]) == BAD
+    with pytest.raises(Exception) as mapped:
+        step.map().invoke(list(range(6)), config=cfg)
+    check_openai(mapped.value)
+    assert rayrunnables.item_index_of(mapped.value) == BAD
 
 
 def crosses(cfg: dict[str, Any], call: str) -> bool:

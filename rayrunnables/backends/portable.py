@@ -9,12 +9,13 @@ user's type is lost.
 
 ``portable(exc)``, called where a backend sends a worker's errors back, leaves alone what already makes
 the trip (tried once, here). Otherwise it gives this one instance its own ``__reduce_ex__`` (pickle and
-``copy`` look it up on the instance): the receiver makes the object with ``cls.__new__(cls, *args)``
-and restores ``args`` and ``__dict__`` (``status_code``, ``body``, ``response``, notes, step path and
-item index...) without calling ``__init__``. An attribute that cannot be pickled is replaced by a
-stand-in: an HTTP response by a ``ResponseSnapshot`` (status code, headers, the body if it was read),
-anything else by its type's name. ``__cause__``, ``__context__`` and the traceback travel as for any
-pickled exception, that is not at all: the remote traceback text becomes the ``__cause__`` on arrival.
+``copy`` look it up on the instance): the receiver makes the object with ``errors.rebuild_error``, that
+is ``cls.__new__(cls, *args)``, and restores ``args`` and ``__dict__`` (``status_code``, ``body``,
+``response``, notes, step path and item index...) without calling ``__init__``. An attribute that cannot
+be pickled is replaced by a stand-in: an HTTP response by a ``ResponseSnapshot`` (status code, headers,
+the body if it was read), anything else by its type's name. ``__cause__``, ``__context__`` and the
+traceback travel as for any pickled exception, that is not at all: the remote traceback text becomes
+the ``__cause__`` on arrival.
 Where even that cannot be rebuilt, the error sent is an ``UnportableError`` naming the original type
 and keeping its message, step path and item index.
 """
@@ -26,14 +27,14 @@ import json
 import pickle
 from typing import Any, NoReturn
 
-from ..errors import UnportableError, attach_step, item_index_of, step_path_of
+from ..errors import UnportableError, attach_step, item_index_of, rebuild_error, step_path_of
 
 try:  # the standalone package when installed; else the copy Ray ships (a core dependency)
     import cloudpickle
 except ImportError:  # pragma: no cover - depends on the environment
     from ray import cloudpickle
 
-__all__ = ["PLAIN_TYPES", "ResponseSnapshot", "cloudpickle", "portable", "raise_portable", "rebuilt"]
+__all__ = ["PLAIN_TYPES", "ResponseSnapshot", "cloudpickle", "portable", "raise_portable"]
 
 PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
 
@@ -52,14 +53,6 @@ def raise_portable(exc: BaseException) -> NoReturn:
     if sent is exc:
         raise exc
     raise sent from exc
-
-
-def rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    """The receiving side: the exception made without its constructor, its args and attributes restored."""
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    vars(exc).update(state)
-    return exc
 
 
 def _portable(exc: BaseException, seen: set[int]) -> BaseException:
@@ -127,7 +120,7 @@ def _sendable(value: Any, seen: set[int]) -> Any:
 
 def _reduce(exc: BaseException, args: tuple[Any, ...], replaced: dict[str, Any], protocol: int) -> Any:
     state = {name: replaced.get(name, value) for name, value in vars(exc).items() if name != _HOOK}
-    return rebuilt, (type(exc), args, state)
+    return rebuild_error, (type(exc), args, state)
 
 
 def _qualname(cls: type) -> str:
