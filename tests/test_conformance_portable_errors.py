@@ -19,10 +19,12 @@ import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import httpx
 import openai
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 
 import rayrunnables
 from rayrunnables import RunnableActor, RunnableLambda, UnportableError
@@ -144,6 +146,24 @@ def embed_all(items: list[int]) -> list[int]:
     if BAD in items:
         raise openai_error()
     return [x * 10 for x in items]
+
+
+def ten_times(x: int) -> int:
+    return x * 10
+
+
+class ErrorLog(BaseCallbackHandler):
+    """The errors the callbacks hear, by run name."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str | None, BaseException]] = []
+        self.names: dict[UUID, str | None] = {}
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, **kw: Any) -> None:
+        self.names[run_id] = kw.get("name")
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
+        self.errors.append((self.names.get(run_id), error))
 
 
 class ClientModel:
@@ -271,6 +291,24 @@ def test_a_stateful_steps_client_error_arrives_whole(cfg: dict[str, Any]) -> Non
         step.map().invoke(list(range(6)), config=cfg)
     check_openai(mapped.value)
     assert rayrunnables.item_index_of(mapped.value) == BAD
+
+
+def test_run_events_carry_a_client_error_whole(cfg: dict[str, Any]) -> None:
+    """A failure a fallback handled still reaches the callbacks, from whichever process it ran in."""
+    step = RunnableLambda(raise_openai).with_fallbacks([RunnableLambda(ten_times)])
+    log = ErrorLog()
+    assert (RunnableLambda(ident) | step).batch(list(range(6)), config={**cfg, "callbacks": [log]}) == [
+        0, 10, 20, 30, 40, 50
+    ]
+    [(name, error)] = log.errors
+    assert name == "raise_openai"
+    check_openai(error)
+    log = ErrorLog()
+    with pytest.raises(openai.RateLimitError):
+        (RunnableLambda(ident) | raise_openai).invoke(BAD, config={**cfg, "callbacks": [log]})
+    assert [name for name, _ in log.errors] == ["raise_openai", "RunnableSequence"]
+    for _, error in log.errors:
+        check_openai(error)
 
 
 def crosses(cfg: dict[str, Any], call: str) -> bool:

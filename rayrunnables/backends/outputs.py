@@ -67,10 +67,13 @@ def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOu
 
 
 def sendable_events(events: list[Event]) -> list[Event]:
-    """Run events as they may travel: a payload that cannot leave the worker (a value passed between two
-    steps that run here, say a lock) is replaced by its type's name, never failing the results with it."""
+    """Run events as they may travel: an error they report is made ``portable``; a payload that cannot
+    leave the worker (a value passed between two steps that run here, say a lock) is replaced by its type's
+    name, never failing the results with it."""
     out = []
     for method, args, kwargs, meta in events:
+        if any(isinstance(a, BaseException) for a in args):  # ``on_chain_error``'s error, say
+            args = tuple(portable(a) if isinstance(a, BaseException) else a for a in args)
         if any(_needs_pickle_check(a, [256]) for a in (*args, kwargs.get("inputs"))):
             try:
                 cloudpickle.dumps((args, kwargs))
