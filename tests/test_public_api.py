@@ -39,6 +39,7 @@ EXPECTED_ALL = {
     "StepRecursionError",
     "UnpicklableOutputError",
     "UnpicklableStepError",
+    "UnportableError",
     "__version__",
     "available_backends",
     "cancel_requested",
@@ -89,6 +90,7 @@ def test_error_hierarchy() -> None:
         rr.StepRecursionError,
         rr.UnpicklableStepError,
         rr.UnpicklableOutputError,
+        rr.UnportableError,
         rr.BackendError,
     ):
         assert issubclass(cls, rr.RayRunnablesError)

@@ -31,6 +31,7 @@ from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
 from ..services import LOCAL_SERVICES
 from .outputs import cloudpickle, sendable_outcomes
+from .portable import raise_portable
 
 __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
 
@@ -77,13 +78,17 @@ class ExecutorChunkRunner:
 
 def run_payload(payload: bytes) -> bytes:
     """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values; an output
-    that cannot travel back is its item's error, the others kept)."""
-    node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
-    ctx = RunContext.from_state(state, LOCAL_SERVICES)
-    if cap:
-        ctx = ctx.with_limiter(ThreadLimiter(cap))
-    result = run_chunk(node, items, ctx, return_exceptions, remote=True)
-    return bytes(cloudpickle.dumps(sendable_outcomes(result, node, ctx, return_exceptions)))
+    that cannot travel back is its item's error, the others kept). Errors leave ``portable``, as values
+    or raised."""
+    try:
+        node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
+        ctx = RunContext.from_state(state, LOCAL_SERVICES)
+        if cap:
+            ctx = ctx.with_limiter(ThreadLimiter(cap))
+        result = run_chunk(node, items, ctx, return_exceptions, remote=True)
+        return bytes(cloudpickle.dumps(sendable_outcomes(result, node, ctx, return_exceptions)))
+    except BaseException as exc:
+        raise_portable(exc)
 
 
 def _workers(executor: Executor) -> int:

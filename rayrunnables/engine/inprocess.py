@@ -9,7 +9,6 @@ enforced on user calls, not on threads.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import queue
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import RunContext, ThreadLimiter
-from ..errors import attach_step
+from ..errors import attach_step, copy_error
 from ..protocols import ChunkRunner, Node
 from .events import PARENT_RUN_KEY
 from .execution import COMPUTING, subtree_class
@@ -191,8 +190,10 @@ def run_chunk(
         except Exception as exc:  # the one call failed: every item of the chunk carries its error
             path = ctx.path_str if ctx.path else node.label()
             tb = _format(exc) if remote else None
-            # one call failed for the whole chunk: each item gets its own copy, naming its own index
-            per_item = [attach_step(copy.copy(exc) if n else exc, path, index) for n, (index, _) in enumerate(items)]
+            # one call failed for the whole chunk: each item gets its own copy (made before the first is
+            # tagged), naming its own index
+            copies = [exc, *(copy_error(exc) for _ in items[1:])]
+            per_item = [attach_step(e, path, index) for e, (index, _) in zip(copies, items, strict=True)]
             outcomes = [(index, False, e, tb) for (index, _), e in zip(items, per_item, strict=True)]
             return ChunkResult(outcomes if return_exceptions else outcomes[:1], time.perf_counter() - start)
         done: list[tuple[int, bool, Any, str | None]] = [

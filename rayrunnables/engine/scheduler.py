@@ -8,7 +8,6 @@ backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cance
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ..context import RunContext
-from ..errors import FailureBudgetExceeded, RemoteTraceback, attach_step, deadline_error
+from ..errors import FailureBudgetExceeded, RemoteTraceback, attach_step, copy_error, deadline_error
 from ..protocols import Backend, ChunkRunner, Node
 from .attempts import Tracker
 from .inprocess import ChunkResult
@@ -174,7 +173,7 @@ def iter_batch(
                 except Exception as exc:  # the chunk itself was lost (beyond the backend's retries)
                     if not return_exceptions:
                         raise
-                    result = ChunkResult([(i, False, copy.copy(exc), None) for i in indices], 0.0)
+                    result = ChunkResult([(i, False, copy_error(exc), None) for i in indices], 0.0)
                 if result.seconds:
                     sizer.observe(result)
                 if result.events and ctx.events is not None:  # recorded in another process: replayed here

@@ -21,6 +21,7 @@ from ...errors import StepConstructionError
 from ...pacing import Booking, Pace, Pacer
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
+from ..portable import raise_portable
 from .pending import rebuild
 from .worker import chunk_here, interruptible, list_here, steps_here
 
@@ -128,10 +129,16 @@ class _StepActorClass:
         return steps_here([(path, self.node)], rebuild(recipe, values), self.context(state), state)
 
     def call_one(self, item: Any) -> Any:
-        return self.node._invoke(item, self.context(_NO_STATE))
+        try:
+            return self.node._invoke(item, self.context(_NO_STATE))
+        except Exception as exc:
+            raise_portable(exc)
 
     def call_batch(self, items: list[Any]) -> list[Any]:
-        return self.node._invoke_batch(items, self.context(_NO_STATE))
+        try:
+            return self.node._invoke_batch(items, self.context(_NO_STATE))
+        except Exception as exc:
+            raise_portable(exc)
 
     def run_chunk(self, node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
         """``node`` is this step, possibly wrapped (options, rate limit, timeout); it runs on our instance."""

@@ -20,6 +20,7 @@ from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
+from ..portable import raise_portable
 from .pending import rebuild
 from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, list_here, steps_here
@@ -172,6 +173,8 @@ def stream_task(node: Any, state: ContextState, input: Any) -> Any:
             if events:  # the run events so far travel on the same channel, ahead of the chunk they led to
                 yield RecordedEvents(events)
             yield chunk
+    except Exception as exc:
+        raise_portable(exc)
     finally:
         events = take_events(ctx)
         if events:
@@ -194,8 +197,7 @@ def run_fanout_task(
         outputs = concat(*ray.get(refs))
     except RayTaskError as err:
         cancel_pending(refs)
-        raise_converted(err)
-        raise
+        raise_portable(convert(err))  # rebuilt here from another worker: made portable for the next trip
     if not state.recording:
         return outputs
     return outputs, [event for events in ray.get(event_refs) for event in events]

@@ -13,6 +13,7 @@ from ...engine.inprocess import ChunkResult, run_chunk
 from ...protocols import ContextState
 from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import producer, sendable_outcomes, take_events, unsendable
+from ..portable import portable
 
 __all__ = ["chunk_here", "list_here", "steps_here", "interruptible", "EVENTS_ATTR"]
 
@@ -64,7 +65,8 @@ def interruptible() -> None:
 
 def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunContext, state: ContextState) -> Any:
     """Steps of an ``invoke`` one after the other, here (a fused task's, or a pool actor's one step): the
-    last one's output, checked to be sendable, and the run events recorded when someone records."""
+    last one's output, checked to be sendable, and the run events recorded when someone records. A failure
+    leaves made ``portable``, carrying the run events recorded before it."""
     try:
         for path, node in steps:
             value = node._invoke(value, ctx.at(path))
@@ -74,8 +76,11 @@ def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunCon
             if error is not None:
                 raise error
     except BaseException as exc:
-        _attach_events(exc, take_events(ctx))  # its second return is the error too
-        raise
+        sent = portable(exc)  # rebuilt with its type in the caller's process, or an UnportableError
+        _attach_events(sent, take_events(ctx))  # its second return is the error too
+        if sent is exc:
+            raise
+        raise sent from exc
     return (value, take_events(ctx) or []) if state.recording else value
 
 
