@@ -2,13 +2,15 @@
 and the token bucket of a rate-limited step.
 
 A backend hands its own ``Services`` to the steps through the ``RunContext``: in this process they
-are plain objects; on Ray, the same questions are answered by actors shared by the whole cluster.
+are plain objects (this process's ``LocalServices`` is ``engine.process_state.STATE.services``, made anew
+in a forked child); on Ray, the same questions are answered by actors shared by the whole cluster.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .protocols import Services
@@ -16,7 +18,7 @@ from .protocols import Services
 if TYPE_CHECKING:
     from .runnables.actor import RunnableActor
 
-__all__ = ["Services", "LocalServices", "TokenBucket", "LOCAL_SERVICES"]
+__all__ = ["Services", "LocalServices", "TokenBucket"]
 
 
 class TokenBucket:
@@ -42,21 +44,27 @@ class TokenBucket:
 
 
 class LocalServices:
-    """Services of this process: one instance per stateful step, one bucket per rate-limited step."""
+    """Services of this process: one instance per stateful step, one bucket per rate-limited step, one
+    object per lazily built step."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a constructor may itself build another step's instance (a stateful step that runs a chain)
+        self._lock = threading.RLock()
         self._instances: dict[str, Any] = {}
         self._buckets: dict[str, TokenBucket] = {}
 
     def instance(self, node: RunnableActor) -> Any:
-        found = self._instances.get(node.key)
+        return self.once(node.key, node.construct)
+
+    def once(self, key: str, build: Callable[[], Any]) -> Any:
+        """``build()`` once in this process under ``key``, even when many threads ask at the same moment."""
+        found = self._instances.get(key)
         if found is not None:
             return found
-        with self._lock:  # construct once, even when many threads ask at the same moment
-            if node.key not in self._instances:
-                self._instances[node.key] = node.construct()
-            return self._instances[node.key]
+        with self._lock:
+            if key not in self._instances:
+                self._instances[key] = build()
+            return self._instances[key]
 
     def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> TokenBucket:
         with self._lock:
@@ -64,5 +72,3 @@ class LocalServices:
                 self._buckets[key] = TokenBucket(requests_per_second, burst)
             return self._buckets[key]
 
-
-LOCAL_SERVICES = LocalServices()

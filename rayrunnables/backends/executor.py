@@ -25,11 +25,11 @@ from ..config import sendable_config
 from ..context import RunContext, ThreadLimiter
 from ..engine.execution import WAITING, subtree_class
 from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
+from ..engine.process_state import STATE
 from ..engine.sharing import isolate, writable
 from ..engine.steps import step_tree, walk
 from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
-from ..services import LOCAL_SERVICES
 from .outputs import cloudpickle, sendable_outcomes
 
 __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
@@ -79,7 +79,7 @@ def run_payload(payload: bytes) -> bytes:
     """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values; an output
     that cannot travel back is its item's error, the others kept)."""
     node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
-    ctx = RunContext.from_state(state, LOCAL_SERVICES)
+    ctx = RunContext.from_state(state, STATE.services)
     if cap:
         ctx = ctx.with_limiter(ThreadLimiter(cap))
     result = run_chunk(node, items, ctx, return_exceptions, remote=True)
