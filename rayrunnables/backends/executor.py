@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from ..config import sendable_config
@@ -94,23 +95,33 @@ def _workers(executor: Executor) -> int:
 class ExecutorBackend(Backend):
     """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
 
-    Without an executor, a ``ProcessPoolExecutor`` with the ``spawn`` start method is made on first use
-    (a forked child of a process with threads, or with Ray, can hang) and shut down by ``close()``.
+    Any executor works, a ``ProcessPoolExecutor`` with any start method included: a forked worker makes
+    rayrunnables' own threads and services anew (``engine.process_state``). Without an executor, a
+    ``ProcessPoolExecutor(max_workers, mp_context=mp_context)`` is made on first use and shut down by
+    ``close()``; its start method is ``spawn`` unless ``mp_context`` (a context or a method name) says
+    otherwise, because what else the process holds when it first runs a batch is not ours to know: Ray's
+    threads and connections, a GPU context, a native library's thread pool do not survive a fork.
     """
 
     name = "executor"
 
-    def __init__(self, executor: Executor | None = None, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str = "spawn",
+    ) -> None:
         self._executor = executor
         self._own = executor is None
         self._max_workers = max_workers
+        self._mp_context = multiprocessing.get_context(mp_context) if isinstance(mp_context, str) else mp_context
         self._runner: ExecutorChunkRunner | None = None
 
     @property
     def runner(self) -> ExecutorChunkRunner:
         if self._runner is None:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
             self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor))
         return self._runner
 
@@ -135,7 +146,8 @@ class ExecutorBackend(Backend):
         return local_root_context(config, map_runner=self.runner_for)
 
     def explain(self, node: Node) -> str:
-        kind = type(self._executor).__name__ if self._executor is not None else "ProcessPoolExecutor (spawn)"
+        method = self._mp_context.get_start_method()
+        kind = type(self._executor).__name__ if self._executor is not None else f"ProcessPoolExecutor ({method})"
         return "\n".join([
             "steps:", *step_tree(node),
             f"on {kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "
