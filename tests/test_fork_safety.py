@@ -16,11 +16,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fork_scenarios import SHAPES
+
+from rayrunnables import RunnableLambda
 
 pytestmark = [
     pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="this platform cannot fork"),
@@ -83,3 +88,46 @@ def test_a_plain_os_fork_child_runs_a_dict_parallel_chain_after_the_parent_used_
     assert not record.get("hung"), "the forked child never finished: it was killed"
     # 0: right answers; 1: wrong ones (its stateful step's instance was its parent's); 3: a call hung
     assert record["exit_status"] == 0
+
+
+
+def test_a_fork_pool_about_to_fork_a_process_that_runs_ray_is_warned_of(ray_session: Any) -> None:
+    """Ray's driver is not ours to make fork-safe; a pool that would fork it is pointed out. No chunk is
+    sent to these pools: nothing is forked."""
+    from rayrunnables.backends.executor import ExecutorBackend
+
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=fork) as pool:
+        with pytest.warns(RuntimeWarning, match="does not survive being forked"):
+            assert ExecutorBackend(pool).runner.executor is pool
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as spawned:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert ExecutorBackend(spawned).runner.executor is spawned
+
+
+def busy(x: int) -> int:
+    end = time.thread_time() + 0.002
+    while time.thread_time() < end:  # computes: CPU time, not a sleep
+        pass
+    return x
+
+
+def test_a_reset_forgets_what_was_learned_and_makes_new_pools_and_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a forked child's reset does, on a state of its own (this process's ``STATE`` is left alone)."""
+    from rayrunnables.engine import execution
+    from rayrunnables.engine.process_state import ProcessState
+
+    state = ProcessState()
+    monkeypatch.setattr(execution, "STATE", state)
+    step = RunnableLambda(busy)
+    for n in range(execution.SAMPLES_TO_LEARN):
+        step.invoke(n)
+    assert execution.subtree_class(step) == execution.COMPUTING
+    threads, services = state.threads, state.services
+    state.reset()
+    assert execution.subtree_class(step) == execution.UNKNOWN  # learned in an earlier epoch: learned anew
+    assert state.threads is not threads and state.services is not services
+    for n in range(execution.SAMPLES_TO_LEARN):
+        step.invoke(n)
+    assert execution.subtree_class(step) == execution.COMPUTING

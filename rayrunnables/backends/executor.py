@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from multiprocessing.context import BaseContext
@@ -92,6 +94,23 @@ def _workers(executor: Executor) -> int:
     return count if isinstance(count, int) and count > 0 else (os.cpu_count() or 1)
 
 
+FORKS_RAY = (
+    "this ProcessPoolExecutor will fork its workers from a process that runs Ray: Ray's driver does not "
+    "survive being forked (a child's garbage collector releases the parent's Ray objects through the "
+    "parent's own connections, and the parent's Ray calls fail later). Make the pool with "
+    "mp_context=multiprocessing.get_context('spawn') or 'forkserver', or start its workers before ray.init()"
+)
+
+
+def _will_fork_ray(executor: Executor) -> bool:
+    """Whether ``executor`` is a fork-started pool with no worker yet, in a process where Ray runs."""
+    ray = sys.modules.get("ray")
+    context = getattr(executor, "_mp_context", None)  # ProcessPoolExecutor's
+    no_worker_yet = getattr(executor, "_processes", None) == {}
+    forks = context is not None and context.get_start_method() == "fork" and no_worker_yet
+    return forks and ray is not None and bool(ray.is_initialized())
+
+
 class ExecutorBackend(Backend):
     """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
 
@@ -122,6 +141,8 @@ class ExecutorBackend(Backend):
         if self._runner is None:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
+            if _will_fork_ray(self._executor):
+                warnings.warn(FORKS_RAY, RuntimeWarning, stacklevel=2)
             self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor))
         return self._runner
 
