@@ -120,15 +120,15 @@ def prepare(chain: Runnable[Any, Any]) -> None:
 def _share_pacers() -> None:
     """In a Ray worker, a rate-limited step's pace is the run's (the driver's limiter actor), not this
     process's own: every worker holds the same requests and tokens per minute together."""
-    from .services import LOCAL_SERVICES
+    from .engine.process_state import STATE
 
-    if LOCAL_SERVICES.find_pacer is None:
+    if STATE.services.find_pacer is None:
         import ray
 
         if ray.is_initialized():
             from .backends.ray.services import find_pacer
 
-            LOCAL_SERVICES.find_pacer = find_pacer
+            STATE.services.find_pacer = find_pacer
 
 
 class ApplyJob:

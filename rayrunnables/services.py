@@ -2,7 +2,8 @@
 and the pacer of a rate-limited step (``rayrunnables.pacing``).
 
 A backend hands its own ``Services`` to the steps through the ``RunContext``: in this process they
-are plain objects; on Ray, the same questions are answered by actors shared by the whole cluster.
+are plain objects (this process's ``LocalServices`` is ``engine.process_state.STATE.services``, made anew
+in a forked child); on Ray, the same questions are answered by actors shared by the whole cluster.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from .protocols import Services
 if TYPE_CHECKING:
     from .runnables.actor import RunnableActor
 
-__all__ = ["Services", "LocalServices", "LOCAL_SERVICES"]
+__all__ = ["Services", "LocalServices"]
 
 
 class LocalServices:
-    """Services of this process: one instance per stateful step, one pacer per rate-limit key."""
+    """Services of this process: one instance per stateful step, one pacer per rate-limit key, one
+    object per lazily built step."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a constructor may itself build another step's instance (a stateful step that runs a chain)
+        self._lock = threading.RLock()
         self._instances: dict[str, Any] = {}
         self._pacers: dict[str, Any] = {}
         # where a pacer shared by more than this process is found by key (set in a Ray Data worker, whose
@@ -32,13 +35,17 @@ class LocalServices:
         self.find_pacer: Callable[[str], Any] | None = None
 
     def instance(self, node: RunnableActor) -> Any:
-        found = self._instances.get(node.key)
+        return self.once(node.key, node.construct)
+
+    def once(self, key: str, build: Callable[[], Any]) -> Any:
+        """``build()`` once in this process under ``key``, even when many threads ask at the same moment."""
+        found = self._instances.get(key)
         if found is not None:
             return found
-        with self._lock:  # construct once, even when many threads ask at the same moment
-            if node.key not in self._instances:
-                self._instances[node.key] = node.construct()
-            return self._instances[node.key]
+        with self._lock:
+            if key not in self._instances:
+                self._instances[key] = build()
+            return self._instances[key]
 
     def rate_limiter(self, key: str, pace: Pace) -> Any:
         """The pacer of ``key``: the run's shared one where ``find_pacer`` knows it, else one made here on
@@ -52,5 +59,3 @@ class LocalServices:
                 self._pacers[key] = shared if shared is not None else Pacer(pace)
             return self._pacers[key]
 
-
-LOCAL_SERVICES = LocalServices()

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from ..config import sendable_config
 from ..context import RunContext, ThreadLimiter
 from ..engine.execution import WAITING, subtree_class
 from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
+from ..engine.process_state import STATE
 from ..engine.sharing import isolate, writable
 from ..engine.steps import step_tree, walk
 from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
-from ..services import LOCAL_SERVICES
 from .outputs import cloudpickle, sendable_outcomes
 from .portable import raise_portable
 
@@ -82,7 +85,7 @@ def run_payload(payload: bytes) -> bytes:
     or raised."""
     try:
         node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
-        ctx = RunContext.from_state(state, LOCAL_SERVICES)
+        ctx = RunContext.from_state(state, STATE.services)
         if cap:
             ctx = ctx.with_limiter(ThreadLimiter(cap))
         result = run_chunk(node, items, ctx, return_exceptions, remote=True)
@@ -96,26 +99,55 @@ def _workers(executor: Executor) -> int:
     return count if isinstance(count, int) and count > 0 else (os.cpu_count() or 1)
 
 
+FORKS_RAY = (
+    "this ProcessPoolExecutor will fork its workers from a process that runs Ray: Ray's driver does not "
+    "survive being forked (a child's garbage collector releases the parent's Ray objects through the "
+    "parent's own connections, and the parent's Ray calls fail later). Make the pool with "
+    "mp_context=multiprocessing.get_context('spawn') or 'forkserver', or start its workers before ray.init()"
+)
+
+
+def _will_fork_ray(executor: Executor) -> bool:
+    """Whether ``executor`` is a fork-started pool with no worker yet, in a process where Ray runs."""
+    ray = sys.modules.get("ray")
+    context = getattr(executor, "_mp_context", None)  # ProcessPoolExecutor's
+    no_worker_yet = getattr(executor, "_processes", None) == {}
+    forks = context is not None and context.get_start_method() == "fork" and no_worker_yet
+    return forks and ray is not None and bool(ray.is_initialized())
+
+
 class ExecutorBackend(Backend):
     """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
 
-    Without an executor, a ``ProcessPoolExecutor`` with the ``spawn`` start method is made on first use
-    (a forked child of a process with threads, or with Ray, can hang) and shut down by ``close()``.
+    Any executor works, a ``ProcessPoolExecutor`` with any start method included: a forked worker makes
+    rayrunnables' own threads and services anew (``engine.process_state``). Without an executor, a
+    ``ProcessPoolExecutor(max_workers, mp_context=mp_context)`` is made on first use and shut down by
+    ``close()``; its start method is ``spawn`` unless ``mp_context`` (a context or a method name) says
+    otherwise, because what else the process holds when it first runs a batch is not ours to know: Ray's
+    threads and connections, a GPU context, a native library's thread pool do not survive a fork.
     """
 
     name = "executor"
 
-    def __init__(self, executor: Executor | None = None, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str = "spawn",
+    ) -> None:
         self._executor = executor
         self._own = executor is None
         self._max_workers = max_workers
+        self._mp_context = multiprocessing.get_context(mp_context) if isinstance(mp_context, str) else mp_context
         self._runner: ExecutorChunkRunner | None = None
 
     @property
     def runner(self) -> ExecutorChunkRunner:
         if self._runner is None:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
+            if _will_fork_ray(self._executor):
+                warnings.warn(FORKS_RAY, RuntimeWarning, stacklevel=2)
             self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor))
         return self._runner
 
@@ -140,7 +172,8 @@ class ExecutorBackend(Backend):
         return local_root_context(config, map_runner=self.runner_for)
 
     def explain(self, node: Node) -> str:
-        kind = type(self._executor).__name__ if self._executor is not None else "ProcessPoolExecutor (spawn)"
+        method = self._mp_context.get_start_method()
+        kind = type(self._executor).__name__ if self._executor is not None else f"ProcessPoolExecutor ({method})"
         return "\n".join([
             "steps:", *step_tree(node),
             f"on {kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "

@@ -13,7 +13,7 @@ import itertools
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +22,13 @@ from ..errors import attach_step, copy_error
 from ..protocols import ChunkRunner, Node
 from .events import PARENT_RUN_KEY
 from .execution import COMPUTING, subtree_class
+from .process_state import STATE
 from .sharing import freeze, isolate, writable_outcomes
 
 __all__ = [
-    "run_branches", "stream_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem",
+    "run_branches", "stream_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "PerItem",
     "local_root_context",
 ]
-
-POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
-
 
 def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node]]) -> list[Any]:
     """Run every branch on its own share of ``input``; the first failure in time is raised at once.
@@ -53,7 +51,7 @@ def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node
 
     # one branch alone has nothing to overlap with
     threaded = [len(branches) > 1 and subtree_class(step) != COMPUTING for _, step in branches]
-    futures = {n: POOL.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
+    futures = {n: STATE.threads.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
     results: list[Any] = [None] * len(branches)
     try:
         for n, in_thread in enumerate(threaded):
@@ -104,7 +102,7 @@ def stream_branches(
             produced.put((n, None, exc))
 
     for n, (segment, step) in enumerate(branches):
-        POOL.submit(run, n, segment, step)
+        STATE.threads.submit(run, n, segment, step)
     running = len(branches)
     try:
         while running:
@@ -242,7 +240,7 @@ class ThreadChunkRunner:
         self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
     ) -> Future[ChunkResult]:
         if not self.runs_inline(node):
-            return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
+            return STATE.threads.submit(run_chunk, node, items, ctx, return_exceptions)
         done: Future[ChunkResult] = Future()
         done.set_result(run_chunk(node, items, ctx, return_exceptions))
         return done

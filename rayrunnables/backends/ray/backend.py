@@ -16,7 +16,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -25,6 +24,7 @@ from ray.exceptions import RayTaskError
 from ...config import sendable_config
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
+from ...engine.process_state import STATE
 from ...engine.sharing import isolate, writable, writable_outcomes
 from ...errors import BackendError
 from ...options import OUR_OPTIONS
@@ -228,9 +228,6 @@ class RayBackend(Backend):
         return planning.explain(node)
 
 
-_STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrunnables-ray-init")
-
-
 def _on_lasting_thread(start: Any) -> Any:
     """Run ``start`` (``ray.init``) on a thread that lives as long as this process.
 
@@ -239,7 +236,7 @@ def _on_lasting_thread(start: Any) -> Any:
     otherwise take the whole local cluster down (SIGKILL) when that pool thread retires."""
     if threading.current_thread() is threading.main_thread():
         return start()
-    return _STARTER.submit(start).result()
+    return STATE.lasting.submit(start).result()
 
 
 def stop_stream(chunks: Any) -> None:

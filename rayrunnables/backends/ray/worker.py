@@ -10,6 +10,7 @@ import ray.cloudpickle as ray_pickle
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
+from ...engine.process_state import STATE
 from ...protocols import ContextState
 from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import producer, sendable_outcomes, take_events, unsendable
@@ -38,9 +39,6 @@ def list_here(node: Any, packed: bytes, ctx: RunContext) -> tuple[list[Any], lis
     return [value for _, _, value, _ in result.outcomes], result.events
 
 
-_interruptible_checked = False
-
-
 def interruptible() -> None:
     """Let ``ray.cancel`` interrupt this worker's running task (once per worker process).
 
@@ -49,10 +47,8 @@ def interruptible() -> None:
     asynchronous commands; Ray's processes inherit that, Python then installs no handler, and a cancel
     does nothing: the first failure would leave its running siblings to run to the end.
     """
-    global _interruptible_checked
-    if _interruptible_checked:
+    if STATE.interruptible_worker:  # done in this process already
         return
-    _interruptible_checked = True
     interrupt_on_deadline()  # a worker is ours: a timed call on its main thread is stopped at its deadline
     if threading.current_thread() is not threading.main_thread():
         return
