@@ -178,8 +178,8 @@ def _declared(node: Any) -> str | None:
     options = getattr(node, "options", None)
     if isinstance(options, dict) and "io_bound" in options:
         return WAITING if options["io_bound"] else COMPUTING
-    if getattr(node, "is_async", False):
-        return WAITING
+    if getattr(node, "is_async", False) or getattr(node, "waits", False) is True:
+        return WAITING  # an async function, or a step that says it waits (a rate-limited call to a provider)
     return None
 
 

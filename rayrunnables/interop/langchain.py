@@ -71,6 +71,7 @@ from ..runnables import (
 )
 from ..runnables.chunks import add_chunk
 from ..runnables.generator import RunnableGenerator
+from .clients import arrived, travelling
 
 __all__ = ["from_langchain", "to_langchain", "lazy_langchain_step", "LangChainStep", "RayRunnable"]
 
@@ -191,6 +192,13 @@ class LangChainStep:
 
     def __repr__(self) -> str:
         return f"LangChainStep({self.obj.get_name()})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A model holding live HTTP clients travels by its settings (``interop.clients``)."""
+        return {**self.__dict__, "obj": travelling(self.obj)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, obj=arrived(state["obj"]))
 
 
 class _LazyStep:

@@ -73,6 +73,8 @@ class RunnableRateLimited(Runnable[Input, Output]):
     rate_limit_errors: Callable[[BaseException], bool] | None = None
     name: str | None = None
 
+    waits = True  # a call to a rate-limited provider waits: overlapped in threads, not given a CPU each
+
     @property
     def requests_per_second(self) -> float | None:
         return self.pace.requests_per_second

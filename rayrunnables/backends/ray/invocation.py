@@ -335,8 +335,11 @@ def actor_of(node: Node) -> RunnableActor | None:
 
 
 def waits_on_io(node: Node) -> bool:
-    """Steps marked ``io_bound`` or made only of async functions: run them where waiting is cheap."""
-    if isinstance(node, RunnableBinding) and node.options.get("io_bound"):
+    """Steps marked ``io_bound``, rate-limited steps (they call a provider) or steps made only of async
+    functions: run them where waiting is cheap."""
+    if isinstance(node, RunnableBinding) and "io_bound" in node.options:
+        return bool(node.options["io_bound"])
+    if isinstance(node, RunnableRateLimited):
         return True
     leaves = [n for n in walk(node) if isinstance(n, RunnableLambda)]
     return bool(leaves) and all(leaf.is_async for leaf in leaves)

@@ -160,7 +160,8 @@ def _plan_step(node: Node, path: tuple[str, ...], opts: dict[str, Any], cfg: dic
     if isinstance(node, RunnableActor):
         return Task([(path, node)], opts, "actor", cfg)
     # io_bound steps and async functions wait in driver threads: no CPU slot or worker held per wait
-    waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async)
+    waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async) or (
+        "io_bound" not in opts and getattr(node, "waits", False) is True)
     return Task([(path, node)], opts, "driver" if waits else "worker", cfg)
 
 
