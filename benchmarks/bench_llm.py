@@ -494,100 +494,36 @@ def reading(results: dict[str, list[Run]], limit: Bound, best: float) -> list[st
     return ["How to read it:", "", *lines, ""] if lines else []
 
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 TIMELINES = ("lc-retries", "lc-limiter", "rr-local", "rr-ray", "rr-ray-io", "rr-data", "rr-local-learned")
 
 
 def plot(chosen: list[Method], results: dict[str, list[Run]], limit: Bound, path: Path) -> None:
-    """An SVG (no plotting library needed). Left: time over the bound per method (bar: median; dots: each run).
-    Right: tokens admitted by the server over time in one run (the median's) of a few methods, against the
-    most the token limit admits (bucket capacity + TPM/60 per second)."""
-    from xml.sax.saxutils import escape
+    """Left: time over the bound per method (bar: median; dots: each run). Right: tokens the server admitted over
+    time in one run (the median one) of a few methods, against the most the token limit admits."""
+    from svg_chart import PALETTE, Bars, Lines, write
 
-    width, height, top, bottom = 1200, 560, 40, 60
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="11"><rect width="{width}" height="{height}" fill="white"/>']
-
-    def text(x: float, y: float, s: str, anchor: str = "start", size: int = 11, weight: str = "normal") -> None:
-        out.append(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
-                   f'font-weight="{weight}">{escape(s)}</text>')
-
-    def line(x1: float, y1: float, x2: float, y2: float, color: str = "black", dash: str = "", w: float = 1) -> None:
-        style = f' stroke-dasharray="{dash}"' if dash else ""
-        out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
-                   f'stroke-width="{w}"{style}/>')
-
-    # left: time / bound
-    x0, x1 = 150, 560
-    ratios = {m.key: [r.ratio for r in results[m.key]] for m in chosen}
-    top_ratio = max(2.0, max(max(v) for v in ratios.values()) * 1.05)
-    sx = lambda v: x0 + (x1 - x0) * v / top_ratio  # noqa: E731
-    row = (height - top - bottom) / max(1, len(chosen))
-    text((x0 + x1) / 2, 20, "Wall time / bound (bar: median; dots: each run)", "middle", 13, "bold")
-    for i, m in enumerate(chosen):
-        y = top + i * row
-        median = statistics.median(ratios[m.key])
-        color = "#4c78a8" if m.ours else "#f58518"
-        out.append(f'<rect x="{x0}" y="{y + row * 0.15:.1f}" width="{sx(median) - x0:.1f}" height="{row * 0.7:.1f}" '
-                   f'fill="{color}" fill-opacity="0.8"/>')
-        for v in ratios[m.key]:
-            out.append(f'<circle cx="{sx(v):.1f}" cy="{y + row / 2:.1f}" r="2.5" fill="black"/>')
-        text(x0 - 6, y + row / 2 + 4, m.key, "end")
-        text(sx(median) + 6, y + row / 2 + 4, f"{median:.2f}x")
-    base = height - bottom
-    line(x0, top, x0, base)
-    line(x0, base, x1, base)
-    tick = 0.0
-    while tick <= top_ratio:
-        line(sx(tick), base, sx(tick), base + 4)
-        text(sx(tick), base + 16, f"{tick:g}", "middle")
-        tick += 0.5
-    line(sx(1.0), top, sx(1.0), base, "black", "2,2")
-    line(sx(DONE_RATIO), top, sx(DONE_RATIO), base, "red", "5,3")
-    text(sx(DONE_RATIO) + 3, top - 4, f"{DONE_RATIO}x: the target", size=10)
-    text((x0 + x1) / 2, base + 34, "orange: langchain-core; blue: rayrunnables", "middle")
-
-    # right: tokens admitted over time
-    x0, x1 = 680, 1170
-    horizon = max(max((r.wall for runs in results.values() for r in runs if r.timeline), default=1.0),
-                  limit.seconds) * 1.02
-    ceiling = limit.total_cost * 1.05
-    px = lambda t: x0 + (x1 - x0) * t / horizon  # noqa: E731
-    py = lambda v: base - (base - top) * v / ceiling  # noqa: E731
-    text((x0 + x1) / 2, 20, "Tokens admitted by the server over time (one run each)", "middle", 13, "bold")
-    line(x0, top, x0, base)
-    line(x0, base, x1, base)
-    step = 5 if horizon <= 60 else 10
-    for t in range(0, int(horizon) + 1, step):
-        line(px(t), base, px(t), base + 4)
-        text(px(t), base + 16, str(t), "middle")
-    text((x0 + x1) / 2, base + 34, "seconds since the batch call", "middle")
-    for k in range(0, 6):
-        v = limit.total_cost * k / 5
-        line(x0 - 4, py(v), x0, py(v))
-        text(x0 - 6, py(v) + 4, f"{v / 1000:.0f}k", "end")
-    capacity = max(TPM * BURST_SECONDS / 60, 1.0)
-    reach = min(horizon, (ceiling - capacity) / (TPM / 60))
-    line(px(0), py(capacity), px(reach), py(capacity + TPM / 60 * reach), "black", "6,3", 1.2)
-    line(x0, py(limit.total_cost), x1, py(limit.total_cost), "grey", "2,3")
-    legend = [("most the token limit admits", "black", "6,3")]
-    for color, key in zip(COLORS, [k for k in TIMELINES if k in results], strict=False):
-        runs = sorted(results[key], key=lambda r: r.wall)
-        run = runs[len(runs) // 2]
-        total, points = 0, [f"{px(0):.1f},{py(0):.1f}"]
+    rows = [(m.key, [r.ratio for r in results[m.key]], "#4c78a8" if m.ours else "#f58518") for m in chosen]
+    left = Bars("Wall time / bound (bar: median; dots: each run)", rows,
+                [(1.0, "black", ""), (DONE_RATIO, "red", f"{DONE_RATIO}x: the target")],
+                "orange: langchain-core; blue: rayrunnables")
+    capacity, rate = max(TPM * BURST_SECONDS / 60, 1.0), TPM / 60
+    x_max = max([limit.seconds, *(r.wall for runs in results.values() for r in runs)]) * 1.02
+    y_max = limit.total_cost * 1.05
+    reach = min(x_max, (y_max - capacity) / rate)
+    series = [("most the token limit admits", [(0.0, capacity), (reach, capacity + rate * reach)], "black", "6,3"),
+              ("all documents", [(0.0, limit.total_cost), (x_max, limit.total_cost)], "grey", "2,3")]
+    for color, key in zip(PALETTE, [k for k in TIMELINES if k in results], strict=False):
+        run = sorted(results[key], key=lambda r: r.wall)[len(results[key]) // 2]
+        total, points = 0, [(0.0, 0.0)]
         for t, cost in run.timeline:
-            points.append(f"{px(t):.1f},{py(total):.1f}")
+            points.append((t, total))
             total += cost
-            points.append(f"{px(t):.1f},{py(total):.1f}")
-        points.append(f"{px(run.wall):.1f},{py(total):.1f}")
-        out.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        legend.append((key, color, ""))
-    for i, (label, color, dash) in enumerate(legend):
-        y = base - 20 - 16 * (len(legend) - 1 - i)
-        line(x1 - 190, y - 4, x1 - 165, y - 4, color, dash, 2)
-        text(x1 - 160, y, label)
-    out.append("</svg>")
-    path.write_text("\n".join(out) + "\n")
+            points.append((t, total))
+        points.append((run.wall, total))
+        series.append((key, points, color, ""))
+    right = Lines("Tokens admitted by the server over time (one run each)", series, x_max, y_max,
+                  "seconds since the batch call", (1000, "k"))
+    write(path, left, right)
 
 
 def render(chosen: list[Method], results: dict[str, list[Run]], limit: Bound, env: list[str], command: str,
@@ -640,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="KEY", help="run this method (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the methods and exit")
     parser.add_argument("--write-results", action="store_true", help=f"replace the section in {RESULTS_MD.name}")
-    parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT.name}")
+    parser.add_argument("--plot", type=Path, metavar="FILE",
+                        help=f"write the plot (SVG) there; --write-results writes it to {PLOT.name}")
     parser.add_argument("--raw", type=Path, metavar="FILE", help="also write every run (with its admissions) as JSON")
     args = parser.parse_args(argv)
     n_docs = args.docs or (150 if args.quick else 600)
@@ -704,9 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(body))
     if args.raw:
         args.raw.write_text(json.dumps({k: [dataclasses.asdict(r) for r in runs] for k, runs in results.items()}))
-    if not args.no_plot:
-        plot(chosen, results, limit, PLOT)
-        print(f"(plot written to {PLOT})", file=sys.stderr)
+    target = args.plot or (PLOT if args.write_results else None)
+    if target is not None:
+        plot(chosen, results, limit, target)
+        print(f"(plot written to {target})", file=sys.stderr)
     if args.write_results:
         write_results(RESULTS_MD, HEADING, body)
         print(f"(written to {RESULTS_MD})", file=sys.stderr)
