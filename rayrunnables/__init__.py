@@ -6,11 +6,14 @@
 from .backends import Backend, available_backends, get_backend, register_backend, use
 from .config import RunnableConfig
 from .errors import (
+    ActorLost,
     BackendError,
     ConfigError,
     FailureBudgetExceeded,
     InputTypeError,
+    ObjectLost,
     OptionsError,
+    OutOfMemory,
     RayRunnablesError,
     ReadOnlyInputError,
     StepConstructionError,
@@ -18,6 +21,7 @@ from .errors import (
     UnpicklableOutputError,
     UnpicklableStepError,
     VectorizedOutputError,
+    WorkerLost,
     item_index_of,
     step_path_of,
 )
@@ -45,12 +49,15 @@ from .runnables import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorLost",
     "Backend",
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
     "InputTypeError",
+    "ObjectLost",
     "OptionsError",
+    "OutOfMemory",
     "RayRunnablesError",
     "ReadOnlyInputError",
     "Runnable",
@@ -75,6 +82,7 @@ __all__ = [
     "UnpicklableOutputError",
     "UnpicklableStepError",
     "VectorizedOutputError",
+    "WorkerLost",
     "__version__",
     "available_backends",
     "cancel_requested",

@@ -8,12 +8,15 @@ import sys
 import rayrunnables
 
 EXPECTED_ALL = {
+    "ActorLost",
     "Backend",
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
     "InputTypeError",
+    "ObjectLost",
     "OptionsError",
+    "OutOfMemory",
     "RayRunnablesError",
     "ReadOnlyInputError",
     "Runnable",
@@ -31,6 +34,7 @@ EXPECTED_ALL = {
     "RunnableRateLimited",
     "StepConstructionError",
     "VectorizedOutputError",
+    "WorkerLost",
     "RunnableRetry",
     "RunnableSequence",
     "RunnableTimeout",
