@@ -15,12 +15,12 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 
 from ...config import sendable_config
 from ...context import RunContext
@@ -33,6 +33,7 @@ from ...runnables.actor import RunnableActor
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .deadlines import BACKSTOP, Deadlines
+from .failures import ray_failure, translate, translate_outcomes
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
@@ -134,13 +135,18 @@ class RayBackend(Backend):
         else:
             self._checked.discard(node)  # used again, it gets fresh pools
 
+    def replace_dead(self, actor_id: str) -> bool:
+        """Replace the pool actor whose id is ``actor_id`` (hex), dead past its restarts: later calls get a
+        new one. False when no pool holds it (any more)."""
+        return any(pool.replace(actor_id) for pool in list(self.pools.values()))
+
     def pool_of(self, node: Node) -> ActorPool | None:
         """The pool serving ``node`` when it is a stateful step (possibly wrapped in options/rate limit)."""
         actor = actor_of(node)
         return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
-        return ctx.state(sendable_config(ctx.config))
+        return _state(ctx)
 
     def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
         if node is not None and waits_on_io(node):  # runs in driver threads: an in-process cap is enough
@@ -202,8 +208,12 @@ class RayBackend(Backend):
             for ref in chunks:
                 try:
                     chunk = ray.get(ref)
-                except RayTaskError as err:
-                    raise_converted(err)
+                except Exception as err:
+                    lost = ray_failure(err)
+                    if lost is not None:  # its process died: ours, naming the streamed chain
+                        raise translate(lost, node.label()) from lost
+                    if isinstance(err, RayTaskError):
+                        raise_converted(err)
                     raise
                 if type(chunk) is RecordedEvents:
                     if ctx.events is not None:
@@ -219,13 +229,18 @@ class RayBackend(Backend):
         self.prepare(node)
         if waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
             return ThreadChunkRunner(64, final=True)
-        return RayChunkRunner(self, node)
+        return RayChunkRunner(node, self.pool_of(node), self.parallelism(), replace=self.replace_dead)
 
     def end_run(self, ctx: RunContext) -> None:
         kill_limiters(ctx)
 
     def explain(self, node: Node) -> str:
         return planning.explain(node)
+
+
+def _state(ctx: RunContext) -> ContextState:
+    """``ctx`` as plain data for a task: its config less what stays in this process."""
+    return ctx.state(sendable_config(ctx.config))
 
 
 _STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrunnables-ray-init")
@@ -259,12 +274,17 @@ class RayChunkRunner:
     # machine: chunks of ~50 ms keep it near 2%, and cost at most 50 ms of imbalance at the end.
     target_chunk_seconds = 0.05
 
-    def __init__(self, backend: RayBackend, node: Node) -> None:
-        self.backend = backend
+    def __init__(self, node: Node, pool: ActorPool | None, slots: int, options: dict[str, Any] | None = None,
+                 replace: Callable[[str], Any] | None = None) -> None:
+        """``pool``: the actor pool serving ``node`` (a stateful step); ``slots``: CPUs to fill otherwise;
+        ``options``: the chunk tasks' Ray options (by default, what ``node``'s steps ask for); ``replace``:
+        replaces a pool actor that died for good, by its id (``RayBackend.replace_dead``)."""
+        self.replace = replace
         # an item past its deadline whose task did not stop is force-cancelled here (``deadlines``)
         self.deadlines = Deadlines(self)
-        self.pool = backend.pool_of(node)
-        slots = len(self.pool.actors) if self.pool else backend.parallelism()
+        self.pool = pool
+        self.options = options
+        slots = len(pool.actors) if pool else slots
         # a deadline counts from submission: timed items must not wait in Ray's queue behind their siblings
         self.default_window = slots if getattr(node, "item_timeout", None) else 2 * slots
         self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
@@ -279,32 +299,48 @@ class RayChunkRunner:
                return_exceptions: bool) -> Any:
         prepared = self._prepared.get(id(node))
         if prepared is None:  # once per batch, not once per chunk
-            options = {k: v for k, v in planning.task_options(planning.plan(node)).items() if k not in OUR_OPTIONS}
+            options = planning.task_options(planning.plan(node)) if self.options is None else self.options
+            options = {k: v for k, v in options.items() if k not in OUR_OPTIONS}
             remote = run_chunk_task.options(name=f"{node.label()} chunk", **options)
             prepared = self._prepared[id(node)] = (ray.put(node), remote)
         node_ref, remote = prepared
         if self.pool is not None:  # least-loaded member of the step's actor pool
             index = self.pool.pick()
-            handle = self.pool.actors[index].run_chunk.remote(
-                node_ref, pack(items), self.backend.state(ctx), return_exceptions
-            )
+            handle = self.pool.actors[index].run_chunk.remote(node_ref, pack(items), _state(ctx), return_exceptions)
             self._actor_of_handle[handle] = index
             return handle
-        return remote.remote(node_ref, pack(items), self.backend.state(ctx), return_exceptions)
+        return remote.remote(node_ref, pack(items), _state(ctx), return_exceptions)
 
     def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
         ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
         return list(ready)
 
     def result(self, handle: Any) -> ChunkResult:
+        """The chunk's outcomes; a Ray failure is raised as ours (``failures``): a lost process as
+        ``WorkerLost``, which the scheduler answers by re-running the chunk's items, split. A pool actor
+        that died for good is replaced first."""
         self.release(handle)
         try:
             result: ChunkResult = ray.get(handle)
-        except RayTaskError as err:
-            raise_converted(err)
-            raise
+        except Exception as err:
+            lost = ray_failure(err)
+            if lost is None:
+                if isinstance(err, RayTaskError):
+                    raise_converted(err)
+                raise
+            self.on_dead(lost)
+            raise translate(lost) from lost
+        for _, ok, value, _ in result.outcomes:  # a step's own call to a pool actor that died for good
+            if not ok:
+                self.on_dead(ray_failure(value))
+        translate_outcomes(result.outcomes)
         writable_outcomes(result.outcomes)
         return result
+
+    def on_dead(self, err: BaseException | None) -> None:
+        actor_id = getattr(err, "actor_id", None) if isinstance(err, ActorDiedError) else None
+        if actor_id and self.replace is not None:
+            self.replace(actor_id)
 
     def cancel(self, handles: list[Any]) -> None:
         cancel_pending(handles)

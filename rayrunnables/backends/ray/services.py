@@ -9,10 +9,11 @@ import itertools
 import os
 import random
 import threading
+import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult
@@ -24,7 +25,13 @@ from ...services import TokenBucket
 from .pending import rebuild
 from .worker import chunk_here, interruptible, list_here, steps_here
 
-__all__ = ["RayServices", "ActorPool", "create_limiter", "pool_name", "limiter_name"]
+__all__ = ["RayServices", "ActorPool", "actor_hex", "create_limiter", "pool_name", "limiter_name"]
+
+
+def actor_hex(handle: Any) -> str | None:
+    """An actor handle's id, as ``ActorDiedError.actor_id`` gives it."""
+    actor_id = getattr(handle, "_actor_id", None)
+    return None if actor_id is None else str(actor_id.hex())
 
 
 def pool_name(key: str, i: int) -> str:
@@ -55,16 +62,31 @@ class _RemoteBucket:
 
 
 class _PoolProxy:
-    """What a step running inside some task sees as "the instance": calls go to the step's actor pool."""
+    """What a step running inside some task sees as "the instance": calls go to the step's actor pool.
+    A member found dead is looked up again by name, once: the driver may have replaced it."""
 
-    def __init__(self, handles: list[Any]) -> None:
-        self.handles = handles
+    def __init__(self, key: str, size: int) -> None:
+        self.key, self.size = key, size
+        self.handles = self._lookup()
+
+    def _lookup(self) -> list[Any]:
+        return [ray.get_actor(pool_name(self.key, i)) for i in range(self.size)]
+
+    def _call(self, method: str, arg: Any) -> Any:
+        try:
+            return ray.get(getattr(random.choice(self.handles), method).remote(arg))
+        except ActorDiedError:
+            try:
+                self.handles = self._lookup()
+            except ValueError:  # not there (yet): the call's own error says more
+                pass
+            return ray.get(getattr(random.choice(self.handles), method).remote(arg))
 
     def __call__(self, item: Any) -> Any:
-        return writable(ray.get(random.choice(self.handles).call_one.remote(item)))
+        return writable(self._call("call_one", item))
 
     def batch(self, items: list[Any]) -> list[Any]:
-        result: list[Any] = writable(ray.get(random.choice(self.handles).call_batch.remote(items)))
+        result: list[Any] = writable(self._call("call_batch", items))
         return result
 
 
@@ -81,9 +103,7 @@ class RayServices:
             return self.own[node.key]
         with self._lock:
             if node.key not in self._cache:
-                self._cache[node.key] = _PoolProxy(
-                    [ray.get_actor(pool_name(node.key, i)) for i in range(node.pool_size)]
-                )
+                self._cache[node.key] = _PoolProxy(node.key, node.pool_size)
             return self._cache[node.key]
 
     def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> Any:
@@ -97,6 +117,9 @@ WORKER_SERVICES = RayServices()
 
 
 _NO_STATE = ContextState({}, (), 0, ())
+
+#: seconds a replacement waits for a dead pool actor's name to be freed
+REPLACE_TIMEOUT = 10.0
 
 
 class _StepActorClass:
@@ -140,13 +163,16 @@ _StepActor: Any = ray.remote(_StepActorClass)
 
 class ActorPool:
     """The actors of one stateful step. Chunks go to the least-loaded actor (not round-robin); an
-    actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``)."""
+    actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``);
+    one dead past its restarts is replaced (``replace``) by a new actor of the same name and options."""
 
     def __init__(self, node: RunnableActor, options: dict[str, Any]) -> None:
         self.node = node
         opts = {"max_restarts": 3, "max_task_retries": 3, **options}
         opts.pop("max_retries", None)
         opts.pop("retry_exceptions", None)
+        self.opts = opts
+        self.replaced = 0  # actors replaced after they died for good
         self.actors = [
             _StepActor.options(name=pool_name(node.key, i), **opts).remote(node)
             for i in range(node.pool_size)
@@ -173,6 +199,33 @@ class ActorPool:
     def done(self, index: int) -> None:
         with self._lock:
             self.load[index] -= 1
+
+    def replace(self, actor_id: str) -> bool:
+        """Put a new actor (same name, same options; its class built again) in the place of the one whose
+        id is ``actor_id`` (hex), dead past its restarts. Once, however many of its calls report it; False
+        when it is not (or no longer) one of this pool's."""
+        with self._lock:
+            index = next((i for i, actor in enumerate(self.actors) if actor_hex(actor) == actor_id), None)
+            if index is None:  # replaced already (or never ours)
+                return False
+            dead = self.actors[index]
+            try:
+                ray.kill(dead, no_restart=True)  # a dead actor keeps its name until it is killed
+            except Exception:  # gone already
+                pass
+            give_up = time.monotonic() + REPLACE_TIMEOUT
+            while True:
+                try:
+                    self.actors[index] = _StepActor.options(name=pool_name(self.node.key, index), **self.opts).remote(
+                        self.node
+                    )
+                    break
+                except ValueError:  # the name is freed a moment after the kill
+                    if time.monotonic() > give_up:
+                        raise
+                    time.sleep(0.05)
+            self.replaced += 1
+            return True
 
     def close(self) -> None:
         for actor in self.actors:

@@ -20,6 +20,7 @@ from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
+from .failures import gather_map
 from .pending import rebuild
 from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, list_here, steps_here
@@ -28,6 +29,7 @@ __all__ = [
     "cancel_pending",
     "concat",
     "convert",
+    "map_chunk_size",
     "map_chunks",
     "pack",
     "raise_converted",
@@ -128,15 +130,19 @@ def run_list_task(node: Any, packed: bytes, state: ContextState) -> Any:
     return (values, events or []) if state.recording else values
 
 
+def map_chunk_size(n_items: int, parallelism: int) -> int:
+    """Items per chunk task of a ``.map()`` inside a chain: enough chunks to spread over the cluster."""
+    return math.ceil(n_items / max(1, min(n_items, 4 * max(1, parallelism))))
+
+
 def map_chunks(
     each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int, pool: Any = None
 ) -> tuple[list[Any], list[Any]]:
     """Submit one task per chunk of ``items`` (sized to spread over the cluster): the refs of their
     outputs, and of the run events they recorded (none when nobody records)."""
-    n_chunks = min(len(items), 4 * max(1, parallelism))
-    if n_chunks == 0:
+    if not items:
         return [], []
-    size = math.ceil(len(items) / n_chunks)
+    size = map_chunk_size(len(items), parallelism)
     inner = state._replace(path=(*state.path, "map"))
     name = "/".join((*state.path, "map", each.bound.label()))
     node_ref = ray.put(each.bound)
@@ -189,15 +195,18 @@ def run_fanout_task(
     """A ``.map()`` over a list an earlier task computed: split here, beside the data, not in the driver."""
     interruptible()
     items = each.check_input(rebuild(recipe, values), make_context(state))
-    refs, event_refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
-    try:
-        outputs = concat(*ray.get(refs))
+    parallelism = int(ray.cluster_resources().get("CPU", 1))
+    refs, event_refs = map_chunks(each, items, state, options, parallelism)
+    try:  # a chunk lost with its process is run again, split: only the item that kills it fails (``failures``)
+        outputs, events = gather_map(refs, event_refs, each, items, map_chunk_size(len(items), parallelism), state,
+                                     options, parallelism)
     except RayTaskError as err:
         cancel_pending(refs)
         raise_converted(err)
         raise
-    if not state.recording:
-        return outputs
-    return outputs, [event for events in ray.get(event_refs) for event in events]
+    except BaseException:
+        cancel_pending(refs)
+        raise
+    return (outputs, events) if state.recording else outputs
 
 
