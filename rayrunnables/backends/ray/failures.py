@@ -19,14 +19,13 @@ Left as they are: the user's own exceptions (``tasks.convert`` unwraps them), a 
 doing), ``GetTimeoutError`` (a ``TimeoutError`` already), and an exception Ray cannot rebuild
 (``UnserializableException``, ``RaySystemError``: ``tasks.convert``'s business).
 
-The edges: ``RayChunkRunner.result`` (``batch``/``imap``/``.map()`` chunks), ``Invocation``'s gets
+The edges: ``chunks.RayChunkRunner.result`` (``batch``/``imap``/``.map()`` chunks), ``Invocation``'s gets
 (``invoke``: the step path of the task that was lost, found by walking back from the failed result through
-the tasks it waited on), ``RayBackend.stream``, and a ``.map()`` inside a chain (``rerun_lost``).
+the tasks it waited on), ``RayBackend.stream``, and a ``.map()`` inside a chain (``maps``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -45,8 +44,6 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from ...context import RunContext
-from ...engine.events import Buffer
 from ...errors import (
     ActorLost,
     BackendError,
@@ -57,13 +54,8 @@ from ...errors import (
     item_index_of,
     step_path_of,
 )
-from ...protocols import ContextState
-from .services import WORKER_SERVICES
 
-__all__ = [
-    "LOST_ARGUMENT", "failed_with", "gather_map", "is_lost", "ray_failure", "rerun_lost", "translate",
-    "translate_outcomes",
-]
+__all__ = ["LOST_ARGUMENT", "failed_with", "is_lost", "ray_failure", "translate", "translate_outcomes"]
 
 _LEFT_ALONE = (TaskCancelledError, GetTimeoutError, UnserializableException, RaySystemError)
 
@@ -154,62 +146,3 @@ def is_lost(err: BaseException) -> bool:
     """Whether ``err`` is (or carries) a Ray failure that lost a process: a ``WorkerLost`` once translated."""
     found = ray_failure(err)
     return found is not None and issubclass(_describe(found)[0], WorkerLost)
-
-
-def rerun_lost(
-    each: Any,
-    items: list[tuple[int, Any]],  # consecutive indexes
-    state: ContextState,
-    options: dict[str, Any],
-    parallelism: int,
-    pool: Any = None,
-    replace: Callable[[str], Any] | None = None,
-) -> tuple[list[Any], list[Any]]:
-    """Run again, through the one scheduler, the items of a chunk of a ``.map()`` inside a chain (``each``)
-    that was lost with its process: it splits them until the item that kills its process is alone, so the
-    others get their values, returned in order with the run events recorded (when someone records); that
-    item's ``WorkerLost`` is raised, naming the map's step path and the item's index."""
-    from ...engine.scheduler import iter_batch
-    from .backend import RayChunkRunner
-
-    node = each.bound
-    ctx = RunContext.from_state(state._replace(path=(*state.path, "map")), WORKER_SERVICES)
-    runner = RayChunkRunner(node, pool, parallelism, options=options, replace=replace)
-    first = items[0][0] if items else 0
-    out: list[Any] = [None] * len(items)
-    values = [value for _, value in items]
-    for index, value in iter_batch(runner, node, values, ctx, return_exceptions=False, ordered=False, first=first):
-        out[index - first] = value
-    events = ctx.events.take() if isinstance(ctx.events, Buffer) else []
-    return out, events
-
-
-def gather_map(
-    refs: list[Any],
-    event_refs: list[Any],
-    each: Any,
-    items: list[Any],
-    size: int,
-    state: ContextState,
-    options: dict[str, Any],
-    parallelism: int,
-) -> tuple[list[Any], list[Any]]:
-    """The outputs of a ``.map()``'s chunk tasks (``size`` items each), in order, and their run events
-    (``event_refs``, when recorded). A chunk lost with its process is run again (``rerun_lost``): only the
-    item that kills its process fails. A user's exception is raised as Ray gives it."""
-    outputs: list[Any] = []
-    events: list[Any] = []
-    for n, ref in enumerate(refs):
-        try:
-            outputs.extend(ray.get(ref))
-            if event_refs:
-                events.extend(ray.get(event_refs[n]))
-        except Exception as err:
-            if not is_lost(err):
-                raise
-            start = n * size
-            values, found = rerun_lost(each, list(enumerate(items[start : start + size], start)), state, options,
-                                       parallelism)
-            outputs.extend(values)
-            events.extend(found)
-    return outputs, events

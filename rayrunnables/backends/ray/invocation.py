@@ -32,7 +32,8 @@ from ...runnables.passthrough import require_dict
 from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
-from .failures import LOST_ARGUMENT, failed_with, ray_failure, rerun_lost, translate
+from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
+from .maps import map_chunk_size, map_chunks, rerun_lost, run_fanout_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
@@ -40,10 +41,7 @@ from .shipping import walk
 from .tasks import (
     cancel_pending,
     concat,
-    map_chunk_size,
-    map_chunks,
     raise_converted,
-    run_fanout_task,
     run_task,
 )
 
