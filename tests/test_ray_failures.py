@@ -123,6 +123,36 @@ def test_without_return_exceptions_the_lost_item_is_raised_with_its_index() -> N
 
 
 # ---- Ray ------------------------------------------------------------------------------------------------
+def test_rays_own_failures_are_translated_into_ours() -> None:
+    ray = pytest.importorskip("ray")
+    from rayrunnables.backends.ray.failures import translate
+
+    x = ray.exceptions
+    cases = [
+        (x.WorkerCrashedError(), rr.WorkerLost),
+        (x.OutOfMemoryError("killed for memory"), rr.OutOfMemory),
+        (x.ActorDiedError(), rr.ActorLost),
+        (x.ActorUnavailableError("restarting", None), rr.ActorLost),
+        (x.OwnerDiedError("ff" * 28, None, ""), rr.ObjectLost),
+        (x.NodeDiedError("node gone"), rr.WorkerLost),
+        (x.RuntimeEnvSetupError("pip failed"), rr.BackendError),
+    ]
+    for err, kind in cases:
+        ours = translate(err, "step 2 > lambda 'f'", 7)
+        assert type(ours) is kind and isinstance(ours, rr.BackendError), err
+        assert ours.__cause__ is err
+        assert rr.step_path_of(ours) == "step 2 > lambda 'f'" and rr.item_index_of(ours) == 7
+    assert translate(x.OutOfMemoryError("m")).shared is False  # type: ignore[attr-defined]
+    assert translate(x.ActorDiedError()).shared and translate(x.NodeDiedError("n")).shared  # type: ignore[attr-defined]
+    # what Ray passes on to a task whose argument was lost, or a task raised after a nested ray.get
+    wrapped = x.RayTaskError("f", "Traceback ...", x.WorkerCrashedError()).as_instanceof_cause()
+    assert type(translate(wrapped)) is rr.WorkerLost
+    # the user's own exceptions, and cancellations, are not ours to translate
+    user = ValueError("bad item")
+    assert translate(user) is user
+    assert translate(x.TaskCancelledError()).__class__ is x.TaskCancelledError
+
+
 @pytest.fixture
 def ray_backend(ray_session: Any) -> Any:
     return rr.get_backend("ray")
