@@ -233,6 +233,20 @@ def test_a_pool_actor_dead_past_its_restarts_is_replaced(ray_backend: Any) -> No
         ray_backend.release(step)
 
 
+@pytest.mark.slow
+def test_a_pool_actor_a_chain_calls_from_its_tasks_is_replaced_too(ray_backend: Any) -> None:
+    step = RunnableActor(Stamper, pool_size=2)
+    chain = RunnableLambda(same) | step  # batched as chunk tasks of the whole chain: they call the pool
+    try:
+        out = chain.batch([1, CRASH, 2], RAY, return_exceptions=True)
+        assert out[0][0] == 1 and out[2][0] == 2
+        assert isinstance(out[1], rr.ActorLost) and rr.item_index_of(out[1]) == 1
+        assert ray_backend.pools[step.key].replaced == 1
+        assert [o[0] for o in chain.batch([3, 4, 5, 6], RAY)] == [3, 4, 5, 6]  # the new actor serves
+    finally:
+        ray_backend.release(step)
+
+
 # ---- the executor backend: a broken process pool -----------------------------------------------------
 @pytest.mark.slow
 def test_a_crash_on_a_process_pool_costs_only_its_item() -> None:

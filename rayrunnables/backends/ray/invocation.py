@@ -279,14 +279,16 @@ class Invocation:
         lost chunk of a ``.map()`` is run again, split, to name the item that kills its process."""
         if ray_failure(err) is None:
             return None
+        self.cancel()  # the invocation has failed: what still runs stops now, not after the search below
         for _ in range(len(self.origins)):
             origin = self.origins.get(ref)
             if origin is None or not (isinstance(err, RayTaskError) and LOST_ARGUMENT in str(err)):
                 break
-            upstream = [(dep, e) for dep in origin.deps if (e := failed_with(dep)) is not None and ray_failure(e)]
-            if not upstream:
+            failed = ((dep, failed_with(dep)) for dep in origin.deps)
+            upstream = next(((dep, e) for dep, e in failed if e is not None and ray_failure(e)), None)
+            if upstream is None:  # its own process died (or a ray.get inside it failed)
                 break
-            ref, err = upstream[0]
+            ref, err = upstream
         found = ray_failure(err)
         if isinstance(found, ActorDiedError) and getattr(found, "actor_id", None):
             self.backend.replace_dead(found.actor_id)

@@ -28,6 +28,12 @@ from .worker import chunk_here, interruptible, list_here, steps_here
 __all__ = ["RayServices", "ActorPool", "actor_hex", "create_limiter", "pool_name", "limiter_name"]
 
 
+#: seconds a replacement waits for a dead pool actor's name to be freed
+REPLACE_TIMEOUT = 10.0
+#: how often a step's proxy looks again for a new actor in the place of a dead one
+PROXY_LOOKUP_SECONDS = 1.0
+
+
 def actor_hex(handle: Any) -> str | None:
     """An actor handle's id, as ``ActorDiedError.actor_id`` gives it."""
     actor_id = getattr(handle, "_actor_id", None)
@@ -63,24 +69,45 @@ class _RemoteBucket:
 
 class _PoolProxy:
     """What a step running inside some task sees as "the instance": calls go to the step's actor pool.
-    A member found dead is looked up again by name, once: the driver may have replaced it."""
+
+    A member found dead past its restarts is left out (the call that found it fails: a call that kills its
+    actor would kill another one too) until the driver has replaced it, looked up by name now and then."""
 
     def __init__(self, key: str, size: int) -> None:
-        self.key, self.size = key, size
-        self.handles = self._lookup()
+        self.key = key
+        self.handles = [ray.get_actor(pool_name(key, i)) for i in range(size)]
+        self.dead: set[int] = set()
+        self._look_again = 0.0
 
-    def _lookup(self) -> list[Any]:
-        return [ray.get_actor(pool_name(self.key, i)) for i in range(self.size)]
+    def _pick(self) -> int:
+        if self.dead and time.monotonic() >= self._look_again:
+            self._look_again = time.monotonic() + PROXY_LOOKUP_SECONDS
+            for index in list(self.dead):
+                self._renewed(index)
+        live = [i for i in range(len(self.handles)) if i not in self.dead]
+        return random.choice(live or range(len(self.handles)))
+
+    def _renewed(self, index: int) -> bool:
+        """Whether the driver has put a new actor in the place of member ``index`` (now ours)."""
+        try:
+            fresh = ray.get_actor(pool_name(self.key, index))
+        except ValueError:  # not there (yet)
+            return False
+        if actor_hex(fresh) == actor_hex(self.handles[index]):
+            return False
+        self.handles[index] = fresh
+        self.dead.discard(index)
+        return True
 
     def _call(self, method: str, arg: Any) -> Any:
+        index = self._pick()
         try:
-            return ray.get(getattr(random.choice(self.handles), method).remote(arg))
+            return ray.get(getattr(self.handles[index], method).remote(arg))
         except ActorDiedError:
-            try:
-                self.handles = self._lookup()
-            except ValueError:  # not there (yet): the call's own error says more
-                pass
-            return ray.get(getattr(random.choice(self.handles), method).remote(arg))
+            if not self._renewed(index):  # the driver learns of it from this error, and replaces it
+                self.dead.add(index)
+                raise
+        return ray.get(getattr(self.handles[index], method).remote(arg))
 
     def __call__(self, item: Any) -> Any:
         return writable(self._call("call_one", item))
@@ -117,9 +144,6 @@ WORKER_SERVICES = RayServices()
 
 
 _NO_STATE = ContextState({}, (), 0, ())
-
-#: seconds a replacement waits for a dead pool actor's name to be freed
-REPLACE_TIMEOUT = 10.0
 
 
 class _StepActorClass:
