@@ -14,9 +14,9 @@ from uuid import UUID
 
 from .config import DEFAULT_RECURSION_LIMIT
 from .engine.events import Buffer, Recorder, RunSink
+from .engine.process_state import STATE
 from .errors import StepRecursionError
 from .protocols import ChunkRunner, ContextState, Limiter, Node, Services
-from .services import LOCAL_SERVICES
 
 __all__ = ["RunContext", "CancelToken", "Limiter", "ThreadLimiter", "Cancelled"]
 
@@ -72,7 +72,7 @@ class RunContext:
         run_id: UUID | None = None,
     ) -> None:
         self.config = {} if config is None else config
-        self.services: Services = LOCAL_SERVICES if services is None else services
+        self.services: Services = STATE.services if services is None else services
         self.run_scopes: dict[int, Limiter] = {}  # one cap per ``with_config(max_concurrency=)`` per run
         self.cancel = CancelToken() if cancel is None else cancel
         self.limiters = limiters

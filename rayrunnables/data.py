@@ -41,6 +41,7 @@ def run_values(chain: Runnable[Any, Any], values: list[Any]) -> list[Any]:
     outputs: list[Any] = [None] * len(values)
     if not values:
         return outputs
+    _share_pacers()
     if isinstance(chain, RunnableSequence) and not chain.vectorized and any(s.vectorized for s in chain.steps):
         return _run_by_step(chain, values)
     chunk = len(values) if chain.vectorized else None
@@ -107,10 +108,27 @@ class _PoolActor:
 
 
 def prepare(chain: Runnable[Any, Any]) -> None:
-    """Ship the user's modules to the workers and refuse, by step, a chain that cannot be sent."""
+    """Ship the user's modules to the workers and refuse, by step, a chain that cannot be sent; start the
+    run's one pacer per rate-limit key, which every worker reaches (``_share_pacers``)."""
+    from .backends.ray.services import start_limiters
     from .backends.ray.shipping import check_sendable
 
     check_sendable(chain)
+    start_limiters(chain)
+
+
+def _share_pacers() -> None:
+    """In a Ray worker, a rate-limited step's pace is the run's (the driver's limiter actor), not this
+    process's own: every worker holds the same requests and tokens per minute together."""
+    from .engine.process_state import STATE
+
+    if STATE.services.find_pacer is None:
+        import ray
+
+        if ray.is_initialized():
+            from .backends.ray.services import find_pacer
+
+            STATE.services.find_pacer = find_pacer
 
 
 class ApplyJob:

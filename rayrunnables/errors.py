@@ -7,6 +7,7 @@ so ``except ValueError`` keeps working on every backend.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -18,6 +19,7 @@ __all__ = [
     "OptionsError",
     "StepRecursionError",
     "UnpicklableStepError",
+    "UnportableError",
     "BackendError",
     "WorkerLost",
     "OutOfMemory",
@@ -28,8 +30,11 @@ __all__ = [
     "ReadOnlyInputError",
     "RemoteTraceback",
     "FailureBudgetExceeded",
+    "RateLimitTimeout",
     "attach_step",
+    "copy_error",
     "deadline_error",
+    "rebuild_error",
     "step_path_of",
     "item_index_of",
 ]
@@ -64,6 +69,16 @@ class UnpicklableStepError(RayRunnablesError, TypeError):
 
 class UnpicklableOutputError(RayRunnablesError, TypeError):
     """A step's output cannot be sent back from a Ray worker (it holds a lock, a socket, a generator...)."""
+
+
+class UnportableError(RayRunnablesError):
+    """A step's exception cannot be rebuilt in the process it was sent to, even without its constructor:
+    this error stands for it, naming its type (``original_type``, as ``module.qualname``) and keeping its
+    message, step path and item index. Exceptions that can be rebuilt keep their own type on every backend."""
+
+    def __init__(self, message: str, original_type: str = "") -> None:
+        super().__init__(message)
+        self.original_type = original_type
 
 
 class StepConstructionError(RayRunnablesError, RuntimeError):
@@ -123,6 +138,11 @@ class FailureBudgetExceeded(RayRunnablesError):
         self.failed, self.done = failed, done
 
 
+class RateLimitTimeout(RayRunnablesError, TimeoutError):
+    """A rate-limited step's provider kept answering "too many requests" past ``max_wait`` seconds of pauses.
+    The provider's last error is the ``__cause__``."""
+
+
 def deadline_error(path: str, seconds: float) -> TimeoutError:
     """The built-in ``TimeoutError`` of a step that gave no result within ``seconds``, naming the step."""
     return attach_step(TimeoutError(f"{path}: no result within {seconds:g} s"), path)
@@ -173,3 +193,30 @@ def item_index_of(exc: BaseException) -> int | None:
     """The index of the batch/map item whose run raised ``exc``, when known."""
     value: Any = getattr(exc, _INDEX_ATTR, None)
     return value
+
+
+def rebuild_error(cls: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    """An exception of ``cls`` made without calling its constructor, its ``args`` and attributes restored.
+
+    pickle and ``copy`` rebuild an exception as ``cls(*args)``, which fails for a class whose constructor
+    takes other arguments (openai's ``RateLimitError(message, *, response, body)``); this does not."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    vars(exc).update(state)
+    return exc
+
+
+def copy_error(exc: E) -> E:
+    """A shallow copy of ``exc`` (each item's own error when one call failed for a whole chunk): as
+    ``copy.copy`` makes it, or, for a class whose constructor cannot be called again, ``rebuild_error``'s.
+    Its notes are its own list, so a note added to the copy is not added to the original."""
+    try:
+        twin = copy.copy(exc)
+        if type(twin) is not type(exc):
+            raise TypeError(type(twin))
+    except Exception:
+        twin = rebuild_error(type(exc), exc.args, dict(vars(exc)))
+    notes = vars(twin).get("__notes__")
+    if isinstance(notes, list):
+        vars(twin)["__notes__"] = list(notes)
+    return twin

@@ -68,9 +68,19 @@ class Limiter(Protocol):
 
 
 class RateLimiter(Protocol):
-    """A token bucket: ``reserve`` books the next call and says how long to wait for it."""
+    """A run's pace for one key (``rayrunnables.pacing.Pacer``, or its proxy on Ray): ``reserve`` books a call
+    of about ``estimate`` tokens and says how long to wait; ``claim`` confirms it after the wait; ``settle``
+    hands back what it really cost; ``throttle`` reports a 429 (the pace learns and pauses)."""
 
-    def reserve(self) -> float: ...
+    def reserve(self, estimate: int) -> Any: ...
+
+    def claim(self, booking: Any, estimate: int) -> Any: ...
+
+    def settle(self, estimate: int, booking: Any, used: int | None,
+               limits: tuple[float | None, float | None] = (None, None)) -> None: ...
+
+    def throttle(self, booking: Any, retry_after: float | None, limits: tuple[float | None, float | None],
+                 kind: str | None) -> float: ...
 
 
 class Services(Protocol):
@@ -81,7 +91,9 @@ class Services(Protocol):
         """The instance of a stateful step (built once per process, or an actor pool's proxy)."""
         ...
 
-    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> RateLimiter: ...
+    def rate_limiter(self, key: str, pace: Any) -> RateLimiter:
+        """The pacer of a rate-limit key (one for the whole run), made with ``pace`` when it is new."""
+        ...
 
 
 class ContextState(NamedTuple):

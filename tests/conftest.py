@@ -16,8 +16,13 @@ BACKENDS = ["local", "ray", "executor"]
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """Start a local Ray instance once for the whole session; shut it down at the end."""
+def ray_session(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start a local Ray instance once for the whole session; shut it down at the end.
+
+    The executor backend's fork-started workers are started first: a process that runs Ray must not be
+    forked (a child's garbage collector finalizes the parent's Ray objects through the parent's own
+    connections, and the parent's Ray driver aborts a few tests later)."""
+    request.getfixturevalue("executor_session")
     ray = pytest.importorskip("ray")
     started = False
     if not ray.is_initialized():
@@ -32,12 +37,20 @@ def ray_session() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def executor_session() -> Iterator[Any]:
-    """The executor backend's default: a ProcessPoolExecutor of 2 spawned workers, shut down at the end."""
+    """A ProcessPoolExecutor of 2 workers as a user makes one, ``ProcessPoolExecutor(2)``: the platform's
+    default start method (``fork`` on Linux before Python 3.14). Its workers start at once, when the first
+    test on "executor" or "ray" needs them: after this process ran other chains (its threads and services
+    in use), before it starts Ray. Shut down at the end."""
+    import multiprocessing
+    import os
+
     import rayrunnables
     from rayrunnables.backends.executor import ExecutorBackend
 
-    rayrunnables.register_backend("executor", functools.partial(ExecutorBackend, max_workers=2))
+    default = multiprocessing.get_context()  # what ProcessPoolExecutor(mp_context=None) uses
+    rayrunnables.register_backend("executor", functools.partial(ExecutorBackend, max_workers=2, mp_context=default))
     backend = rayrunnables.get_backend("executor")
+    backend.runner.executor.submit(os.getpid).result()  # a fork pool starts all its workers at its first call
     try:
         yield backend
     finally:

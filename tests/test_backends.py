@@ -11,6 +11,7 @@ import rayrunnables
 import rayrunnables.backends as registry
 from rayrunnables import Backend, ConfigError, RunnableLambda
 from rayrunnables.backends.local import LocalBackend
+from rayrunnables.engine.process_state import STATE
 
 
 def inc(x: int) -> int:
@@ -50,7 +51,7 @@ class RecordingBackend(Backend):
 def mine(monkeypatch: pytest.MonkeyPatch) -> RecordingBackend:
     """Register "mine" in a private copy of the registry; returns its shared instance."""
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    monkeypatch.setattr(registry, "_DEFAULTS", dict(registry._DEFAULTS))
+    monkeypatch.setattr(STATE, "backends", dict(STATE.backends))
     monkeypatch.delenv("RAYRUNNABLES_BACKEND", raising=False)
     rayrunnables.register_backend("mine", RecordingBackend)
     backend = rayrunnables.get_backend("mine")
@@ -151,7 +152,7 @@ def test_registered_backend_default_methods(mine: RecordingBackend) -> None:
 
 def test_register_backend_by_import_string(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    monkeypatch.setattr(registry, "_DEFAULTS", dict(registry._DEFAULTS))
+    monkeypatch.setattr(STATE, "backends", dict(STATE.backends))
     rayrunnables.register_backend("also-local", "rayrunnables.backends.local:LocalBackend")
     assert RunnableLambda(inc).invoke(1, config={"backend": "also-local"}) == 2
     assert isinstance(rayrunnables.get_backend("also-local"), LocalBackend)

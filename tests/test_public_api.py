@@ -13,6 +13,7 @@ EXPECTED_ALL = {
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
+    "RateLimitTimeout",
     "InputTypeError",
     "ObjectLost",
     "OptionsError",
@@ -42,6 +43,7 @@ EXPECTED_ALL = {
     "StepRecursionError",
     "UnpicklableOutputError",
     "UnpicklableStepError",
+    "UnportableError",
     "__version__",
     "available_backends",
     "cancel_requested",
@@ -92,6 +94,7 @@ def test_error_hierarchy() -> None:
         rr.StepRecursionError,
         rr.UnpicklableStepError,
         rr.UnpicklableOutputError,
+        rr.UnportableError,
         rr.BackendError,
     ):
         assert issubclass(cls, rr.RayRunnablesError)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from ..engine.process_state import STATE
 from ..errors import ConfigError
 from ..protocols import Backend
 
@@ -26,13 +27,14 @@ _FACTORIES: dict[str, str | Callable[..., Backend]] = {
     "ray": "rayrunnables.backends.ray:RayBackend",
     "executor": "rayrunnables.backends.executor:ExecutorBackend",
 }
-_DEFAULTS: dict[str, Backend] = {}
+# the shared instance of each name lives in ``STATE.backends``: a forked child makes its own (a backend's
+# process pool or Ray connection is its parent's)
 
 
 def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
     """Register ``factory`` (a callable or a ``"module:attr"`` string imported on first use) under ``name``."""
     _FACTORIES[name] = factory
-    _DEFAULTS.pop(name, None)
+    STATE.backends.pop(name, None)
 
 
 def available_backends() -> list[str]:
@@ -67,9 +69,10 @@ def get_backend(choice: Any, **kwargs: Any) -> Backend:
         )
     if kwargs:
         return _factory(choice)(**kwargs)
-    if choice not in _DEFAULTS:
-        _DEFAULTS[choice] = _factory(choice)()
-    return _DEFAULTS[choice]
+    shared: dict[str, Backend] = STATE.backends
+    if choice not in shared:
+        shared[choice] = _factory(choice)()
+    return shared[choice]
 
 
 _current_backend: contextvars.ContextVar[Any] = contextvars.ContextVar("rayrunnables_backend", default=None)

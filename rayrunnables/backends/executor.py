@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from ..config import sendable_config
 from ..context import RunContext, ThreadLimiter
 from ..engine.execution import WAITING, subtree_class
 from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
+from ..engine.process_state import STATE
 from ..engine.sharing import isolate, writable
 from ..engine.steps import step_tree, walk
 from ..errors import BackendError, WorkerLost
 from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
-from ..services import LOCAL_SERVICES
 from .outputs import cloudpickle, sendable_outcomes
+from .portable import raise_portable
 
 __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
 
@@ -111,13 +115,17 @@ class ExecutorChunkRunner:
 
 def run_payload(payload: bytes) -> bytes:
     """In the executor's worker: one chunk, its outcomes as one pickle (item errors as values; an output
-    that cannot travel back is its item's error, the others kept)."""
-    node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
-    ctx = RunContext.from_state(state, LOCAL_SERVICES)
-    if cap:
-        ctx = ctx.with_limiter(ThreadLimiter(cap))
-    result = run_chunk(node, items, ctx, return_exceptions, remote=True)
-    return bytes(cloudpickle.dumps(sendable_outcomes(result, node, ctx, return_exceptions)))
+    that cannot travel back is its item's error, the others kept). Errors leave ``portable``, as values
+    or raised."""
+    try:
+        node, items, state, return_exceptions, cap = cloudpickle.loads(payload)
+        ctx = RunContext.from_state(state, STATE.services)
+        if cap:
+            ctx = ctx.with_limiter(ThreadLimiter(cap))
+        result = run_chunk(node, items, ctx, return_exceptions, remote=True)
+        return bytes(cloudpickle.dumps(sendable_outcomes(result, node, ctx, return_exceptions)))
+    except BaseException as exc:
+        raise_portable(exc)
 
 
 def _workers(executor: Executor) -> int:
@@ -125,19 +133,46 @@ def _workers(executor: Executor) -> int:
     return count if isinstance(count, int) and count > 0 else (os.cpu_count() or 1)
 
 
+FORKS_RAY = (
+    "this ProcessPoolExecutor will fork its workers from a process that runs Ray: Ray's driver does not "
+    "survive being forked (a child's garbage collector releases the parent's Ray objects through the "
+    "parent's own connections, and the parent's Ray calls fail later). Make the pool with "
+    "mp_context=multiprocessing.get_context('spawn') or 'forkserver', or start its workers before ray.init()"
+)
+
+
+def _will_fork_ray(executor: Executor) -> bool:
+    """Whether ``executor`` is a fork-started pool with no worker yet, in a process where Ray runs."""
+    ray = sys.modules.get("ray")
+    context = getattr(executor, "_mp_context", None)  # ProcessPoolExecutor's
+    no_worker_yet = getattr(executor, "_processes", None) == {}
+    forks = context is not None and context.get_start_method() == "fork" and no_worker_yet
+    return forks and ray is not None and bool(ray.is_initialized())
+
+
 class ExecutorBackend(Backend):
     """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
 
-    Without an executor, a ``ProcessPoolExecutor`` with the ``spawn`` start method is made on first use
-    (a forked child of a process with threads, or with Ray, can hang) and shut down by ``close()``.
+    Any executor works, a ``ProcessPoolExecutor`` with any start method included: a forked worker makes
+    rayrunnables' own threads and services anew (``engine.process_state``). Without an executor, a
+    ``ProcessPoolExecutor(max_workers, mp_context=mp_context)`` is made on first use and shut down by
+    ``close()``; its start method is ``spawn`` unless ``mp_context`` (a context or a method name) says
+    otherwise, because what else the process holds when it first runs a batch is not ours to know: Ray's
+    threads and connections, a GPU context, a native library's thread pool do not survive a fork.
     """
 
     name = "executor"
 
-    def __init__(self, executor: Executor | None = None, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str = "spawn",
+    ) -> None:
         self._executor = executor
         self._own = executor is None
         self._max_workers = max_workers
+        self._mp_context = multiprocessing.get_context(mp_context) if isinstance(mp_context, str) else mp_context
         self._runner: ExecutorChunkRunner | None = None
 
     @property
@@ -145,12 +180,14 @@ class ExecutorBackend(Backend):
         if self._runner is None:
             if self._executor is None:
                 self._executor = self._new_pool()
+            if _will_fork_ray(self._executor):
+                warnings.warn(FORKS_RAY, RuntimeWarning, stacklevel=2)
             renew = self._renew if self._own else None
             self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor), renew)
         return self._runner
 
     def _new_pool(self) -> Executor:
-        return ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
 
     def _renew(self, broken: Executor) -> Executor:
         """A new pool in the place of ``broken`` (one of its processes died): ours, so ours to replace."""
@@ -179,7 +216,8 @@ class ExecutorBackend(Backend):
         return local_root_context(config, map_runner=self.runner_for)
 
     def explain(self, node: Node) -> str:
-        kind = type(self._executor).__name__ if self._executor is not None else "ProcessPoolExecutor (spawn)"
+        method = self._mp_context.get_start_method()
+        kind = type(self._executor).__name__ if self._executor is not None else f"ProcessPoolExecutor ({method})"
         return "\n".join([
             "steps:", *step_tree(node),
             f"on {kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "

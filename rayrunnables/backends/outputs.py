@@ -12,17 +12,12 @@ from ..engine.events import Buffer, Event
 from ..engine.inprocess import ChunkResult
 from ..errors import UnpicklableOutputError, attach_step
 from ..runnables.sequence import RunnableSequence
-
-try:  # the standalone package when installed; else the copy Ray ships (a core dependency)
-    import cloudpickle
-except ImportError:  # pragma: no cover - depends on the environment
-    from ray import cloudpickle
+from .portable import PLAIN_TYPES, cloudpickle, portable
 
 __all__ = [
     "PLAIN_TYPES", "cloudpickle", "producer", "sendable_events", "sendable_outcomes", "take_events", "unsendable",
 ]
 
-PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
 _PLAIN = frozenset(PLAIN_TYPES)
 
 
@@ -72,10 +67,13 @@ def unsendable(value: Any, path: str, index: int | None = None) -> UnpicklableOu
 
 
 def sendable_events(events: list[Event]) -> list[Event]:
-    """Run events as they may travel: a payload that cannot leave the worker (a value passed between two
-    steps that run here, say a lock) is replaced by its type's name, never failing the results with it."""
+    """Run events as they may travel: an error they report is made ``portable``; a payload that cannot
+    leave the worker (a value passed between two steps that run here, say a lock) is replaced by its type's
+    name, never failing the results with it."""
     out = []
     for method, args, kwargs, meta in events:
+        if any(isinstance(a, BaseException) for a in args):  # ``on_chain_error``'s error, say
+            args = tuple(portable(a) if isinstance(a, BaseException) else a for a in args)
         if any(_needs_pickle_check(a, [256]) for a in (*args, kwargs.get("inputs"))):
             try:
                 cloudpickle.dumps((args, kwargs))
@@ -100,13 +98,15 @@ def take_events(ctx: RunContext) -> list[Event] | None:
 
 
 def sendable_outcomes(result: ChunkResult, node: Any, ctx: RunContext, return_exceptions: bool) -> ChunkResult:
-    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay; the
-    run events recorded here go with them."""
+    """Outputs that cannot leave the worker become that item's error; the chunk's other results stay; item
+    errors are made ``portable``; the run events recorded here go with them."""
     result.events = take_events(ctx)
     path = producer(node, ctx.path)
     outcomes = result.outcomes
-    for n, (index, ok, value, _) in enumerate(outcomes):
-        if ok and type(value) not in _PLAIN:  # plain values (most items) cost one set lookup
+    for n, (index, ok, value, tb) in enumerate(outcomes):
+        if not ok:
+            outcomes[n] = (index, ok, portable(value), tb)
+        elif type(value) not in _PLAIN:  # plain values (most items) cost one set lookup
             error = unsendable(value, path, index)
             if error is not None:
                 outcomes[n] = (index, False, error, None)

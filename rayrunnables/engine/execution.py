@@ -15,17 +15,20 @@ Python under the GIL only fights its sibling threads for it. So every step has a
 A subtree is *waiting* if any step in it waits, *computing* once every step in it is known to compute,
 and *unknown* until then (the engine then keeps today's threads). What a process learned is never
 pickled (every Ray worker learns for itself), but a step keeps an id when it is pickled, so a worker
-that unpickles the same step again for every chunk finds what it learned from the earlier chunks.
+that unpickles the same step again for every chunk finds what it learned from the earlier chunks. A
+forked child learns for itself too: what it learned lives in ``process_state``, and a profile from an
+earlier epoch (the parent's, found on a step the child inherited) is started afresh.
 Once learned, a class costs one attribute read: no lock, no clock on the hot path.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from .process_state import STATE
 
 __all__ = [
     "COMPUTING",
@@ -61,30 +64,6 @@ def _voluntary_switches() -> int:
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
 
 
-class _Active:
-    """How many measured calls run in this process right now."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def enter(self) -> int:
-        with self._lock:
-            self.count += 1
-            return self.count
-
-    def leave(self) -> int:
-        with self._lock:
-            n = self.count
-            self.count -= 1
-            return n
-
-
-_ACTIVE = _Active()
-# bumped whenever a step's class changes: subtrees cache their class for one generation
-_GENERATION = [0]
-
-
 class StepProfile:
     """What this process has measured of one step's calls.
 
@@ -95,9 +74,10 @@ class StepProfile:
     step's hot path is one decrement of ``countdown``: no clock, no lock.
     """
 
-    __slots__ = ("countdown", "kind", "samples", "share")
+    __slots__ = ("countdown", "epoch", "kind", "samples", "share")
 
     def __init__(self) -> None:
+        self.epoch = STATE.epoch  # learned in this process (a forked child's epoch is a new one)
         self.share = 0.0
         self.samples = 0
         self.kind = UNKNOWN
@@ -119,7 +99,7 @@ class StepProfile:
         kind = COMPUTING if self.share >= COMPUTING_SHARE else WAITING
         if kind != self.kind:
             self.kind = kind
-            _GENERATION[0] += 1
+            STATE.generation += 1
         # a waiting call is slow anyway: every one is measured, so a computing step taken for a waiting one
         # in a moment of contention is set right within a few calls once it passes
         self.countdown = RESAMPLE_EVERY if kind == COMPUTING else 0
@@ -132,13 +112,11 @@ def profile_of(node: Any) -> StepProfile:
         profile = StepProfile()
         step_id = node.__dict__.get("_step_id")
         if step_id is not None:
-            profile = _BY_STEP_ID.setdefault(step_id, profile)
+            profile = STATE.profiles.setdefault(step_id, profile)
         object.__setattr__(node, "_profile", profile)  # frozen dataclass: bookkeeping, not a field
     return profile
 
 
-# profiles of steps that arrived pickled, by step id: a Ray worker unpickles a step anew for every chunk
-_BY_STEP_ID: dict[str, StepProfile] = {}
 _LEARNED_HERE = ("_profile", "_class")
 
 
@@ -151,10 +129,13 @@ def step_state(node: Any) -> dict[str, Any]:
 
 
 def _known_profile(node: Any) -> StepProfile | None:
+    """What this process learned of ``node``: its own profile, or the one of a pickled copy of it (the
+    profiles of steps that arrived pickled are kept by step id: a Ray worker unpickles a step anew for
+    every chunk)."""
     profile: StepProfile | None = node.__dict__.get("_profile")
-    if profile is None:
+    if profile is None or profile.epoch != STATE.epoch:
         step_id = node.__dict__.get("_step_id")
-        profile = None if step_id is None else _BY_STEP_ID.get(step_id)
+        profile = None if step_id is None else STATE.profiles.get(step_id)
         if profile is not None:
             object.__setattr__(node, "_profile", profile)
     return profile
@@ -163,7 +144,9 @@ def _known_profile(node: Any) -> StepProfile | None:
 def call_step(node: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` for ``node``'s user function: measured while its class is learned, and now and then
     after; otherwise a plain call."""
-    profile: StepProfile = node.__dict__.get("_profile") or profile_of(node)
+    profile: StepProfile | None = node.__dict__.get("_profile")
+    if profile is None or profile.epoch != STATE.epoch:
+        profile = profile_of(node)
     profile.countdown -= 1
     if profile.countdown >= 0:
         return fn(*args)
@@ -172,7 +155,7 @@ def call_step(node: Any, fn: Callable[..., Any], *args: Any) -> Any:
 
 def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, adding one sample of its CPU share to ``profile``; a failing call adds none."""
-    k_start = _ACTIVE.enter()
+    k_start = STATE.running.enter()
     switches0 = _voluntary_switches()
     wall0, cpu0, proc0 = time.perf_counter(), time.thread_time(), time.process_time()
     try:
@@ -181,7 +164,7 @@ def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
         wall = time.perf_counter() - wall0
         cpu = time.thread_time() - cpu0
         others = time.process_time() - proc0 - cpu
-        k = max(k_start, _ACTIVE.leave())
+        k = max(k_start, STATE.running.leave())
         never_blocked = switches0 >= 0 and _voluntary_switches() == switches0
     alone = k == 1 and others <= 0.1 * wall
     if never_blocked or wall <= 0:
@@ -208,14 +191,14 @@ def subtree_class(node: Any) -> str:
     """
     kind, final = _classify(node)
     if final and kind is not None:
-        object.__setattr__(node, "_class", (kind, _GENERATION[0]))
+        object.__setattr__(node, "_class", (kind, STATE.generation))
     return kind or UNKNOWN
 
 
 def _classify(node: Any) -> tuple[str | None, bool]:
     """``(class or None when nothing of it ran yet, whether that is final)``."""
     cached: tuple[str, int] | None = node.__dict__.get("_class")
-    if cached is not None and cached[1] == _GENERATION[0]:
+    if cached is not None and cached[1] == STATE.generation:
         return cached[0], True
     declared = _declared(node)
     if declared is not None:

@@ -9,29 +9,26 @@ enforced on user calls, not on threads.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
 
 from ..context import RunContext, ThreadLimiter
-from ..errors import attach_step
+from ..errors import attach_step, copy_error
 from ..protocols import ChunkRunner, Node
 from .events import PARENT_RUN_KEY
 from .execution import COMPUTING, subtree_class
+from .process_state import STATE
 from .sharing import freeze, isolate, writable_outcomes
 
 __all__ = [
-    "run_branches", "stream_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "POOL", "PerItem",
+    "run_branches", "stream_branches", "run_chunk", "ChunkResult", "ThreadChunkRunner", "PerItem",
     "local_root_context",
 ]
-
-POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="rayrunnables")
-
 
 def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node]]) -> list[Any]:
     """Run every branch on its own share of ``input``; the first failure in time is raised at once.
@@ -54,7 +51,7 @@ def run_branches(ctx: RunContext, input: Any, branches: Sequence[tuple[str, Node
 
     # one branch alone has nothing to overlap with
     threaded = [len(branches) > 1 and subtree_class(step) != COMPUTING for _, step in branches]
-    futures = {n: POOL.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
+    futures = {n: STATE.threads.submit(run, *branches[n]) for n, in_thread in enumerate(threaded) if in_thread}
     results: list[Any] = [None] * len(branches)
     try:
         for n, in_thread in enumerate(threaded):
@@ -105,7 +102,7 @@ def stream_branches(
             produced.put((n, None, exc))
 
     for n, (segment, step) in enumerate(branches):
-        POOL.submit(run, n, segment, step)
+        STATE.threads.submit(run, n, segment, step)
     running = len(branches)
     try:
         while running:
@@ -191,8 +188,10 @@ def run_chunk(
         except Exception as exc:  # the one call failed: every item of the chunk carries its error
             path = ctx.path_str if ctx.path else node.label()
             tb = _format(exc) if remote else None
-            # one call failed for the whole chunk: each item gets its own copy, naming its own index
-            per_item = [attach_step(copy.copy(exc) if n else exc, path, index) for n, (index, _) in enumerate(items)]
+            # one call failed for the whole chunk: each item gets its own copy (made before the first is
+            # tagged), naming its own index
+            copies = [exc, *(copy_error(exc) for _ in items[1:])]
+            per_item = [attach_step(e, path, index) for e, (index, _) in zip(copies, items, strict=True)]
             outcomes = [(index, False, e, tb) for (index, _), e in zip(items, per_item, strict=True)]
             return ChunkResult(outcomes if return_exceptions else outcomes[:1], time.perf_counter() - start)
         done: list[tuple[int, bool, Any, str | None]] = [
@@ -241,7 +240,7 @@ class ThreadChunkRunner:
         self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool
     ) -> Future[ChunkResult]:
         if not self.runs_inline(node):
-            return POOL.submit(run_chunk, node, items, ctx, return_exceptions)
+            return STATE.threads.submit(run_chunk, node, items, ctx, return_exceptions)
         done: Future[ChunkResult] = Future()
         done.set_result(run_chunk(node, items, ctx, return_exceptions))
         return done

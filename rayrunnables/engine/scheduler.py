@@ -12,7 +12,6 @@ costs only that item, on every backend.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ..context import RunContext
-from ..errors import FailureBudgetExceeded, RemoteTraceback, WorkerLost, attach_step, deadline_error
+from ..errors import FailureBudgetExceeded, RemoteTraceback, WorkerLost, attach_step, copy_error, deadline_error
 from ..protocols import Backend, ChunkRunner, Node
 from .attempts import Tracker
 from .inprocess import ChunkResult
@@ -210,7 +209,7 @@ def iter_batch(
                         raise error
                     # each item its own copy; the first keeps the original, with its ``__cause__``
                     result = ChunkResult(
-                        [(i, False, copy.copy(error) if n else error, None) for n, i in enumerate(indices)], 0.0
+                        [(i, False, copy_error(error) if n else error, None) for n, i in enumerate(indices)], 0.0
                     )
                 else:
                     recovery.forget(handle)

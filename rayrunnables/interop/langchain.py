@@ -32,7 +32,6 @@ langchain-core is imported here only; ``import rayrunnables`` never loads it.
 from __future__ import annotations
 
 import inspect
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from functools import update_wrapper
@@ -59,6 +58,7 @@ from langchain_core.runnables.retry import RunnableRetry as LCRetry
 
 from .._aio import run_coro_sync
 from ..engine.events import STREAM_EVENT, Recorder, RunSink
+from ..engine.process_state import STATE
 from ..runnables import (
     Runnable,
     RunnableAssign,
@@ -193,10 +193,6 @@ class LangChainStep:
         return f"LangChainStep({self.obj.get_name()})"
 
 
-_LAZY: dict[str, Any] = {}  # token -> built object, once per process (per Ray worker)
-_LAZY_LOCK = threading.Lock()
-
-
 class _LazyStep:
     """Builds its LangChain runnable with ``factory()`` on first use in each process; pickles the factory only."""
 
@@ -209,13 +205,8 @@ class _LazyStep:
         _ship_with(self, factory)
 
     def target(self) -> Any:
-        obj = _LAZY.get(self.token)
-        if obj is None:
-            with _LAZY_LOCK:
-                obj = _LAZY.get(self.token)
-                if obj is None:
-                    obj = _LAZY[self.token] = self.factory()
-        return obj
+        """The runnable built in this process (each Ray worker, each forked child builds its own)."""
+        return STATE.services.once(self.token, self.factory)
 
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         obj = self.target()

@@ -368,19 +368,40 @@ class Runnable(Generic[Input, Output]):
 
         return RunnableBinding.wrap(self, options=validate_options(options, self.label()))
 
-    def with_rate_limit(self, requests_per_second: float, *, burst: int = 1) -> Runnable[Input, Output]:
-        """At most ``requests_per_second`` calls of this step across the whole run (cluster-wide on Ray)."""
+    def with_rate_limit(
+        self,
+        requests_per_second: float | None = None,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        tokens: Callable[[Any], int] | None = None,
+        burst: int = 1,
+        key: str | None = None,
+        max_wait: float = 300.0,
+        rate_limit_errors: Callable[[BaseException], bool] | None = None,
+    ) -> Runnable[Input, Output]:
+        """This step held to a provider's limits for the whole run (one pacer, cluster-wide on Ray and on the
+        data engine): any of requests per second or minute and tokens per minute, all at once. A call books its
+        estimated tokens (``tokens(input)``, else an estimate from the text plus the model's ``max_tokens``),
+        corrected by the usage the provider reports. HTTP 429s pause the run for the provider's
+        ``retry-after`` and the item is called again (up to ``max_wait`` seconds); the pace adapts to them,
+        and with no number declared it is learned from them alone. Steps given the same ``key`` share one pace.
+        See ``rayrunnables.runnables.rate_limited``."""
         import uuid
 
-        from .wrappers import RunnableRateLimited
+        from ..model_calls import max_tokens_of
+        from .rate_limited import RunnableRateLimited, check_limits
 
-        if isinstance(requests_per_second, bool) or not isinstance(requests_per_second, (int, float)) or (
-            requests_per_second <= 0
-        ):
-            raise OptionsError(f"{self.label()}.with_rate_limit: requests_per_second must be > 0")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise OptionsError(f"{self.label()}.with_rate_limit: burst must be an int >= 1, got {burst!r}")
-        return RunnableRateLimited(self, float(requests_per_second), burst, uuid.uuid4().hex[:12])
+        where = self.label()
+        pace, wait = check_limits(where, requests_per_second, requests_per_minute, tokens_per_minute, burst, max_wait)
+        for what, value in (("tokens", tokens), ("rate_limit_errors", rate_limit_errors)):
+            if value is not None and not callable(value):
+                raise OptionsError(f"{where}.with_rate_limit: {what} must be a callable, got {value!r}")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise OptionsError(f"{where}.with_rate_limit: key must be a non-empty string, got {key!r}")
+        return RunnableRateLimited(
+            self, pace, key or uuid.uuid4().hex[:12], tokens, max_tokens_of(self), wait, rate_limit_errors
+        )
 
     def with_timeout(self, seconds: float) -> Runnable[Input, Output]:
         """Each call (each item of ``batch``/``.map()``/``imap``) that takes longer than ``seconds`` raises

@@ -21,25 +21,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import CancelToken, RunContext
+from ..engine.process_state import STATE
 from ..errors import OptionsError, deadline_error
 from .base import Input, Output, Runnable
 
 __all__ = ["RunnableTimeout", "cancel_requested", "check_timeout", "interrupt_on_deadline"]
 
 _current = threading.local()
-_interrupts = [False]
 
 
 def interrupt_on_deadline() -> None:
     """Called in a worker process that is ours to interrupt (a Ray worker): a timed call on the main
     thread then runs there, and is stopped at its deadline by SIGINT (``KeyboardInterrupt``, as Ray's own
     cancel does), which ends a sleep, a Python loop or a wait on a socket. Never in the caller's process."""
-    _interrupts[0] = True
+    STATE.interruptible_worker = True
 
 
 def _main_thread_interruptible() -> bool:
     return (
-        _interrupts[0]
+        STATE.interruptible_worker
         and threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     )

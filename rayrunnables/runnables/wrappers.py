@@ -15,6 +15,7 @@ from ..engine.events import LISTENER_EVENT, Listeners, Run, RunSink, Scoped, Sco
 from ..errors import InputTypeError, attach_step
 from .base import Input, Output, Runnable
 from .chunks import NOTHING, gather
+from .rate_limited import RunnableRateLimited
 
 __all__ = [
     "Listeners",
@@ -289,46 +290,3 @@ class RunnableBinding(Runnable[Input, Output]):
             yield self._invoke(gather(chunks), ctx)
             return
         yield from self.bound._transform(chunks, self.enter(ctx))
-
-
-@dataclass(frozen=True, eq=False)
-class RunnableRateLimited(Runnable[Input, Output]):
-    """At most ``requests_per_second`` calls of ``bound`` (after a first ``burst``), across every
-    process of the run: in this process a token bucket; on Ray one limiter actor for the cluster.
-    A vectorized chunk call counts as one request."""
-
-    bound: Runnable[Input, Output]
-    requests_per_second: float
-    burst: int = 1
-    key: str = ""
-    name: str | None = None
-
-    def label(self) -> str:
-        return self.named(self.bound.label())
-
-    def reports_run(self) -> bool:
-        return False
-
-    def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
-        return [("", self.bound)]
-
-    def _wait_turn(self, ctx: RunContext) -> None:
-        delay = ctx.services.rate_limiter(self.key, self.requests_per_second, self.burst).reserve()
-        if delay > 0:
-            time.sleep(delay)
-
-    @property
-    def vectorized(self) -> bool:
-        return self.bound.vectorized
-
-    def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
-        self._wait_turn(ctx)
-        return self.bound._invoke_batch(inputs, ctx)
-
-    def _invoke(self, input: Input, ctx: RunContext) -> Output:
-        self._wait_turn(ctx)
-        return self.bound._invoke(input, ctx)
-
-    def _transform(self, chunks: Iterator[Any], ctx: RunContext) -> Iterator[Output]:
-        self._wait_turn(ctx)
-        yield from self.bound._transform(chunks, ctx)

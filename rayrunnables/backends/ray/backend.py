@@ -16,7 +16,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -24,6 +23,7 @@ from ray.exceptions import RayTaskError
 
 from ...context import RunContext
 from ...engine.inprocess import ThreadChunkRunner, local_root_context
+from ...engine.process_state import STATE
 from ...engine.sharing import isolate, writable
 from ...errors import BackendError
 from ...options import OUR_OPTIONS
@@ -115,7 +115,7 @@ class RayBackend(Backend):
             ray_options = {k: v for k, v in options.items() if k not in OUR_OPTIONS}
             self.pools[node.key] = ActorPool(node, ray_options)
         if isinstance(node, RunnableRateLimited) and node.key not in self._limiters:
-            self._limiters[node.key] = create_limiter(node.key, node.requests_per_second, node.burst)
+            self._limiters[node.key] = create_limiter(node.key, node.pace)
         for _, child in node.children():
             self._start_services(child, options)
 
@@ -237,9 +237,6 @@ class RayBackend(Backend):
         return planning.explain(node)
 
 
-_STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrunnables-ray-init")
-
-
 def _on_lasting_thread(start: Any) -> Any:
     """Run ``start`` (``ray.init``) on a thread that lives as long as this process.
 
@@ -248,7 +245,7 @@ def _on_lasting_thread(start: Any) -> Any:
     otherwise take the whole local cluster down (SIGKILL) when that pool thread retires."""
     if threading.current_thread() is threading.main_thread():
         return start()
-    return _STARTER.submit(start).result()
+    return STATE.lasting.submit(start).result()
 
 
 def stop_stream(chunks: Any) -> None:

@@ -21,7 +21,7 @@ from ray.exceptions import ActorDiedError, RayError, RayTaskError
 from ...config import merge_configs
 from ...context import RunContext, ThreadLimiter
 from ...engine.events import Buffer, RunSink
-from ...engine.inprocess import POOL
+from ...engine.process_state import STATE
 from ...engine.sharing import writable
 from ...errors import WorkerLost
 from ...options import OUR_OPTIONS
@@ -184,7 +184,7 @@ class Invocation:
             pending = shared(pending)  # every branch reads it, none copies it
             if any(_has_barrier(branch) for branch in unit.branches):
                 # a branch that waits in the driver must not hold back its siblings' submission
-                futures = [POOL.submit(self.submit, branch, pending, parent) for branch in unit.branches]
+                futures = [STATE.threads.submit(self.submit, branch, pending, parent) for branch in unit.branches]
                 outs = [future.result() for future in futures]
             else:
                 outs = [self.submit(branch, pending, parent) for branch in unit.branches]

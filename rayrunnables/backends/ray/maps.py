@@ -17,11 +17,12 @@ from ...context import RunContext
 from ...engine.events import Buffer
 from ...engine.scheduler import iter_batch
 from ...protocols import ContextState
+from ..portable import raise_portable
 from .chunks import RayChunkRunner
 from .failures import is_lost
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .tasks import cancel_pending, make_context, pack, raise_converted, run_list_task
+from .tasks import cancel_pending, convert, make_context, pack, run_list_task
 from .worker import interruptible
 
 __all__ = ["map_chunk_size", "map_chunks", "run_fanout_task", "rerun_lost", "gather_map"]
@@ -129,8 +130,10 @@ def run_fanout_task(
                                      options, parallelism)
     except RayTaskError as err:
         cancel_pending(refs)
-        raise_converted(err)
-        raise
+        raise_portable(convert(err))  # rebuilt here from another worker: made portable for the next trip
+    except Exception as exc:  # an item's error met re-running a lost chunk, or the lost item's WorkerLost
+        cancel_pending(refs)
+        raise_portable(exc)
     except BaseException:
         cancel_pending(refs)
         raise

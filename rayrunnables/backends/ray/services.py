@@ -19,13 +19,17 @@ from ...context import RunContext
 from ...engine.inprocess import ChunkResult
 from ...engine.sharing import writable
 from ...errors import StepConstructionError
+from ...pacing import Booking, Pace, Pacer
 from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
-from ...services import TokenBucket
+from ..portable import raise_portable
 from .pending import rebuild
 from .worker import chunk_here, interruptible, list_here, steps_here
 
-__all__ = ["RayServices", "ActorPool", "actor_hex", "create_limiter", "pool_name", "limiter_name"]
+__all__ = [
+    "RayServices", "ActorPool", "actor_hex", "create_limiter", "start_limiters", "find_pacer", "pool_name",
+    "limiter_name",
+]
 
 
 #: seconds a replacement waits for a dead pool actor's name to be freed
@@ -48,23 +52,32 @@ def limiter_name(key: str) -> str:
     return f"rayrunnables-limit-{key}"
 
 
-class _LimiterActor:
-    """The one token bucket of a rate-limited step, for every process of the cluster."""
+class _RemotePacer:
+    """The run's one pacer (a ``Pacer`` in a limiter actor), as the ``RateLimiter`` a step calls."""
 
-    def __init__(self, requests_per_second: float, burst: int) -> None:
-        self.bucket = TokenBucket(requests_per_second, burst)
-
-    def reserve(self) -> float:
-        return self.bucket.reserve()
-
-
-class _RemoteBucket:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def reserve(self) -> float:
-        delay: float = ray.get(self.handle.reserve.remote())
-        return delay
+    def reserve(self, estimate: int) -> Booking:
+        booking: Booking = ray.get(self.handle.reserve.remote(estimate))
+        return booking
+
+    def claim(self, booking: Booking, estimate: int) -> Booking:
+        claimed: Booking = ray.get(self.handle.claim.remote(booking, estimate))
+        return claimed
+
+    def settle(self, estimate: int, booking: Booking, used: int | None,
+               limits: tuple[float | None, float | None] = (None, None)) -> None:
+        self.handle.settle.remote(estimate, booking, used, limits)  # nobody waits: the next booking sees it
+
+    def throttle(self, booking: Booking, retry_after: float | None, limits: tuple[float | None, float | None],
+                 kind: str | None) -> float:
+        pause: float = ray.get(self.handle.throttle.remote(booking, retry_after, limits, kind))
+        return pause
+
+    def stats(self) -> dict[str, Any]:
+        found: dict[str, Any] = ray.get(self.handle.stats.remote())
+        return found
 
 
 class _PoolProxy:
@@ -133,10 +146,11 @@ class RayServices:
                 self._cache[node.key] = _PoolProxy(node.key, node.pool_size)
             return self._cache[node.key]
 
-    def rate_limiter(self, key: str, requests_per_second: float, burst: int) -> Any:
+    def rate_limiter(self, key: str, pace: Pace) -> Any:
+        """The pacer actor the driver started for ``key`` (``create_limiter``), found by name."""
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = _RemoteBucket(ray.get_actor(limiter_name(key)))
+                self._cache[key] = _RemotePacer(ray.get_actor(limiter_name(key)))
             return self._cache[key]
 
 
@@ -165,10 +179,16 @@ class _StepActorClass:
         return steps_here([(path, self.node)], rebuild(recipe, values), self.context(state), state)
 
     def call_one(self, item: Any) -> Any:
-        return self.node._invoke(item, self.context(_NO_STATE))
+        try:
+            return self.node._invoke(item, self.context(_NO_STATE))
+        except Exception as exc:
+            raise_portable(exc)
 
     def call_batch(self, items: list[Any]) -> list[Any]:
-        return self.node._invoke_batch(items, self.context(_NO_STATE))
+        try:
+            return self.node._invoke_batch(items, self.context(_NO_STATE))
+        except Exception as exc:
+            raise_portable(exc)
 
     def run_chunk(self, node: Any, packed: bytes, state: ContextState, return_exceptions: bool) -> ChunkResult:
         """``node`` is this step, possibly wrapped (options, rate limit, timeout); it runs on our instance."""
@@ -181,7 +201,7 @@ class _StepActorClass:
 
 
 # as Ray actor classes, typed loosely (Ray's ``.options`` is not visible to type checkers)
-_Limiter: Any = ray.remote(_LimiterActor)
+_Limiter: Any = ray.remote(Pacer)
 _StepActor: Any = ray.remote(_StepActorClass)
 
 
@@ -256,7 +276,28 @@ class ActorPool:
             ray.kill(actor)
 
 
-def create_limiter(key: str, requests_per_second: float, burst: int) -> Any:
-    return _Limiter.options(
-        name=limiter_name(key), num_cpus=0, max_concurrency=1
-    ).remote(requests_per_second, burst)
+def create_limiter(key: str, pace: Pace) -> Any:
+    """The one pacer of a rate-limit key for every process of the cluster: an actor that answers one call at a
+    time (each answer takes microseconds; the callers sleep in their own processes)."""
+    return _Limiter.options(name=limiter_name(key), num_cpus=0, max_concurrency=1).remote(pace)
+
+
+_STARTED: dict[str, Any] = {}  # limiter actors this driver started for data-engine runs (kept alive here)
+
+
+def start_limiters(node: Any) -> None:
+    """The pacer actor of every rate-limit key in ``node``, for a run whose steps run in Ray Data workers."""
+    from ...engine.steps import walk
+    from ...runnables.rate_limited import RunnableRateLimited
+
+    for step in walk(node):
+        if isinstance(step, RunnableRateLimited) and step.key not in _STARTED:
+            _STARTED[step.key] = create_limiter(step.key, step.pace)
+
+
+def find_pacer(key: str) -> Any:
+    """The run's pacer actor for ``key``, if the driver started one (else None: the step paces alone)."""
+    try:
+        return _RemotePacer(ray.get_actor(limiter_name(key)))
+    except ValueError:
+        return None

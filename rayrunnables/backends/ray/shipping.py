@@ -6,6 +6,7 @@ in site-packages) is registered to travel by value too, so workers that cannot i
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import sysconfig
@@ -64,9 +65,10 @@ def _callables(node: Any) -> list[Any]:
     found = []
     for attr in ("func", "afunc", "cls"):
         value = getattr(node, attr, None)
-        while callable(value):  # see through decorators and wrappers to the user's own function
+        while callable(value):  # see through decorators, wrappers and partials to the user's own function
             found.append(value)
-            value = getattr(value, "__wrapped__", None)
+            inner = getattr(value, "__wrapped__", None)
+            value = value.func if inner is None and isinstance(value, functools.partial) else inner
     return found
 
 

@@ -19,6 +19,7 @@ from ...engine.sharing import freeze, isolate
 from ...errors import RemoteTraceback
 from ...protocols import ContextState
 from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
+from ..portable import raise_portable
 from .pending import rebuild
 from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, list_here, steps_here
@@ -141,6 +142,8 @@ def stream_task(node: Any, state: ContextState, input: Any) -> Any:
             if events:  # the run events so far travel on the same channel, ahead of the chunk they led to
                 yield RecordedEvents(events)
             yield chunk
+    except Exception as exc:
+        raise_portable(exc)
     finally:
         events = take_events(ctx)
         if events:

@@ -10,9 +10,11 @@ import ray.cloudpickle as ray_pickle
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult, run_chunk
+from ...engine.process_state import STATE
 from ...protocols import ContextState
 from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import producer, sendable_outcomes, take_events, unsendable
+from ..portable import portable
 
 __all__ = ["chunk_here", "list_here", "steps_here", "interruptible", "EVENTS_ATTR"]
 
@@ -37,9 +39,6 @@ def list_here(node: Any, packed: bytes, ctx: RunContext) -> tuple[list[Any], lis
     return [value for _, _, value, _ in result.outcomes], result.events
 
 
-_interruptible_checked = False
-
-
 def interruptible() -> None:
     """Let ``ray.cancel`` interrupt this worker's running task (once per worker process).
 
@@ -48,10 +47,8 @@ def interruptible() -> None:
     asynchronous commands; Ray's processes inherit that, Python then installs no handler, and a cancel
     does nothing: the first failure would leave its running siblings to run to the end.
     """
-    global _interruptible_checked
-    if _interruptible_checked:
+    if STATE.interruptible_worker:  # done in this process already
         return
-    _interruptible_checked = True
     interrupt_on_deadline()  # a worker is ours: a timed call on its main thread is stopped at its deadline
     if threading.current_thread() is not threading.main_thread():
         return
@@ -64,7 +61,8 @@ def interruptible() -> None:
 
 def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunContext, state: ContextState) -> Any:
     """Steps of an ``invoke`` one after the other, here (a fused task's, or a pool actor's one step): the
-    last one's output, checked to be sendable, and the run events recorded when someone records."""
+    last one's output, checked to be sendable, and the run events recorded when someone records. A failure
+    leaves made ``portable``, carrying the run events recorded before it."""
     try:
         for path, node in steps:
             value = node._invoke(value, ctx.at(path))
@@ -74,8 +72,11 @@ def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunCon
             if error is not None:
                 raise error
     except BaseException as exc:
-        _attach_events(exc, take_events(ctx))  # its second return is the error too
-        raise
+        sent = portable(exc)  # rebuilt with its type in the caller's process, or an UnportableError
+        _attach_events(sent, take_events(ctx))  # its second return is the error too
+        if sent is exc:
+            raise
+        raise sent from exc
     return (value, take_events(ctx) or []) if state.recording else value
 
 
