@@ -6,11 +6,14 @@
 from .backends import Backend, available_backends, get_backend, register_backend, use
 from .config import RunnableConfig
 from .errors import (
+    ActorLost,
     BackendError,
     ConfigError,
     FailureBudgetExceeded,
     InputTypeError,
+    ObjectLost,
     OptionsError,
+    OutOfMemory,
     RateLimitTimeout,
     RayRunnablesError,
     ReadOnlyInputError,
@@ -20,6 +23,7 @@ from .errors import (
     UnpicklableStepError,
     UnportableError,
     VectorizedOutputError,
+    WorkerLost,
     item_index_of,
     step_path_of,
 )
@@ -47,13 +51,16 @@ from .runnables import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorLost",
     "Backend",
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
     "RateLimitTimeout",
     "InputTypeError",
+    "ObjectLost",
     "OptionsError",
+    "OutOfMemory",
     "RayRunnablesError",
     "ReadOnlyInputError",
     "Runnable",
@@ -79,6 +86,7 @@ __all__ = [
     "UnpicklableStepError",
     "UnportableError",
     "VectorizedOutputError",
+    "WorkerLost",
     "__version__",
     "available_backends",
     "cancel_requested",

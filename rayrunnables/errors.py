@@ -21,6 +21,10 @@ __all__ = [
     "UnpicklableStepError",
     "UnportableError",
     "BackendError",
+    "WorkerLost",
+    "OutOfMemory",
+    "ActorLost",
+    "ObjectLost",
     "StepConstructionError",
     "VectorizedOutputError",
     "ReadOnlyInputError",
@@ -92,6 +96,35 @@ class ReadOnlyInputError(RayRunnablesError, ValueError):
 
 class BackendError(RayRunnablesError, RuntimeError):
     """The backend itself failed (cannot connect, worker lost beyond retries...)."""
+
+
+class WorkerLost(BackendError):
+    """The process running a step died while it ran (a crash, ``os._exit``, a signal, the kernel's OOM
+    killer, its node lost), and the backend's retries were spent. Ray's (or the executor's) own error is
+    the ``__cause__``.
+
+    In ``batch``/``imap``/``.map()`` only the item that kills its process gets this error: a lost chunk is
+    split and its parts re-run until that item is alone (``rayrunnables.engine.recovery``).
+    ``shared``: the process also served other chunks (a pool actor, a process pool), so losing it says
+    nothing about this chunk's items; the scheduler re-runs such a chunk alone before it blames one."""
+
+    shared: bool = False
+
+
+class OutOfMemory(WorkerLost):
+    """Ray killed the process running a step for want of memory (its memory monitor), retries spent.
+    Give the step more ``memory`` (``with_options(memory=...)``) or smaller chunks."""
+
+
+class ActorLost(WorkerLost):
+    """The actor serving a stateful step (``RunnableActor``) died past its ``max_restarts``, or could not
+    be reached. The pool replaces a dead actor, so later calls get a new one."""
+
+    shared = True
+
+
+class ObjectLost(BackendError):
+    """A value held in Ray's object store was lost (its node or its owner died) and could not be rebuilt."""
 
 
 class FailureBudgetExceeded(RayRunnablesError):

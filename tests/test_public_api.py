@@ -8,13 +8,16 @@ import sys
 import rayrunnables
 
 EXPECTED_ALL = {
+    "ActorLost",
     "Backend",
     "BackendError",
     "ConfigError",
     "FailureBudgetExceeded",
     "RateLimitTimeout",
     "InputTypeError",
+    "ObjectLost",
     "OptionsError",
+    "OutOfMemory",
     "RayRunnablesError",
     "ReadOnlyInputError",
     "Runnable",
@@ -32,6 +35,7 @@ EXPECTED_ALL = {
     "RunnableRateLimited",
     "StepConstructionError",
     "VectorizedOutputError",
+    "WorkerLost",
     "RunnableRetry",
     "RunnableSequence",
     "RunnableTimeout",

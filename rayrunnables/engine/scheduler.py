@@ -4,6 +4,10 @@ It cuts a (possibly endless) iterable into chunks, keeps a bounded window of chu
 chunks adaptively from the measured cost per item (slow start: single items first, then chunks big
 enough to amortise the backend's hand-off cost), and yields results in order or as completed. A
 backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cancel``.
+
+A chunk whose ``result`` raises ``WorkerLost`` (its process died, the backend's retries spent) is split
+and its parts re-run until the item that kills its process is alone (``engine.recovery``): a crash
+costs only that item, on every backend.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ..context import RunContext
-from ..errors import FailureBudgetExceeded, RemoteTraceback, attach_step, copy_error, deadline_error
+from ..errors import FailureBudgetExceeded, RemoteTraceback, WorkerLost, attach_step, copy_error, deadline_error
 from ..protocols import Backend, ChunkRunner, Node
 from .attempts import Tracker
 from .inprocess import ChunkResult
+from .recovery import Recovery
 
 __all__ = ["ChunkRunner", "iter_batch", "run_batch", "MAX_CHUNK"]
 
@@ -75,8 +80,11 @@ def iter_batch(
     chunk_size: int | None = None,
     max_in_flight: int | None = None,
     max_failures: int | None = None,
+    first: int = 0,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, output)``; the first item failure in time is raised unless ``return_exceptions``.
+
+    ``first``: the index of the first input (a part of a larger list keeps its items' indexes).
 
     ``max_failures``: with ``return_exceptions``, once more than this many items have failed, stop
     submitting, cancel what runs and raise ``FailureBudgetExceeded`` (what was yielded stays yielded).
@@ -100,23 +108,29 @@ def iter_batch(
     floor = VECTORIZED_MIN_CHUNK if node.vectorized and tracker is None else 1
     sizer = _Sizer(runner.target_chunk_seconds, 1 if tracker else chunk_size, floor, spread=runner.default_window)
     remaining = len(inputs) if isinstance(inputs, Sized) else None
-    source = enumerate(inputs)
+    source = enumerate(inputs, first)
     in_flight: dict[Any, list[int]] = {}
     pending: dict[int, Any] = {}
     # ordered: the end index of every chunk submitted and not yet fully yielded. Capping these (not only
     # the chunks running) bounds the reorder buffer too: one slow item must not let the rest pile up.
     open_ends: deque[int] = deque()
     held_cap = 2 * window
-    next_index = 0
+    next_index = first
     exhausted = False
     failed = yielded = 0
 
-    def start(items: list[tuple[int, Any]]) -> Any:
+    # lost chunks (their process died, the backend's retries spent) are split and re-run (``engine.recovery``)
+    recovery = Recovery()
+    where = " > ".join((*ctx.path, node.label()))
+
+    def start(items: list[tuple[int, Any]], alone: bool = False) -> Any:
         if tracker is None:
-            return runner.submit(node, items, ctx, return_exceptions)
-        own = ctx.fork()  # an abandoned attempt's token is set: a step may cooperate
-        handle = runner.submit(node, items, own, return_exceptions)
-        tracker.add(handle, items, own)
+            handle = runner.submit(node, items, ctx, return_exceptions)
+        else:
+            own = ctx.fork()  # an abandoned attempt's token is set: a step may cooperate
+            handle = runner.submit(node, items, own, return_exceptions)
+            tracker.add(handle, items, own)
+        recovery.started(handle, items, alone)
         return handle
 
     # a runner that runs a computing step's chunks inline, in this thread, gets them one at a time: a
@@ -124,7 +138,14 @@ def iter_batch(
     try:
         while True:
             limit = 1 if runner.runs_inline(node) else window
-            while not exhausted and len(in_flight) < limit and (not ordered or len(open_ends) < held_cap):
+            while len(in_flight) < limit:
+                rerun = recovery.next(len(in_flight))
+                if rerun is not None:  # the part of a lost chunk: its items' ends are open already
+                    items, alone = rerun
+                    in_flight[start(items, alone)] = [i for i, _ in items]
+                    continue
+                if recovery.holds_back() or exhausted or (ordered and len(open_ends) >= held_cap):
+                    break
                 items = list(itertools.islice(source, sizer.next(remaining)))
                 if not items:
                     exhausted = True
@@ -134,13 +155,14 @@ def iter_batch(
                 in_flight[start(items)] = [i for i, _ in items]
                 if ordered:
                     open_ends.append(items[-1][0] + 1)
-            if tracker is not None:  # a straggler gets one twin where the window has room
+            if tracker is not None and not recovery.holds_back():  # a straggler gets one twin where there is room
                 for late in tracker.stragglers(sizer.per_item, time.monotonic(), limit - len(in_flight)):
                     twin_items = tracker.attempts[late].items
                     twin = runner.submit(node, twin_items, own := ctx.fork(), return_exceptions)
                     tracker.pair(late, twin, twin_items, own)
+                    recovery.started(twin, twin_items, False)
                     in_flight[twin] = in_flight[late]
-            if not in_flight:
+            if not in_flight and not recovery.pending():
                 break
             results: list[ChunkResult] = []
             if tracker is None:
@@ -152,6 +174,7 @@ def iter_batch(
                         continue
                     indices = in_flight.pop(handle)
                     twin = tracker.drop(handle)
+                    recovery.forget(handle)
                     runner.abandon([handle])
                     if twin is None:  # no attempt of these items left: they timed out
                         assert tracker.seconds is not None
@@ -162,18 +185,34 @@ def iter_batch(
                 if handle not in in_flight:  # the twin of an attempt that already won
                     continue
                 indices = in_flight.pop(handle)
-                if tracker is not None:
-                    twin = tracker.drop(handle)
-                    if twin is not None:  # first result wins; the other attempt is stopped
-                        in_flight.pop(twin, None)
-                        tracker.drop(twin)
-                        runner.abandon([twin])
+                error: Exception | None = None
                 try:
                     result = runner.result(handle)
-                except Exception as exc:  # the chunk itself was lost (beyond the backend's retries)
-                    if not return_exceptions:
-                        raise
-                    result = ChunkResult([(i, False, copy_error(exc), None) for i in indices], 0.0)
+                except Exception as exc:  # the chunk itself failed or was lost (beyond the backend's retries)
+                    error = exc
+                if tracker is not None:
+                    twin = tracker.drop(handle)
+                    if twin is not None:
+                        if isinstance(error, WorkerLost):  # its twin still runs the same items: it answers
+                            recovery.forget(handle)
+                            continue
+                        in_flight.pop(twin, None)  # first result wins; the other attempt is stopped
+                        tracker.drop(twin)
+                        recovery.forget(twin)
+                        runner.abandon([twin])
+                if error is not None:
+                    if recovery.lost(handle, error):  # its items run again, split, until a crasher is alone
+                        continue
+                    if isinstance(error, WorkerLost) and len(indices) == 1:
+                        attach_step(error, where, indices[0])  # the item that kills its process
+                    elif not return_exceptions:
+                        raise error
+                    # each item its own copy; the first keeps the original, with its ``__cause__``
+                    result = ChunkResult(
+                        [(i, False, copy_error(error) if n else error, None) for n, i in enumerate(indices)], 0.0
+                    )
+                else:
+                    recovery.forget(handle)
                 if result.seconds:
                     sizer.observe(result)
                 if result.events and ctx.events is not None:  # recorded in another process: replayed here

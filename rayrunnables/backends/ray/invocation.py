@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid4
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from ...config import merge_configs
 from ...context import RunContext, ThreadLimiter
 from ...engine.events import Buffer, RunSink
 from ...engine.process_state import STATE
 from ...engine.sharing import writable
+from ...errors import WorkerLost
 from ...options import OUR_OPTIONS
 from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
@@ -30,6 +32,8 @@ from ...runnables.passthrough import require_dict
 from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
+from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
+from .maps import map_chunk_size, map_chunks, rerun_lost, run_fanout_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
@@ -37,9 +41,7 @@ from .shipping import walk
 from .tasks import (
     cancel_pending,
     concat,
-    map_chunks,
     raise_converted,
-    run_fanout_task,
     run_task,
 )
 
@@ -79,6 +81,16 @@ class ActorLimiter:
 _SemaphoreActor: Any = ray.remote(ThreadLimiter)
 
 
+@dataclass
+class _Origin:
+    """What a submitted task ran, for an error that lost it: its step path, the refs it waited on, and for
+    a chunk of a ``.map()`` a way to run its items again (to name the item that killed its process)."""
+
+    path: str
+    deps: list[Any]
+    rerun: Callable[[], Any] | None = None
+
+
 class Invocation:
     """One ``invoke``: submits the plan's tasks, then waits for the result with first-failure-wins.
 
@@ -89,6 +101,7 @@ class Invocation:
         self.backend, self.ctx = backend, ctx
         self.stats = RunStats()
         self.submitted: list[Any] = []
+        self.origins: dict[Any, _Origin] = {}  # by ref: for a Ray failure, the step path of the task lost
         self.log = RunLog(ctx.events) if ctx.events is not None else None
 
     def plan(self, node: Node) -> planning.Unit:
@@ -105,11 +118,12 @@ class Invocation:
         returns = {"num_returns": 2} if self.log is not None else {}
         return {"name": name[:200], **_ray_options(options), **returns}
 
-    def submitted_ref(self, ref: Any, name: str) -> Ref:
+    def submitted_ref(self, ref: Any, name: str, path: str | None = None, deps: list[Any] | None = None) -> Ref:
         """A task's output; with a log, ``ref`` is (output, events) and the events are logged here."""
         if self.log is not None:
             ref, events = ref
             self.log.recorded(events)
+        self.origins[ref] = _Origin(path or name, deps or [])
         self.submitted.append(ref)
         self.stats.tasks.append(name)
         return Ref(ref)
@@ -151,11 +165,11 @@ class Invocation:
                     method = method.options(num_returns=2)
                 ref = method.remote(path, self.state((), unit.config, parent), recipe, *refs)
                 pool.done(index)
-                return self.submitted_ref(ref, unit.name)
+                return self.submitted_ref(ref, unit.name, _task_path(unit), refs)
             ref = run_task.options(**self.remote_options(unit.options, unit.name)).remote(
                 unit.steps, self.state((), unit.config, parent), recipe, *refs
             )
-            return self.submitted_ref(ref, unit.name)
+            return self.submitted_ref(ref, unit.name, _task_path(unit), refs)
         if isinstance(unit, planning.RunOf):
             return self.submit_run(unit, pending, parent)
         if isinstance(unit, planning.Seq):
@@ -209,18 +223,26 @@ class Invocation:
         if isinstance(base, Const):
             items = unit.node.check_input(base.value, RunContext(path=unit.path))
             pool = self.backend.pool_of(unit.node.bound)
-            refs, event_refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
+            parallelism = self.backend.parallelism()
+            refs, event_refs = map_chunks(unit.node, items, state, options, parallelism, pool)
             for events in event_refs:
                 assert self.log is not None
                 self.log.recorded(events)
             self.submitted.extend(refs)
+            size = map_chunk_size(len(items), parallelism)
+            path = " > ".join((*unit.path, "map", unit.node.bound.label()))
+            for n, ref in enumerate(refs):
+                chunk = list(enumerate(items[n * size : (n + 1) * size], n * size))
+                self.origins[ref] = _Origin(path, [], functools.partial(
+                    rerun_lost, unit.node, chunk, state, options, parallelism, pool, self.backend.replace_dead
+                ))
             self.stats.tasks.extend(["/".join((*unit.path, "map"))] * len(refs))
             return Apply(concat, tuple(Ref(r) for r in refs))
         recipe, refs = flatten(pending)
         name = "/".join((*unit.path, "map fan-out"))
         fan_out = {"num_returns": 2} if self.log is not None else {}
         ref = run_fanout_task.options(name=name, num_cpus=0, **fan_out).remote(unit.node, state, options, recipe, *refs)
-        return self.submitted_ref(ref, name)
+        return self.submitted_ref(ref, name, " > ".join((*unit.path, "map")), refs)
 
     def finish(self, error: BaseException | None) -> None:
         """Replay what was recorded (nothing without a log), once the invocation is over."""
@@ -230,16 +252,65 @@ class Invocation:
     # ---- waiting ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def cancelling_on_failure(self) -> Iterator[None]:
-        """On the first failure: cancel what has not finished, raise the user's exception type."""
+        """On the first failure: cancel what has not finished, raise the user's exception type (a Ray
+        failure as ours, ``failures``)."""
         try:
             yield
         except RayTaskError as err:
             self.cancel()
+            if ray_failure(err) is not None:
+                raise translate(err) from ray_failure(err)
             raise_converted(err)
+            raise
+        except RayError as err:
+            self.cancel()
+            found = ray_failure(err)
+            if found is not None:
+                raise translate(found) from found
             raise
         except BaseException:
             self.cancel()
             raise
+
+    def lost(self, err: BaseException, ref: Any) -> BaseException | None:
+        """Ours for a Ray failure met getting ``ref`` (None for the user's exceptions), naming the task
+        that was lost: found by walking back from ``ref`` through the tasks it waited on, as Ray passes
+        a lost argument's failure on to every task downstream. A pool actor dead for good is replaced; a
+        lost chunk of a ``.map()`` is run again, split, to name the item that kills its process."""
+        if ray_failure(err) is None:
+            return None
+        self.cancel()  # the invocation has failed: what still runs stops now, not after the search below
+        for _ in range(len(self.origins)):
+            origin = self.origins.get(ref)
+            if origin is None or not (isinstance(err, RayTaskError) and LOST_ARGUMENT in str(err)):
+                break
+            failed = ((dep, failed_with(dep)) for dep in origin.deps)
+            upstream = next(((dep, e) for dep, e in failed if e is not None and ray_failure(e)), None)
+            if upstream is None:  # its own process died (or a ray.get inside it failed)
+                break
+            ref, err = upstream
+        found = ray_failure(err)
+        if isinstance(found, ActorDiedError) and getattr(found, "actor_id", None):
+            self.backend.replace_dead(found.actor_id)
+        origin = self.origins.get(ref)
+        exc = translate(err, origin.path if origin else None)
+        if origin is not None and origin.rerun is not None and isinstance(exc, WorkerLost):
+            try:
+                origin.rerun()
+            except WorkerLost as located:  # the item that kills its process, by its index
+                return located
+            except Exception:  # another item's own error came first: the loss is what happened here
+                pass
+        return exc
+
+    def get(self, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except Exception as err:
+            exc = self.lost(err, ref)
+            if exc is None:
+                raise
+            raise exc from exc.__cause__
 
     def materialize(self, pending: Pending, barrier: bool = False) -> Any:
         """The value in the driver: for a step that runs here (``barrier``) shared as any step's input
@@ -251,7 +322,7 @@ class Invocation:
         with self.cancelling_on_failure():
             while remaining:  # first failure in time: look at each result as it lands
                 ready, remaining = ray.wait(remaining, num_returns=1)
-                ray.get(ready)
+                self.get(ready[0])
             value = rebuild(recipe, ray.get(refs) if refs else [], driver=True)
             return value if barrier else writable(value)
 
@@ -264,7 +335,11 @@ class Invocation:
                     done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
                     for fut in done:
                         if fut.exception() is not None:
-                            raise cast(BaseException, fut.exception())
+                            err = cast(BaseException, fut.exception())
+                            exc = await asyncio.to_thread(self.lost, err, refs[futures.index(fut)])
+                            if exc is None:
+                                raise err
+                            raise exc from exc.__cause__
                 return writable(rebuild(recipe, [f.result() for f in futures], driver=True))
         finally:
             for fut in futures:
@@ -275,6 +350,12 @@ class Invocation:
 
     def close(self) -> None:
         kill_limiters(self.ctx)
+
+
+def _task_path(unit: planning.Task) -> str:
+    """The step path of a task's step, or of its fused steps (``step 1-3 (lambda 'a' | ...)``)."""
+    (path, node), *more = unit.steps
+    return " > ".join((*path, node.label())) if not more else unit.name.replace("/", " > ")
 
 
 def _ray_options(options: dict[str, Any]) -> dict[str, Any]:
