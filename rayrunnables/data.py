@@ -32,39 +32,58 @@ ERROR_MODES = ("column", "raise", "dataset")
 _RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
 
 
-def run_values(chain: Runnable[Any, Any], values: list[Any]) -> list[Any]:
+def run_values(chain: Runnable[Any, Any], values: list[Any], callbacks: list[Any] | None = None,
+               parents: list[Any] | None = None) -> list[Any]:
     """The chain on every value, in this process: each output, or the item's exception, in input order.
 
     A vectorized chain gets all the values as one chunk (one call); any other chain runs through the
     in-process scheduler, which runs computing steps inline and overlaps waiting ones in threads.
+    ``callbacks``: handlers of the run's events (a token counter); ``parents``: a run id per value, under
+    which that item's runs nest (so a handler can tell items apart; a vectorized step's call serves many
+    items and nests under none).
     """
     outputs: list[Any] = [None] * len(values)
     if not values:
         return outputs
     _share_pacers()
+    config: dict[str, Any] = {"backend": "local"}
+    if callbacks:
+        config["callbacks"] = callbacks
     if isinstance(chain, RunnableSequence) and not chain.vectorized and any(s.vectorized for s in chain.steps):
-        return _run_by_step(chain, values)
+        return _run_by_step(chain, values, config, parents)
     chunk = len(values) if chain.vectorized else None
-    for index, output in chain.imap_as_completed(values, {"backend": "local"}, return_exceptions=True,
-                                                 chunk_size=chunk):
+    items = values if parents is None or chain.vectorized else _per_item(values, parents)
+    for index, output in chain.imap_as_completed(items, config, return_exceptions=True, chunk_size=chunk):
         outputs[index] = output
     return outputs
 
 
-def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any]) -> list[Any]:
+def _per_item(values: list[Any], parents: list[Any]) -> list[Any]:
+    from .engine.inprocess import PerItem
+
+    return [PerItem.nested(value, parent) for value, parent in zip(values, parents, strict=True)]
+
+
+def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any], config: dict[str, Any],
+                 parents: list[Any] | None = None) -> list[Any]:
     """A sequence holding a vectorized step, one step at a time over the whole batch: the vectorized step
     gets every item still alive in one call (``embed`` over 1,024 texts at once), the others run item by
     item as usual. An item that fails at a step keeps its error (named by its full step path) and goes no
     further; the others go on."""
+    from .engine.events import RunSink, recorder_for
     from .engine.inprocess import ThreadChunkRunner, local_root_context
     from .engine.scheduler import iter_batch
 
     outputs: list[Any] = list(values)
     alive = list(range(len(values)))
-    ctx = chain.scope(local_root_context({"backend": "local"}))
+    if config.get("callbacks"):  # the run's handlers hear every step's runs (as ``imap`` would record them)
+        config = {**config, "callbacks": RunSink(*recorder_for(config))}
+    ctx = chain.scope(local_root_context(config))
     runner = ThreadChunkRunner()
     for n, step in enumerate(chain.steps, 1):
         inputs = [outputs[i] for i in alive]
+        if parents is not None and not step.vectorized:
+            inputs = _per_item(inputs, [parents[i] for i in alive])
         survivors: list[int] = []
         for position, output in iter_batch(runner, step, inputs, ctx.child(f"step {n}"), return_exceptions=True,
                                            ordered=False, chunk_size=len(inputs) if step.vectorized else None):
