@@ -48,7 +48,7 @@ def server() -> Iterator[OpenAIServer]:
 def summarize(server: OpenAIServer, **limits: Any) -> Runnable[Any, Any]:
     prompt = ChatPromptTemplate.from_messages([("human", "{doc}")])
     model = ChatOpenAI(base_url=server.base_url, api_key="test", model="test-model", max_retries=0,
-                       max_tokens=MAX_TOKENS)
+                       max_tokens=MAX_TOKENS, stream_usage=True)
     return from_langchain(prompt) | from_langchain(model).with_rate_limit(**limits) | from_langchain(StrOutputParser())
 
 
@@ -125,3 +125,19 @@ def test_a_providers_own_way_of_saying_too_many(cfg: dict[str, Any]) -> None:
     assert limited.batch([base + 1, base + 2], cfg) == [10 * base + 10, 10 * base + 20]
     with pytest.raises(RuntimeError, match="quota"):  # without the hook it is an ordinary error
         step.with_rate_limit(requests_per_second=100).invoke(base + 3, cfg)
+
+
+def test_get_usage_metadata_callback_counts_every_call_once(cfg: dict[str, Any], server: OpenAIServer) -> None:
+    """LangChain's context-variable handler, on for the caller's thread only, hears the calls of every
+    worker and thread, each once (LangChain adds it itself where a call runs in the caller's thread)."""
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    chain = summarize(server, requests_per_minute=RPM, tokens_per_minute=TPM)
+    docs = documents(12, seed=5)
+    with get_usage_metadata_callback() as counted:
+        chain.batch([{"doc": d} for d in docs[:10]], cfg)
+        chain.invoke({"doc": docs[10]}, cfg)
+        list(chain.stream({"doc": docs[11]}, cfg))
+    stats = server.stats()
+    assert stats.requests_admitted == 12
+    assert counted.usage_metadata["test-model"]["total_tokens"] == stats.total_tokens

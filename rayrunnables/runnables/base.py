@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
-from ..engine.events import PARENT_RUN_KEY, RunSink, ScopedCallbacks, recorder_for, scoped_callbacks
+from ..engine.events import (
+    PARENT_RUN_KEY,
+    RunSink,
+    ScopedCallbacks,
+    ambient_handlers,
+    recorder_for,
+    scoped_callbacks,
+)
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
@@ -468,7 +475,7 @@ def _recording(cfg: dict[str, Any], node: Any) -> dict[str, Any]:
     """``config["callbacks"]`` (handlers or a LangChain callback manager) as the recorder of this call:
     a ``RunSink`` that every backend's run context picks up. Chains with listeners always record."""
     callbacks = cfg.get("callbacks")
-    if (callbacks is None and not _listens(node)) or isinstance(callbacks, RunSink):
+    if isinstance(callbacks, RunSink) or (callbacks is None and not _listens(node) and not ambient_handlers()):
         return cfg
     recorder, parent = recorder_for(cfg)
     cfg["callbacks"] = RunSink(recorder, parent)
