@@ -234,7 +234,7 @@ class Batch:
                 assert self.tracker.seconds is not None
                 seconds = self.tracker.seconds
                 results.append(ChunkResult(
-                    [(i, False, deadline_error(self.node.label(), seconds), None) for i in indices], 0.0
+                    [(i, False, deadline_error(self.where, seconds), None) for i in indices], 0.0
                 ))
         return results
 
