@@ -1,12 +1,13 @@
 """Chunks of ``batch``/``imap``/``.map()`` items as Ray tasks (or calls on a step's actor pool), for the
-one scheduler (``rayrunnables.engine.scheduler``). The edge where a chunk's result comes back: a Ray
+one scheduler (``rayrunnables.engine.scheduler``), driven from the driver (``batch``) or from a map task
+in a worker (a ``.map()`` inside a chain, ``maps``). The edge where a chunk's result comes back: a Ray
 failure is translated here (``failures``), a pool actor that died for good replaced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import ActorDiedError, RayTaskError
@@ -23,6 +24,9 @@ from .failures import ray_failure, translate, translate_outcomes
 from .services import ActorPool
 from .tasks import cancel_pending, pack, raise_converted, run_chunk_task
 
+if TYPE_CHECKING:
+    from .maps import PoolView
+
 __all__ = ["RayChunkRunner", "chunk_state"]
 
 
@@ -38,12 +42,15 @@ class RayChunkRunner:
     # machine: chunks of ~50 ms keep it near 2%, and cost at most 50 ms of imbalance at the end.
     target_chunk_seconds = 0.05
 
-    def __init__(self, node: Node, pool: ActorPool | None, slots: int, options: dict[str, Any] | None = None,
-                 replace: Callable[[str], Any] | None = None) -> None:
-        """``pool``: the actor pool serving ``node`` (a stateful step); ``slots``: CPUs to fill otherwise;
-        ``options``: the chunk tasks' Ray options (by default, what ``node``'s steps ask for); ``replace``:
-        replaces a pool actor that died for good, by its id (``RayBackend.replace_dead``)."""
+    def __init__(self, node: Node, pool: ActorPool | PoolView | None, slots: int,
+                 options: dict[str, Any] | None = None, replace: Callable[[str], Any] | None = None,
+                 name: str | None = None) -> None:
+        """``pool``: the actor pool serving ``node`` (a stateful step; in a map task, a view of it);
+        ``slots``: CPUs to fill otherwise; ``options``: the chunk tasks' Ray options (by default, what
+        ``node``'s steps ask for); ``replace``: replaces a pool actor that died for good, by its id
+        (``RayBackend.replace_dead``); ``name``: the chunk tasks' name (by default, the step's)."""
         self.replace = replace
+        self.name = name
         # an item past its deadline whose task did not stop is force-cancelled here (``deadlines``)
         self.deadlines = Deadlines(self)
         self.pool = pool
@@ -65,7 +72,7 @@ class RayChunkRunner:
         if prepared is None:  # once per batch, not once per chunk
             options = planning.task_options(planning.plan(node)) if self.options is None else self.options
             options = {k: v for k, v in options.items() if k not in OUR_OPTIONS}
-            remote = run_chunk_task.options(name=f"{node.label()} chunk", **options)
+            remote = run_chunk_task.options(name=self.name or f"{node.label()} chunk", **options)
             prepared = self._prepared[id(node)] = (ray.put(node), remote)
         node_ref, remote = prepared
         if self.pool is not None:  # least-loaded member of the step's actor pool

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid4
@@ -23,7 +22,6 @@ from ...context import RunContext, ThreadLimiter
 from ...engine.events import Buffer, RunSink
 from ...engine.process_state import STATE
 from ...engine.sharing import writable
-from ...errors import WorkerLost
 from ...options import OUR_OPTIONS
 from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
@@ -33,14 +31,13 @@ from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
-from .maps import map_chunk_size, map_chunks, rerun_lost, run_fanout_task
+from .maps import PoolView, run_map_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
 from .shipping import walk
 from .tasks import (
     cancel_pending,
-    concat,
     raise_converted,
     run_task,
 )
@@ -83,12 +80,10 @@ _SemaphoreActor: Any = ray.remote(ThreadLimiter)
 
 @dataclass
 class _Origin:
-    """What a submitted task ran, for an error that lost it: its step path, the refs it waited on, and for
-    a chunk of a ``.map()`` a way to run its items again (to name the item that killed its process)."""
+    """What a submitted task ran, for an error that lost it: its step path and the refs it waited on."""
 
     path: str
     deps: list[Any]
-    rerun: Callable[[], Any] | None = None
 
 
 class Invocation:
@@ -210,7 +205,7 @@ class Invocation:
         return output
 
     def submit_map(self, unit: planning.Map, pending: Pending, parent: UUID | None = None) -> Pending:
-        options = _ray_options(unit.options)  # ``map_chunks`` names its tasks and asks for their returns
+        options = _ray_options(unit.options)  # the chunk tasks' options
         state = self.state(unit.path, unit.config, parent)
         if waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
@@ -220,28 +215,17 @@ class Invocation:
             finally:
                 self.log_driver_events(ctx)
         base = unmarked(pending)
-        if isinstance(base, Const):
-            items = unit.node.check_input(base.value, RunContext(path=unit.path))
-            pool = self.backend.pool_of(unit.node.bound)
-            parallelism = self.backend.parallelism()
-            refs, event_refs = map_chunks(unit.node, items, state, options, parallelism, pool)
-            for events in event_refs:
-                assert self.log is not None
-                self.log.recorded(events)
-            self.submitted.extend(refs)
-            size = map_chunk_size(len(items), parallelism)
-            path = " > ".join((*unit.path, "map", unit.node.bound.label()))
-            for n, ref in enumerate(refs):
-                chunk = list(enumerate(items[n * size : (n + 1) * size], n * size))
-                self.origins[ref] = _Origin(path, [], functools.partial(
-                    rerun_lost, unit.node, chunk, state, options, parallelism, pool, self.backend.replace_dead
-                ))
-            self.stats.tasks.extend(["/".join((*unit.path, "map"))] * len(refs))
-            return Apply(concat, tuple(Ref(r) for r in refs))
+        if isinstance(base, Const):  # a list given by the caller: bad input named before anything is submitted
+            unit.node.check_input(base.value, RunContext(path=unit.path))
+        # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
         recipe, refs = flatten(pending)
-        name = "/".join((*unit.path, "map fan-out"))
-        fan_out = {"num_returns": 2} if self.log is not None else {}
-        ref = run_fanout_task.options(name=name, num_cpus=0, **fan_out).remote(unit.node, state, options, recipe, *refs)
+        pool = self.backend.pool_of(unit.node.bound)
+        view = None if pool is None else PoolView(pool.actors)
+        name = "/".join((*unit.path, "map"))
+        returns = {"num_returns": 2} if self.log is not None else {}
+        ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
+            unit.node, state, options, self.backend.parallelism(), view, recipe, *refs
+        )
         return self.submitted_ref(ref, name, " > ".join((*unit.path, "map")), refs)
 
     def finish(self, error: BaseException | None) -> None:
@@ -275,8 +259,8 @@ class Invocation:
     def lost(self, err: BaseException, ref: Any) -> BaseException | None:
         """Ours for a Ray failure met getting ``ref`` (None for the user's exceptions), naming the task
         that was lost: found by walking back from ``ref`` through the tasks it waited on, as Ray passes
-        a lost argument's failure on to every task downstream. A pool actor dead for good is replaced; a
-        lost chunk of a ``.map()`` is run again, split, to name the item that kills its process."""
+        a lost argument's failure on to every task downstream. A pool actor dead for good is replaced. (A
+        lost chunk of a ``.map()`` is run again, split, by the scheduler in its map task.)"""
         if ray_failure(err) is None:
             return None
         self.cancel()  # the invocation has failed: what still runs stops now, not after the search below
@@ -293,15 +277,7 @@ class Invocation:
         if isinstance(found, ActorDiedError) and getattr(found, "actor_id", None):
             self.backend.replace_dead(found.actor_id)
         origin = self.origins.get(ref)
-        exc = translate(err, origin.path if origin else None)
-        if origin is not None and origin.rerun is not None and isinstance(exc, WorkerLost):
-            try:
-                origin.rerun()
-            except WorkerLost as located:  # the item that kills its process, by its index
-                return located
-            except Exception:  # another item's own error came first: the loss is what happened here
-                pass
-        return exc
+        return translate(err, origin.path if origin else None)
 
     def get(self, ref: Any) -> Any:
         try:

@@ -24,7 +24,7 @@ from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ..portable import raise_portable
 from .pending import rebuild
-from .worker import chunk_here, interruptible, list_here, steps_here
+from .worker import chunk_here, interruptible, steps_here
 
 __all__ = [
     "RayServices", "ActorPool", "actor_hex", "create_limiter", "start_limiters", "find_pacer", "pool_name",
@@ -194,10 +194,6 @@ class _StepActorClass:
         """``node`` is this step, possibly wrapped (options, rate limit, timeout); it runs on our instance."""
         interruptible()  # a timed call is interrupted here, on the actor, at its deadline
         return chunk_here(node, packed, self.context(state), return_exceptions)
-
-    def run_list(self, node: Any, packed: bytes, state: ContextState) -> Any:
-        values, events = list_here(node, packed, self.context(state))
-        return (values, events or []) if state.recording else values
 
 
 # as Ray actor classes, typed loosely (Ray's ``.options`` is not visible to type checkers)

@@ -1,4 +1,4 @@
-"""What runs inside Ray workers: a fused unit of steps, a chunk of items, a fan-out over a computed list.
+"""What runs inside Ray workers: a fused unit of steps, a chunk of items, a stream (a ``.map()``: ``maps``).
 
 Every function here rebuilds a ``RunContext`` from plain, picklable state and then runs the nodes'
 own in-process meaning, so a step computes exactly what it computes on the local backend.
@@ -22,16 +22,14 @@ from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from ..portable import raise_portable
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .worker import chunk_here, interruptible, list_here, steps_here
+from .worker import chunk_here, interruptible, steps_here
 
 __all__ = [
     "cancel_pending",
-    "concat",
     "convert",
     "pack",
     "raise_converted",
     "run_chunk_task",
-    "run_list_task",
     "run_task",
     "stream_task",
     "RecordedEvents",
@@ -69,13 +67,6 @@ def cancel_pending(refs: list[Any]) -> None:
                 ray.cancel(ref, recursive=True)
         except Exception:  # gone already: nothing to cancel
             pass
-
-
-def concat(*chunks: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for chunk in chunks:
-        out.extend(chunk)
-    return out
 
 
 @ray.remote
@@ -116,14 +107,6 @@ def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_excepti
     """A chunk of ``batch``/``imap`` items; item errors come back as values with their tracebacks."""
     interruptible()
     return chunk_here(node, packed, make_context(state), return_exceptions)
-
-
-@ray.remote
-def run_list_task(node: Any, packed: bytes, state: ContextState) -> Any:
-    """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
-    interruptible()
-    values, events = list_here(node, packed, make_context(state))
-    return (values, events or []) if state.recording else values
 
 
 @ray.remote(num_returns="streaming")
