@@ -181,7 +181,7 @@ class _Walker:
 
     # ---- code --------------------------------------------------------------------------------------------
     def function(self, func: types.FunctionType, depth: int) -> None:
-        self.text("function", f"{func.__module__}.{func.__qualname__}")
+        self.text("function", f"{func.__module__}.{func.__qualname__}" if self.code else "")
         if self.code:
             self.code_of(func.__code__, depth, docstring=func.__doc__)
             if is_user_module(func.__module__):
