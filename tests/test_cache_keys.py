@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
@@ -215,6 +216,7 @@ def test_values_come_back_as_they_went() -> None:
         ToolMessage("ok", tool_call_id="c1"), AIMessageChunk(content="part"),
         Document("text", metadata={"source": "a"}, id="d1"), ChatPromptValue(messages=[HumanMessage("q")]),
         StringPromptValue(text="s"), Summary(title="t", points=["a", "b"]),
+        StrOutputParser().invoke(AIMessage("parsed")),
     ]
     for value in values:
         back = decode_value(encode_value(value))

@@ -7,7 +7,8 @@ string keys; a tagged object (``{"__rr__": tag, ...}``) holds the rest of what a
 
 - tuples, sets, frozensets, dicts with other keys, ``bytes``;
 - numpy arrays (not of ``object`` dtype) and numpy scalars, by dtype, shape and bytes;
-- LangChain messages (by their dict form), ``Document``s and prompt values;
+- LangChain messages (by their dict form), ``Document``s, prompt values, and the ``str`` that LangChain's
+  output parsers return (its ``TextAccessor``);
 - pydantic models (a structured output) of a class already imported in the reading process.
 
 Exact types only: a subclass (a ``namedtuple``, an ``OrderedDict``, a ``str`` enum) is not cached, since
@@ -86,6 +87,8 @@ def _encode_langchain(value: Any, depth: int) -> Any:
     from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
 
     kind = type(value)
+    if isinstance(value, str) and kind.__qualname__ == "TextAccessor" and kind.__module__.startswith("langchain_core"):
+        return {TAG: "lc_text", "v": str(value)}  # what ``StrOutputParser`` returns: a str
     if isinstance(value, BaseMessage) and kind.__module__.startswith("langchain_core."):
         return {TAG: "lc_message", "v": _encode(message_to_dict(value), depth + 1)}
     if kind is Document:
@@ -160,6 +163,14 @@ def _decode_string_prompt(data: dict[str, Any]) -> Any:
     return StringPromptValue(text=data["v"])
 
 
+def _decode_text(data: dict[str, Any]) -> Any:
+    try:
+        from langchain_core.messages.base import TextAccessor
+    except ImportError:  # pragma: no cover - another langchain-core: a plain str is what it stands for
+        return str(data["v"])
+    return TextAccessor(str(data["v"]))
+
+
 def _decode_pydantic(data: dict[str, Any]) -> Any:
     """Only a class already imported here, and only a pydantic model: an entry never makes us import
     a module or build anything else."""
@@ -188,6 +199,7 @@ _DECODERS: dict[str, Any] = {
     "lc_document": _decode_document,
     "lc_chat_prompt": _decode_chat_prompt,
     "lc_string_prompt": _decode_string_prompt,
+    "lc_text": _decode_text,
     "pydantic": _decode_pydantic,
 }
 

@@ -21,10 +21,15 @@ from .stores import CacheStore, warn_once
 __all__ = ["FileSystemStore"]
 
 _ATOMIC_OBJECTS = frozenset({"s3", "gcs", "abfs"})
+SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})  # what pyarrow's from_uri opens
 
 
 class FileSystemStore(CacheStore):
     def __init__(self, uri: str) -> None:
+        scheme = uri.partition("://")[0].lower()
+        if scheme not in SCHEMES:
+            raise ValueError(f"{uri.split('?')[0]!r}: not a store: give a folder, redis://host:port/db, or a URI of "
+                             f"a filesystem pyarrow opens ({', '.join(sorted(SCHEMES))})")
         try:
             import pyarrow.fs  # noqa: F401
         except ImportError:
