@@ -1,16 +1,17 @@
 """The step cache (``step.with_cache(...)``): fingerprints, canonical input digests, entries and stores.
 
 One job a module: ``fingerprint`` (what a step's output depends on besides its input), ``canonical`` (an
-input's digest), ``codec`` (entries as JSON, never pickles), ``stores`` (the contract, a local folder,
+input's digest), ``codec`` (entries as JSON, never pickles), ``base`` (the contract), ``stores`` (a local folder,
 ``open_store``), ``filesystem`` (pyarrow's filesystems: S3, GCS, HDFS) and ``redis_store`` (Redis). The
 node that uses them is ``rayrunnables.runnables.cached.RunnableCached``. Importing this package imports
 neither pyarrow nor redis: each store imports its library when it is made.
 """
 
+from .base import CacheStore
 from .canonical import Unhashable, input_digest
 from .codec import FORMAT, Uncacheable
 from .fingerprint import fingerprint
-from .stores import ENV_VAR, CacheStore, LocalStore, default_location, open_store
+from .stores import ENV_VAR, LocalStore, default_location, open_store
 
 __all__ = [
     "CacheStore",

@@ -16,7 +16,7 @@ import threading
 import uuid
 from typing import Any
 
-from .stores import CacheStore, warn_once
+from .base import CacheStore, warn_once
 
 __all__ = ["FileSystemStore"]
 

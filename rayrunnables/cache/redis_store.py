@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from .stores import CacheStore, warn_once
+from .base import CacheStore, warn_once
 
 __all__ = ["RedisStore", "PREFIX"]
 

@@ -1,7 +1,4 @@
-"""Where cache entries live: the contract (``CacheStore``), a local folder, and ``open_store(uri)``.
-
-A store maps a key (64 hex characters) to an entry's bytes. It never fails a step: a store it cannot
-reach or read is a miss, a write it cannot make is skipped, each logged (once per store and reason).
+"""Where cache entries live: a local folder, and ``open_store(uri)`` for every kind of store.
 
 - ``LocalStore(path)``: a folder, one file per entry (``ab/cdef....json``), written under a temporary
   name in the same folder and renamed into place, so a reader (or a killed writer) never sees half an
@@ -16,69 +13,17 @@ Stores pickle as their address: a step sent to a Ray worker takes its store alon
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CacheStore", "LocalStore", "open_store", "default_location", "ENV_VAR", "warn_once", "logger"]
+from .base import CacheStore, warn_once
 
-logger = logging.getLogger("rayrunnables.cache")
+__all__ = ["CacheStore", "LocalStore", "open_store", "default_location", "ENV_VAR"]
+
 ENV_VAR = "RAYRUNNABLES_CACHE"
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
-
-
-def warn_once(where: str, reason: str, message: str) -> None:
-    """Log ``message`` once per ``(where, reason)`` in this process (a store down is one warning, not 1,000)."""
-    with _warned_lock:
-        if (where, reason) in _warned:
-            logger.debug(message)
-            return
-        _warned.add((where, reason))
-    logger.warning(message)
-
-
-class CacheStore:
-    """Keys (hex) to entries (bytes). Subclasses implement ``get``, ``put`` and ``delete``; ``uri`` says
-    where (with any secret hidden: ``describe()``). ``ttl`` is in seconds; the entry also carries its expiry,
-    which every reader checks (a store without expiry of its own keeps expired entries until rewritten)."""
-
-    uri: str = ""
-
-    def get(self, key: str) -> bytes | None:
-        raise NotImplementedError
-
-    def put(self, key: str, data: bytes, ttl: float | None = None) -> None:
-        raise NotImplementedError
-
-    def delete(self, key: str) -> None:
-        raise NotImplementedError
-
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
-        return [self.get(key) for key in keys]
-
-    def put_many(self, items: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
-        for key, data in items:
-            self.put(key, data, ttl)
-
-    def describe(self) -> str:
-        return _redacted(self.uri)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.describe()!r})"
-
-
-def _redacted(uri: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return uri
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 class LocalStore(CacheStore):

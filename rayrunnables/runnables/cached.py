@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..cache.base import CacheStore, logger, warn_once
 from ..cache.canonical import Unhashable, input_digest
 from ..cache.codec import FORMAT, MISS, Uncacheable, make_entry, read_entry
 from ..cache.fingerprint import fingerprint
-from ..cache.stores import CacheStore, default_location, logger, open_store, warn_once
+from ..cache.stores import default_location, open_store
 from ..context import RunContext
 from ..engine.process_state import STATE
 from ..errors import OptionsError, UnhashableInputError, attach_step
