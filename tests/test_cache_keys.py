@@ -201,6 +201,19 @@ def test_an_object_without_a_canonical_form_is_refused_naming_where() -> None:
         input_digest(lambda x: x)
 
 
+def test_the_calls_configurable_counts_less_a_frameworks_bookkeeping() -> None:
+    from rayrunnables.runnables.cached import configurable_digest
+
+    assert configurable_digest({}) == configurable_digest(None) == b""
+    assert configurable_digest({"model": "a"}) != configurable_digest({"model": "b"})
+    assert configurable_digest({"model": "a", "user": "u"}) == configurable_digest({"user": "u", "model": "a"})
+    base = configurable_digest({"model": "a", "thread_id": "t1"})
+    langgraph = {"model": "a", "thread_id": "t1", "checkpoint_id": "c-17", "checkpoint_ns": "node:1",
+                 "__pregel_send": object(), "__pregel_read": lambda: None}
+    assert configurable_digest(langgraph) == base
+    assert configurable_digest({"model": "a", "thread_id": "t2"}) != base
+
+
 # ---- entries ------------------------------------------------------------------------------------------------
 class Summary(BaseModel):
     title: str

@@ -35,9 +35,27 @@ from .base import Input, Output, Runnable
 from .chunks import NOTHING, add_chunk, gather
 from .runs import report_run
 
-__all__ = ["RunnableCached", "check_cache_args", "store_of"]
+__all__ = ["RunnableCached", "check_cache_args", "configurable_digest", "store_of"]
 
 UNHASHABLE = ("error", "miss")
+# ``configurable`` keys that are a framework's bookkeeping, not settings of the step (LangGraph's checkpoints)
+_BOOKKEEPING = frozenset({"checkpoint_id", "checkpoint_ns", "checkpoint_map"})
+
+
+def configurable_digest(configurable: Any) -> bytes:
+    """The part of the call's ``configurable`` a step may read: its keys with a canonical form, less private
+    (``__...``) and bookkeeping keys (so a cached step inside a LangGraph node is not a miss every time)."""
+    if not isinstance(configurable, dict) or not configurable:
+        return b""
+    settings = []
+    for name, value in configurable.items():
+        if not isinstance(name, str) or name.startswith("__") or name in _BOOKKEEPING:
+            continue
+        try:
+            settings.append((name, input_digest(value)))
+        except Unhashable:
+            logger.debug("configurable[%r] has no canonical form: not part of the cache key", name)
+    return input_digest(sorted(settings)) if settings else b""
 
 
 def check_cache_args(where: str, store: Any, version: Any, key: Any, ttl: Any,
@@ -154,8 +172,6 @@ class RunnableCached(Runnable[Input, Output]):
         identity = self.key(input) if self.key is not None else input
         try:
             digest = input_digest(identity)
-            configurable = ctx.config.get("configurable")
-            extra = input_digest(configurable) if configurable else b""
         except Unhashable as exc:
             where = self._where(ctx)
             if self.on_unhashable == "miss":
@@ -164,6 +180,7 @@ class RunnableCached(Runnable[Input, Output]):
             raise attach_step(UnhashableInputError(
                 f"{where}: the cache cannot hash its input: {exc}; give with_cache(key=lambda input: ...) to say "
                 "what identifies an input, or on_unhashable='miss' to compute such inputs uncached"), where) from None
+        extra = configurable_digest(ctx.config.get("configurable"))
         return hashlib.sha256(b"".join((FORMAT.encode(), b"\0", step.encode(), digest, extra))).hexdigest()
 
     # ---- reading and writing ------------------------------------------------------------------------------
