@@ -90,6 +90,16 @@ def test_a_helper_the_function_calls_counts_mutable_module_state_does_not() -> N
     assert fingerprint(v1) == before  # a list it appends to is state, not a setting
 
 
+def test_library_callables_by_what_they_are() -> None:
+    import operator
+
+    pairs = [(operator.itemgetter("a"), operator.itemgetter("b")), (str.upper, str.lower), (np.sqrt, np.exp),
+             ("-".join, "+".join), (len, abs), (operator.attrgetter("x"), operator.attrgetter("y"))]
+    for one, other in pairs:
+        assert fingerprint(rr.RunnableLambda(one)) == fingerprint(rr.RunnableLambda(one))
+        assert fingerprint(rr.RunnableLambda(one)) != fingerprint(rr.RunnableLambda(other)), (one, other)
+
+
 def test_how_a_step_runs_does_not_count() -> None:
     step = rr.RunnableLambda(lambda x: x * 2)
     wrapped = (step.with_options(num_cpus=2, max_retries=3).with_retry(stop_after_attempt=5).with_timeout(30)
@@ -124,6 +134,16 @@ def test_langchain_objects_by_their_parameters_never_their_secrets() -> None:
     prompt = from_langchain(ChatPromptTemplate.from_messages([("human", "Summarize: {doc}")]))
     other = from_langchain(ChatPromptTemplate.from_messages([("human", "Summarise: {doc}")]))
     assert fingerprint(prompt) != fingerprint(other)
+
+
+def test_a_models_rate_limiter_does_not_count() -> None:
+    from langchain_core.rate_limiters import InMemoryRateLimiter
+
+    limiter = InMemoryRateLimiter(requests_per_second=5)
+    step = from_langchain(ChatOpenAI(model="gpt-x", api_key="k", rate_limiter=limiter))
+    before = fingerprint(step)
+    limiter.acquire()  # its clock and bucket moved
+    assert fingerprint(step) == before
 
 
 def test_a_lazily_built_model_by_its_factory() -> None:

@@ -15,9 +15,12 @@ What counts (``fingerprint(step)``):
 - **LangChain objects** by their serialisable parameters (``to_json()``: the model's name, temperature,
   ``max_tokens``...; secrets are markers there, never values), else by their pydantic fields.
 
+Objects of library classes count by what pickle would rebuild them from (``operator.itemgetter("a")`` by
+``"a"``, ``str.upper`` by its name, a numpy ufunc by its name); one that cannot be pickled (a lock, a
+socket) by its type; inside a LangChain object, what it does not serialise by its type.
+
 What does not count: how a step runs (Ray options, retries, timeouts, rate limits, the pool size, a step's
-name), and the state of objects of library classes other than those above (a client, a lock: their type
-counts). An object may say what identifies it with a ``cache_identity()`` method (our nodes do): a dict
+name). An object may say what identifies it with a ``cache_identity()`` method (our nodes do): a dict
 of what counts (with its class), or another object that stands for it (a wrapper returns the step it wraps).
 
 ``code=False`` (``with_cache(version=...)``): the code part is left out (the version stands for it); the
@@ -26,6 +29,7 @@ values still count.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import enum
 import functools
@@ -90,6 +94,7 @@ class _Walker:
         self.memo: dict[int, bytes] = {} if memo is None else memo
         self.keep: list[Any] = [] if keep is None else keep  # what ids refer to stays alive while we walk
         self.stack: set[int] = set()
+        self.opaque = 0  # > 0 while walking what a LangChain object serialises
 
     def token(self, tag: str, payload: bytes = b"") -> None:
         self.hash.update(tag.encode() + struct.pack(">Q", len(payload)) + payload)
@@ -280,7 +285,11 @@ class _Walker:
             return
         if _lc_serializable(obj):
             self.identity(kind)
-            self.walk(obj.to_json(), depth)
+            self.opaque += 1  # what LangChain does not serialise (a rate limiter's clock) counts by its type
+            try:
+                self.walk(obj.to_json(), depth)
+            finally:
+                self.opaque -= 1
             return
         if hasattr(kind, "model_fields") and hasattr(obj, "__pydantic_fields_set__"):
             self.identity(kind)
@@ -304,6 +313,27 @@ class _Walker:
                 if hasattr(obj, slot):
                     state[slot] = getattr(obj, slot)
             self.mapping(state, depth)
+        elif not self.opaque:
+            self.reduced(obj, depth)
+
+    def reduced(self, obj: Any, depth: int) -> None:
+        """An object of a library class by what pickle would rebuild it from (``operator.itemgetter("a")``
+        by ``"a"``, ``str.upper`` by its name, a numpy ufunc by its name, a plain object by its ``__dict__``);
+        one that cannot be reduced (a lock, a socket) counts by its type alone."""
+        try:
+            reducer = copyreg.dispatch_table.get(type(obj))  # as pickle does (numpy registers its ufuncs)
+            reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
+        except Exception:
+            return
+        if isinstance(reduced, str):
+            self.text("global", reduced)
+            return
+        if not isinstance(reduced, tuple) or len(reduced) < 2:
+            return
+        parts = list(reduced[:3])
+        for items in reduced[3:5]:
+            parts.append(None if items is None else list(items))
+        self.sequence("reduced", parts, depth)
 
     def array(self, obj: Any, numpy: Any, depth: int) -> None:
         self.text("array", f"{obj.dtype.str}{getattr(obj, 'shape', ())}")
