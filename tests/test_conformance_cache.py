@@ -148,6 +148,13 @@ def test_the_runs_default_store_and_streaming(cfg: dict[str, Any], folders: tupl
     assert list(step.stream({"text": "abc"}, config)) == [first]
     assert step.batch([{"text": "abc"}], config) == [first]
     assert calls(counts, "embed") == 1
+    uncached = rr.RunnableLambda(make_embed(counts), name="embed_again")
+    branches = rr.RunnableParallel(a=step, b=uncached).with_cache(store)
+    streamed = list(branches.stream({"text": "xyz"}, cfg))  # {key: chunk} pieces, added up into the entry
+    assert len(streamed) >= 2 and calls(counts, "embed") == 3
+    embedded = step.invoke({"text": "xyz"}, cfg)  # a hit
+    assert branches.invoke({"text": "xyz"}, cfg) == {"a": embedded, "b": embedded}
+    assert calls(counts, "embed") == 3  # the streamed sum was kept: neither branch ran again
     assert "the run's store" in step.explain()
 
 

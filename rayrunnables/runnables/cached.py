@@ -32,7 +32,7 @@ from ..engine.process_state import STATE
 from ..errors import OptionsError, UnhashableInputError, attach_step
 from .actor import check_batch_output
 from .base import Input, Output, Runnable
-from .chunks import NOTHING, add_chunk, gather
+from .chunks import NOTHING, AddableDict, add_chunk, gather
 from .runs import report_run
 
 __all__ = ["RunnableCached", "check_cache_args", "configurable_digest", "store_of"]
@@ -82,12 +82,15 @@ def check_cache_args(where: str, store: Any, version: Any, key: Any, ttl: Any,
 
 
 def store_of(spec: Any) -> CacheStore:
-    """The store of ``spec`` in this process: opened once (its connections reused by every call)."""
+    """The store of ``spec`` in this process: opened once (its connections reused by every call, though a
+    step arrives unpickled anew with each chunk); a store of your own that names no ``uri`` is used as given."""
     if spec is None:
         spec = default_location()
     if isinstance(spec, CacheStore):
         store = spec
-        return STATE.services.once(f"cache-store {type(store).__name__} {store.uri}", lambda: store)  # type: ignore[no-any-return]
+        if not store.uri:
+            return store
+        return STATE.services.once(f"cache-store {type(store).__qualname__} {store.uri}", lambda: store)  # type: ignore[no-any-return]
     return STATE.services.once(f"cache-store {spec}", lambda: open_store(spec))  # type: ignore[no-any-return]
 
 
@@ -169,7 +172,14 @@ class RunnableCached(Runnable[Input, Output]):
     def cache_key(self, input: Any, ctx: RunContext) -> str | None:
         """The entry's key for ``input`` (None: an input that cannot be hashed, with ``on_unhashable="miss"``)."""
         step = self.fingerprint(ctx)
-        identity = self.key(input) if self.key is not None else input
+        if self.key is None:
+            identity = input
+        else:
+            try:
+                identity = self.key(input)
+            except Exception as exc:
+                attach_step(exc, self._where(ctx))
+                raise
         try:
             digest = input_digest(identity)
         except Unhashable as exc:
@@ -285,7 +295,9 @@ class RunnableCached(Runnable[Input, Output]):
 
 
 def _as_message(output: Any) -> Any:
-    """A LangChain message chunk (a streamed model's sum) as the message ``invoke`` gives."""
+    """A stream's sum as ``invoke`` gives it: a LangChain message chunk as the message, a dict's chunks as a dict."""
+    if type(output) is AddableDict:
+        return dict(output)
     if "langchain_core" not in sys.modules:
         return output
     from langchain_core.messages import BaseMessageChunk, message_chunk_to_message
