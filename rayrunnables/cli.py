@@ -112,6 +112,10 @@ def explain(target: str, backend: str) -> None:
               help="Per item, on the whole chain: a longer item becomes a TimeoutError record.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, metavar="N",
               help="Stop once more than N items failed (exit code 3); finish with --resume.")
+@click.option("--cache", "cache", default=None, metavar="URI",
+              help="Where the steps that have with_cache() without a store keep their outputs: a folder, "
+              "s3://bucket/prefix (any URI pyarrow opens) or redis://host:port/db (default: $RAYRUNNABLES_CACHE, "
+              "else ~/.cache/rayrunnables/steps).")
 @click.option("--usage", "record_usage", is_flag=True,
               help="Add each item's model tokens to its record: \"usage\": {input_tokens, output_tokens, "
               "total_tokens} (zeros when it made no model call).")
@@ -119,7 +123,7 @@ def run(
     target: str, inputs: tuple[str, ...], output_path: str, errors_path: str | None, engine: str | None,
     output_format: str, concurrency: int | None, backend: str | None, address: str | None, id_field: str | None,
     resume: bool, unordered: bool, chunk_size: int | None, max_in_flight: int | None, progress: bool,
-    timeout: float | None, max_failures: int | None, record_usage: bool,
+    timeout: float | None, max_failures: int | None, record_usage: bool, cache: str | None = None,
 ) -> None:
     """Run TARGET (MODULE:ATTR) over every line of a JSON Lines file, or over folders of files on Ray Data.
 
@@ -139,11 +143,12 @@ def run(
     """
     if engine is None:
         engine = "data" if wants_data_engine(inputs) else "driver"
+    cache = cache_store(cache)
     if engine == "data":
         if max_failures is not None:
             raise click.UsageError("--max-failures is for the driver engine")
         _run_data_engine(target, inputs, output_path, errors_path, output_format, concurrency, backend, address,
-                         id_field, resume, chunk_size, max_in_flight, progress, timeout, record_usage)
+                         id_field, resume, chunk_size, max_in_flight, progress, timeout, record_usage, cache)
         return
     if len(inputs) != 1:
         raise click.UsageError("the driver engine reads one file (or -): use --engine data for several")
@@ -184,6 +189,8 @@ def run(
         bar = stack.enter_context(Progress(total=total, desc="items", enabled=progress))
         job = _Job(chain, out, errs, bar, id_field, max_failures, counter)
         config: dict[str, Any] = {"backend": backend or "local"}
+        if cache is not None:
+            config["cache"] = cache
         if counter is not None:
             config["callbacks"] = [counter]
         if backend == "ray" or (backend is None and address):
@@ -216,6 +223,19 @@ def run(
         sys.exit(1)
 
 
+def cache_store(uri: str | None) -> str | None:
+    """``--cache``: the store's address as every process reaches it (a folder made absolute), checked now
+    (an unknown URI or a missing extra is a usage error)."""
+    if uri is None:
+        return None
+    from .cache import open_store
+
+    try:
+        return open_store(uri).uri
+    except (TypeError, ValueError, ImportError) as exc:
+        raise click.UsageError(f"--cache: {exc}") from None
+
+
 def usage_counter(chain: Runnable[Any, Any], record_usage: bool) -> UsageCounter | None:
     """The counter of the run's model tokens: per item with ``--usage``; totals only for a chain with
     LangChain steps (the steps that report model calls); none otherwise, so a chain without them records
@@ -232,7 +252,7 @@ def _run_data_engine(
     target: str, inputs: tuple[str, ...], output_path: str, errors_path: str | None, output_format: str,
     concurrency: int | None, backend: str | None, address: str | None, id_field: str | None, resume: bool,
     chunk_size: int | None, max_in_flight: int | None, progress: bool, timeout: float | None = None,
-    record_usage: bool = False,
+    record_usage: bool = False, cache: str | None = None,
 ) -> None:
     if "-" in inputs or output_path == "-" or errors_path == "-":
         raise click.UsageError("the data engine reads and writes files and folders, not - (standard input/output)")
@@ -247,7 +267,7 @@ def _run_data_engine(
     if timeout is not None:  # per item, as on the driver engine
         chain = chain.with_timeout(timeout)
     status = run_data(chain, inputs, output_path, errors_path, address, id_field, resume,
-                      chunk_size, output_format, concurrency, progress, SetupError, counter)
+                      chunk_size, output_format, concurrency, progress, SetupError, counter, cache)
     if status:
         sys.exit(status)
 

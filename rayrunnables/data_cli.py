@@ -38,11 +38,13 @@ def run_data(
     chain: Runnable[Any, Any], inputs: tuple[str, ...], output: str, errors: str | None, address: str | None,
     id_field: str | None, resume: bool, chunk_size: int | None, output_format: str, concurrency: int | None,
     progress: bool, setup_error: type[click.ClickException], counter: UsageCounter | None = None,
+    cache: str | None = None,
 ) -> int:
     """Run the pipeline; return the exit status (0 all ok, 1 some failed). Set-up failures raise ``setup_error``.
 
     ``counter``: the workers count their batches' model tokens (each item's too, for an ``ItemUsageCounter``)
-    and the driver adds them into it; the totals are printed at the end."""
+    and the driver adds them into it; the totals are printed at the end. ``cache``: the store of the cached
+    steps that have none of their own (``--cache``)."""
     from .datafiles import USAGE_COLUMN, ChainFiles, ShardJob, Shards, expand_inputs
 
     out, errs = Shards(output), Shards(errors or output)
@@ -85,7 +87,7 @@ def run_data(
     done_ref = ray.put(frozenset(done)) if done else None
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
-    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref, usage)
+    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref, usage, cache)
     args = rr_data.map_batches_args(chain, job, concurrency, chunk_size or 10_000)
     dataset = ray.data.read_datasource(source).map_batches(**args)
     counts = dict.fromkeys(("ok", "failed", "malformed", "skipped"), 0)

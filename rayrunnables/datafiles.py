@@ -208,10 +208,11 @@ class ShardJob:
     record carries its item's own too)."""
 
     def __init__(self, chain: Runnable[Any, Any], id_field: str | None, out: Shards, errs: Shards,
-                 output_format: str, run_id: str, done: Any = None, usage: str | None = None) -> None:
+                 output_format: str, run_id: str, done: Any = None, usage: str | None = None,
+                 cache: Any = None) -> None:
         self.chain, self.id_field, self.out, self.errs = chain, id_field, out, errs
         self.output_format, self.run_id, self.done = output_format, run_id, done
-        self.usage = usage
+        self.usage, self.cache = usage, cache
 
     def _done(self) -> frozenset[str]:
         if self.done is None:
@@ -248,7 +249,8 @@ class ShardJob:
         keys = [uuid.uuid4() for _ in todo] if isinstance(counter, ItemUsageCounter) else None
         for key in keys or ():
             cast(ItemUsageCounter, counter).expect(key)
-        outputs = run_values(self.chain, [value for _, _, value in todo], [counter] if counter else None, keys)
+        outputs = run_values(self.chain, [value for _, _, value in todo], [counter] if counter else None, keys,
+                             self.cache)
         records: list[Any] = []  # lines (JSON Lines) or records (Parquet)
         for n, ((number, item_id, _), output) in enumerate(zip(todo, outputs, strict=True)):
             usage = cast(ItemUsageCounter, counter).take(keys[n]) if keys is not None else None

@@ -31,6 +31,7 @@ __all__ = [
     "RemoteTraceback",
     "FailureBudgetExceeded",
     "RateLimitTimeout",
+    "UnhashableInputError",
     "attach_step",
     "copy_error",
     "deadline_error",
@@ -141,6 +142,11 @@ class FailureBudgetExceeded(RayRunnablesError):
 class RateLimitTimeout(RayRunnablesError, TimeoutError):
     """A rate-limited step's provider kept answering "too many requests" past ``max_wait`` seconds of pauses.
     The provider's last error is the ``__cause__``."""
+
+
+class UnhashableInputError(RayRunnablesError, TypeError):
+    """A cached step (``with_cache``) got an input it cannot hash canonically (an object of a class it does
+    not know): give ``with_cache(key=...)`` to say what identifies the input, or ``on_unhashable="miss"``."""
 
 
 def deadline_error(path: str, seconds: float) -> TimeoutError:

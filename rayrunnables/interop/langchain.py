@@ -241,6 +241,10 @@ class LangChainStep:
     def __repr__(self) -> str:
         return f"LangChainStep({self.obj.get_name()})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The LangChain object by its parameters (``with_cache``), and the call's keyword arguments."""
+        return {"obj": self.obj, "kwargs": self.kwargs}
+
     def __getstate__(self) -> dict[str, Any]:
         """A model holding live HTTP clients travels by its settings (``interop.clients``)."""
         return {**self.__dict__, "obj": travelling(self.obj)}
@@ -259,6 +263,10 @@ class _LazyStep:
         self.kwargs = dict(kwargs or {})
         self.token = uuid.uuid4().hex
         _ship_with(self, factory)
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The factory (its code: the model's parameters are in it), not this process's token."""
+        return {"factory": self.factory, "kwargs": self.kwargs}
 
     def target(self) -> Any:
         """The runnable built in this process (each Ray worker, each forked child builds its own)."""
@@ -307,6 +315,9 @@ class _Call:
         self.func = func
         update_wrapper(self, func)
 
+    def cache_identity(self) -> dict[str, Any]:
+        return {"func": self.func}
+
     def __call__(self, input: Any, **kwargs: Any) -> Any:
         if "config" in kwargs:
             kwargs["config"] = _to_lc_config(kwargs["config"])
@@ -338,6 +349,9 @@ class _Tap:
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
         _ship_with(self, func)
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"func": self.func}
 
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         result = self.func(input, config=_to_lc_config(config))

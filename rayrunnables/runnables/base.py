@@ -417,6 +417,26 @@ class Runnable(Generic[Input, Output]):
 
         return RunnableTimeout(self, check_timeout(seconds, self.label()))
 
+    def with_cache(
+        self,
+        store: Any = None,
+        *,
+        version: str | int | None = None,
+        key: Callable[[Any], Any] | None = None,
+        ttl: float | None = None,
+        on_unhashable: str = "error",
+    ) -> Runnable[Input, Output]:
+        """This step computed once per input, across runs, processes and machines: its outputs kept in
+        ``store`` (a folder, ``s3://bucket/prefix`` or any URI pyarrow opens, ``redis://host:port/db``, a
+        ``rayrunnables.cache.CacheStore``; by default the run's ``config["cache"]``, else
+        ``$RAYRUNNABLES_CACHE``, else ``~/.cache/rayrunnables/steps``), by a key of the step's code and values
+        (``version=`` stands for the code) and its input (``key=lambda input: ...`` says what identifies it).
+        ``ttl``: seconds an entry holds. ``on_unhashable="miss"``: an input the cache cannot hash is computed
+        uncached instead of raising ``UnhashableInputError``. See ``rayrunnables.runnables.cached``."""
+        from .cached import RunnableCached, check_cache_args
+
+        return RunnableCached(self, *check_cache_args(self.label(), store, version, key, ttl, on_unhashable))
+
     def with_name(self, name: str) -> Runnable[Input, Output]:
         import dataclasses
 

@@ -96,6 +96,10 @@ class RunnableRateLimited(Runnable[Input, Output]):
     def reports_run(self) -> bool:
         return False
 
+    def cache_identity(self) -> Runnable[Input, Output]:
+        """A pace changes when a step runs, not what it returns (``with_cache``)."""
+        return self.bound
+
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
 

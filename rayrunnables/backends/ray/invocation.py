@@ -25,6 +25,7 @@ from ...engine.sharing import writable
 from ...options import OUR_OPTIONS
 from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
+from ...runnables.cached import RunnableCached
 from ...runnables.lambda_ import RunnableLambda
 from ...runnables.passthrough import require_dict
 from ...runnables.timeout import RunnableTimeout
@@ -384,7 +385,7 @@ def _has_barrier(unit: planning.Unit) -> bool:
 
 
 def actor_of(node: Node) -> RunnableActor | None:
-    while isinstance(node, (RunnableBinding, RunnableRateLimited, RunnableTimeout)):
+    while isinstance(node, (RunnableBinding, RunnableRateLimited, RunnableTimeout, RunnableCached)):
         if isinstance(node, RunnableBinding) and (node.listeners is not None or node.config):
             return None
         node = node.bound
@@ -398,5 +399,7 @@ def waits_on_io(node: Node) -> bool:
         return bool(node.options["io_bound"])
     if isinstance(node, RunnableRateLimited):
         return True
+    if isinstance(node, RunnableCached):  # a miss runs the step: where it waits, the cached step waits
+        return waits_on_io(node.bound)
     leaves = [n for n in walk(node) if isinstance(n, RunnableLambda)]
     return bool(leaves) and all(leaf.is_async for leaf in leaves)
