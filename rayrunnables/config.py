@@ -6,6 +6,7 @@ keys at the call, so a typo (``max_concurency``) fails loudly instead of being i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -28,6 +29,7 @@ class RunnableConfig(TypedDict, total=False):
     run_id: Any
     callbacks: Any
     backend: Any
+    cache: Any  # the store of steps that ``with_cache()`` without one: a path, a URI or a CacheStore
 
 
 CONFIG_KEYS = frozenset(RunnableConfig.__annotations__)
@@ -63,6 +65,9 @@ def validate_config(config: Mapping[str, Any] | None, where: str = "config") -> 
     mc = config.get("max_concurrency")
     if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
         raise ConfigError(f"{where}: config['max_concurrency'] must be a positive int or None, got {mc!r}")
+    cache = config.get("cache")
+    if cache is not None and not isinstance(cache, (str, os.PathLike)) and not hasattr(cache, "get_many"):
+        raise ConfigError(f"{where}: config['cache'] must be a path, a URI or a CacheStore, got {cache!r:.80}")
     rl = config.get("recursion_limit")
     if rl is not None and rl < 1:
         raise ConfigError(f"{where}: config['recursion_limit'] must be >= 1, got {rl!r}")

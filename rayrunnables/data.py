@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .config import validate_config
 from .engine.steps import walk
 from .errors import step_path_of
 from .records import error_record
@@ -32,39 +33,61 @@ ERROR_MODES = ("column", "raise", "dataset")
 _RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
 
 
-def run_values(chain: Runnable[Any, Any], values: list[Any]) -> list[Any]:
+def run_values(chain: Runnable[Any, Any], values: list[Any], callbacks: list[Any] | None = None,
+               parents: list[Any] | None = None, cache: Any = None) -> list[Any]:
     """The chain on every value, in this process: each output, or the item's exception, in input order.
 
     A vectorized chain gets all the values as one chunk (one call); any other chain runs through the
     in-process scheduler, which runs computing steps inline and overlaps waiting ones in threads.
+    ``callbacks``: handlers of the run's events (a token counter); ``parents``: a run id per value, under
+    which that item's runs nest (so a handler can tell items apart; a vectorized step's call serves many
+    items and nests under none); ``cache``: the store of the cached steps that have none of their own
+    (``config["cache"]``).
     """
     outputs: list[Any] = [None] * len(values)
     if not values:
         return outputs
     _share_pacers()
+    config: dict[str, Any] = {"backend": "local"}
+    if cache is not None:
+        config["cache"] = cache
+    if callbacks:
+        config["callbacks"] = callbacks
     if isinstance(chain, RunnableSequence) and not chain.vectorized and any(s.vectorized for s in chain.steps):
-        return _run_by_step(chain, values)
+        return _run_by_step(chain, values, config, parents)
     chunk = len(values) if chain.vectorized else None
-    for index, output in chain.imap_as_completed(values, {"backend": "local"}, return_exceptions=True,
-                                                 chunk_size=chunk):
+    items = values if parents is None or chain.vectorized else _per_item(values, parents)
+    for index, output in chain.imap_as_completed(items, config, return_exceptions=True, chunk_size=chunk):
         outputs[index] = output
     return outputs
 
 
-def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any]) -> list[Any]:
+def _per_item(values: list[Any], parents: list[Any]) -> list[Any]:
+    from .engine.inprocess import PerItem
+
+    return [PerItem.nested(value, parent) for value, parent in zip(values, parents, strict=True)]
+
+
+def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any], config: dict[str, Any],
+                 parents: list[Any] | None = None) -> list[Any]:
     """A sequence holding a vectorized step, one step at a time over the whole batch: the vectorized step
     gets every item still alive in one call (``embed`` over 1,024 texts at once), the others run item by
     item as usual. An item that fails at a step keeps its error (named by its full step path) and goes no
     further; the others go on."""
+    from .engine.events import RunSink, recorder_for
     from .engine.inprocess import ThreadChunkRunner, local_root_context
     from .engine.scheduler import iter_batch
 
     outputs: list[Any] = list(values)
     alive = list(range(len(values)))
-    ctx = chain.scope(local_root_context({"backend": "local"}))
+    if config.get("callbacks"):  # the run's handlers hear every step's runs (as ``imap`` would record them)
+        config = {**config, "callbacks": RunSink(*recorder_for(config))}
+    ctx = chain.scope(local_root_context(config))
     runner = ThreadChunkRunner()
     for n, step in enumerate(chain.steps, 1):
         inputs = [outputs[i] for i in alive]
+        if parents is not None and not step.vectorized:
+            inputs = _per_item(inputs, [parents[i] for i in alive])
         survivors: list[int] = []
         for position, output in iter_batch(runner, step, inputs, ctx.child(f"step {n}"), return_exceptions=True,
                                            ordered=False, chunk_size=len(inputs) if step.vectorized else None):
@@ -135,9 +158,9 @@ class ApplyJob:
     """The batch function of ``apply``: the input table with an output column and an error column added."""
 
     def __init__(self, chain: Runnable[Any, Any], input_column: str | None, output_column: str,
-                 error_column: str, errors: str) -> None:
+                 error_column: str, errors: str, cache: Any = None) -> None:
         self.chain, self.input_column, self.output_column = chain, input_column, output_column
-        self.error_column, self.errors = error_column, errors
+        self.error_column, self.errors, self.cache = error_column, errors, cache
 
     def __call__(self, batch: pyarrow.Table) -> dict[str, Any]:
         import numpy as np
@@ -146,7 +169,7 @@ class ApplyJob:
             values = batch.to_pylist()
         else:
             values = batch.column(self.input_column).to_pylist()
-        outputs = run_values(self.chain, values)
+        outputs = run_values(self.chain, values, cache=self.cache)
         out_col = np.empty(len(values), dtype=object)
         err_col = np.empty(len(values), dtype=object)
         for n, output in enumerate(outputs):
@@ -181,6 +204,7 @@ def apply(
     error_column: str = "error",
     concurrency: int | None = None,
     batch_size: int | None = 1024,
+    cache: Any = None,
 ) -> Any:
     """``dataset`` with ``chain`` applied to every row, lazily, as one ``map_batches`` stage.
 
@@ -196,12 +220,16 @@ def apply(
     - ``concurrency``: Ray Data's, for the stage (default: Ray Data's choice for tasks, the largest
       ``pool_size`` for a chain with ``RunnableActor`` steps).
     - ``batch_size``: rows per batch (a vectorized chain gets each batch in one call); ``None``: whole blocks.
+    - ``cache``: the store (a URI: ``s3://...``, ``redis://...``, or a folder every worker reaches) of the steps
+      that have ``with_cache()`` without one, as ``config["cache"]`` on the other engines.
     """
     if errors not in ERROR_MODES:
         raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
     runnable = coerce_to_runnable(chain)
     prepare(runnable)
-    job = ApplyJob(runnable, input_column, output_column, error_column, errors)
+    if cache is not None:
+        validate_config({"cache": cache}, "apply")
+    job = ApplyJob(runnable, input_column, output_column, error_column, errors, cache)
     args = map_batches_args(runnable, job, concurrency, batch_size)
     mapped = dataset.map_batches(**args)
     if errors != "dataset":

@@ -8,6 +8,7 @@ workers send back. Its memory therefore does not grow with the number of documen
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import click
 
 from .runnables.base import Runnable
+from .usage import ItemUsageCounter, UsageCounter
 
-__all__ = ["run_data", "wants_data_engine"]
+__all__ = ["run_data", "wants_data_engine", "echo_usage"]
 
 
 def wants_data_engine(inputs: tuple[str, ...]) -> bool:
@@ -35,10 +37,15 @@ def wants_data_engine(inputs: tuple[str, ...]) -> bool:
 def run_data(
     chain: Runnable[Any, Any], inputs: tuple[str, ...], output: str, errors: str | None, address: str | None,
     id_field: str | None, resume: bool, chunk_size: int | None, output_format: str, concurrency: int | None,
-    progress: bool, setup_error: type[click.ClickException],
+    progress: bool, setup_error: type[click.ClickException], counter: UsageCounter | None = None,
+    cache: str | None = None,
 ) -> int:
-    """Run the pipeline; return the exit status (0 all ok, 1 some failed). Set-up failures raise ``setup_error``."""
-    from .datafiles import ChainFiles, ShardJob, Shards, expand_inputs
+    """Run the pipeline; return the exit status (0 all ok, 1 some failed). Set-up failures raise ``setup_error``.
+
+    ``counter``: the workers count their batches' model tokens (each item's too, for an ``ItemUsageCounter``)
+    and the driver adds them into it; the totals are printed at the end. ``cache``: the store of the cached
+    steps that have none of their own (``--cache``)."""
+    from .datafiles import USAGE_COLUMN, ChainFiles, ShardJob, Shards, expand_inputs
 
     out, errs = Shards(output), Shards(errors or output)
     out_prefix, err_prefix = ("part-",), ("errors-",)
@@ -79,7 +86,8 @@ def run_data(
     context.print_on_execution_start = progress
     done_ref = ray.put(frozenset(done)) if done else None
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref)
+    usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
+    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref, usage, cache)
     args = rr_data.map_batches_args(chain, job, concurrency, chunk_size or 10_000)
     dataset = ray.data.read_datasource(source).map_batches(**args)
     counts = dict.fromkeys(("ok", "failed", "malformed", "skipped"), 0)
@@ -87,14 +95,27 @@ def run_data(
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for key in counts:
                 counts[key] += sum(batch.column(key).to_pylist())
+            if counter is not None:
+                for by_model in batch.column(USAGE_COLUMN).to_pylist():
+                    counter.merge(json.loads(by_model))
     except KeyboardInterrupt:
+        echo_usage(counter)
         click.echo(f"interrupted: {_counts(counts)}; finish with --resume", err=True)
         return 130
     except Exception as exc:
+        echo_usage(counter)
         raise click.ClickException(f"run stopped ({type(exc).__name__}: {exc}); {_counts(counts)}; "
                                    "finish with --resume") from None
+    echo_usage(counter)
     click.echo(_counts(counts) + (f"; {len(done):,} already done" if resume else ""), err=True)
     return 1 if counts["failed"] else 0
+
+
+def echo_usage(counter: UsageCounter | None) -> None:
+    """The run's token totals on stderr, when any model call reported usage (both engines)."""
+    line = counter.summary() if counter is not None else None
+    if line:
+        click.echo(line, err=True)
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -23,7 +23,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,13 +35,15 @@ from .errors import step_path_of
 from .jsonl import BadLine, dumps_line
 from .records import error_record, output_record
 from .runnables.base import Runnable
+from .usage import ItemUsageCounter, UsageCounter, zero_usage
 
-__all__ = ["ChainFiles", "ShardJob", "Shards", "expand_inputs", "resolve_dir", "SUMMARY_COLUMNS"]
+__all__ = ["ChainFiles", "ShardJob", "Shards", "expand_inputs", "resolve_dir", "SUMMARY_COLUMNS", "USAGE_COLUMN"]
 
 PATH, LINE, TEXT = "__rr_path", "__rr_line", "__rr_text"
 JSON_EXTENSIONS = ["jsonl", "json", "jsonl.gz", "json.gz", "jsonl.zst", "json.zst"]
 EXTENSIONS = [*JSON_EXTENSIONS, "parquet"]
 SUMMARY_COLUMNS = ("ok", "failed", "malformed", "skipped")
+USAGE_COLUMN = "usage"  # a batch's tokens per model, as JSON ({"model": {"input_tokens", ...}})
 _GLOB = set("*?[")
 
 
@@ -201,12 +203,16 @@ def id_key(value: Any) -> str:
 
 class ShardJob:
     """What a Ray Data worker does with one batch of rows: decode, skip what is done, run the chain,
-    write the outputs and the error records as shards; it returns only counts to the driver."""
+    write the outputs and the error records as shards; it returns only counts to the driver, and the
+    tokens its model calls used (``usage``: ``None`` counts none, ``"totals"``, or ``"items"``: each
+    record carries its item's own too)."""
 
     def __init__(self, chain: Runnable[Any, Any], id_field: str | None, out: Shards, errs: Shards,
-                 output_format: str, run_id: str, done: Any = None) -> None:
+                 output_format: str, run_id: str, done: Any = None, usage: str | None = None,
+                 cache: Any = None) -> None:
         self.chain, self.id_field, self.out, self.errs = chain, id_field, out, errs
         self.output_format, self.run_id, self.done = output_format, run_id, done
+        self.usage, self.cache = usage, cache
 
     def _done(self) -> frozenset[str]:
         if self.done is None:
@@ -217,7 +223,7 @@ class ShardJob:
             _DONE_CACHE[key] = ray.get(self.done)
         return _DONE_CACHE[key]
 
-    def __call__(self, batch: pa.Table) -> dict[str, list[int]]:
+    def __call__(self, batch: pa.Table) -> dict[str, list[Any]]:
         paths = batch.column(PATH).to_pylist()
         numbers = batch.column(LINE).to_pylist()
         if TEXT in batch.column_names:
@@ -235,21 +241,28 @@ class ShardJob:
             elif isinstance(value, BadLine):
                 malformed += 1
                 errors.append(dumps_line(error_record(number, item_id, "input", value.error,
-                                                     prefix=f"{path}: input line {number + 1}: ")))
+                                                     prefix=f"{path}: input line {number + 1}: ",
+                                                     usage=zero_usage() if self.usage == "items" else None)))
             else:
                 todo.append((number, item_id, value))
-        outputs = run_values(self.chain, [value for _, _, value in todo])
+        counter = None if self.usage is None else ItemUsageCounter() if self.usage == "items" else UsageCounter()
+        keys = [uuid.uuid4() for _ in todo] if isinstance(counter, ItemUsageCounter) else None
+        for key in keys or ():
+            cast(ItemUsageCounter, counter).expect(key)
+        outputs = run_values(self.chain, [value for _, _, value in todo], [counter] if counter else None, keys,
+                             self.cache)
         records: list[Any] = []  # lines (JSON Lines) or records (Parquet)
-        for (number, item_id, _), output in zip(todo, outputs, strict=True):
+        for n, ((number, item_id, _), output) in enumerate(zip(todo, outputs, strict=True)):
+            usage = cast(ItemUsageCounter, counter).take(keys[n]) if keys is not None else None
             if isinstance(output, Exception):
                 errors.append(dumps_line(error_record(number, item_id, step_path_of(output) or self.chain.label(),
-                                                      output)))
+                                                      output, usage=usage)))
                 continue
-            record = output_record(number, item_id, output, True)
+            record = output_record(number, item_id, output, True, usage)
             try:
                 line = dumps_line(record)
             except (TypeError, ValueError, RecursionError) as exc:  # not JSON: that item failed
-                errors.append(dumps_line(error_record(number, item_id, "output", exc)))
+                errors.append(dumps_line(error_record(number, item_id, "output", exc, usage=usage)))
                 continue
             records.append(line if self.output_format == "jsonl" else record)
         name = self.shard_name(paths, numbers)
@@ -258,7 +271,10 @@ class ShardJob:
         if errors:
             self.errs.write(f"errors-{name}.jsonl", b"".join(errors))
         ok = len(records)
-        return {"ok": [ok], "failed": [len(todo) - ok + malformed], "malformed": [malformed], "skipped": [skipped]}
+        # the batch's tokens per model, as JSON: one string column every batch has, whatever the models
+        usage_column = json.dumps(counter.by_model if counter is not None else {})
+        return {"ok": [ok], "failed": [len(todo) - ok + malformed], "malformed": [malformed], "skipped": [skipped],
+                USAGE_COLUMN: [usage_column]}
 
     def write_outputs(self, name: str, records: list[Any]) -> list[bytes]:
         """Write the outputs shard; a Parquet shard whose outputs Arrow cannot hold as one column fails whole
@@ -271,7 +287,7 @@ class ShardJob:
             table = pa.Table.from_pylist(rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
             del records[:]
-            return [dumps_line(error_record(r["index"], r["id"], "output", exc)) for r in rows]
+            return [dumps_line(error_record(r["index"], r["id"], "output", exc, usage=r.get("usage"))) for r in rows]
         self.out.write(f"part-{name}.parquet", table)
         return []
 

@@ -21,12 +21,17 @@ __all__ = [
     "UnpicklableStepError",
     "UnportableError",
     "BackendError",
+    "WorkerLost",
+    "OutOfMemory",
+    "ActorLost",
+    "ObjectLost",
     "StepConstructionError",
     "VectorizedOutputError",
     "ReadOnlyInputError",
     "RemoteTraceback",
     "FailureBudgetExceeded",
     "RateLimitTimeout",
+    "UnhashableInputError",
     "attach_step",
     "copy_error",
     "deadline_error",
@@ -94,6 +99,35 @@ class BackendError(RayRunnablesError, RuntimeError):
     """The backend itself failed (cannot connect, worker lost beyond retries...)."""
 
 
+class WorkerLost(BackendError):
+    """The process running a step died while it ran (a crash, ``os._exit``, a signal, the kernel's OOM
+    killer, its node lost), and the backend's retries were spent. Ray's (or the executor's) own error is
+    the ``__cause__``.
+
+    In ``batch``/``imap``/``.map()`` only the item that kills its process gets this error: a lost chunk is
+    split and its parts re-run until that item is alone (``rayrunnables.engine.recovery``).
+    ``shared``: the process also served other chunks (a pool actor, a process pool), so losing it says
+    nothing about this chunk's items; the scheduler re-runs such a chunk alone before it blames one."""
+
+    shared: bool = False
+
+
+class OutOfMemory(WorkerLost):
+    """Ray killed the process running a step for want of memory (its memory monitor), retries spent.
+    Give the step more ``memory`` (``with_options(memory=...)``) or smaller chunks."""
+
+
+class ActorLost(WorkerLost):
+    """The actor serving a stateful step (``RunnableActor``) died past its ``max_restarts``, or could not
+    be reached. The pool replaces a dead actor, so later calls get a new one."""
+
+    shared = True
+
+
+class ObjectLost(BackendError):
+    """A value held in Ray's object store was lost (its node or its owner died) and could not be rebuilt."""
+
+
 class FailureBudgetExceeded(RayRunnablesError):
     """More items failed than ``max_failures`` allows: the batch stopped submitting and cancelled what ran.
 
@@ -108,6 +142,11 @@ class FailureBudgetExceeded(RayRunnablesError):
 class RateLimitTimeout(RayRunnablesError, TimeoutError):
     """A rate-limited step's provider kept answering "too many requests" past ``max_wait`` seconds of pauses.
     The provider's last error is the ``__cause__``."""
+
+
+class UnhashableInputError(RayRunnablesError, TypeError):
+    """A cached step (``with_cache``) got an input it cannot hash canonically (an object of a class it does
+    not know): give ``with_cache(key=...)`` to say what identifies the input, or ``on_unhashable="miss"``."""
 
 
 def deadline_error(path: str, seconds: float) -> TimeoutError:

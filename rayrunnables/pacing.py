@@ -266,6 +266,10 @@ class Pacer:
             if self._tokens.bucket is not None and current:
                 self._tokens.bucket.refund(booking.tokens)
             explained = self._adopt(limits, now)
+            # a 429 that does not say which limit it hit is taken for the requests limit, unless only a
+            # token limit is known: a token budget is learned only from a provider that says "tokens"
+            kind = kind or ("tokens" if self._tokens.known is not None and self._requests.known is None
+                            else "requests")
             if current and not explained and self._persistent(now, kind):
                 self._lower(kind, now)
             if retry_after is None:

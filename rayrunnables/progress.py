@@ -1,4 +1,5 @@
-"""A progress display for long runs: items done, rate, errors and ETA.
+"""A progress display for long runs: items done, rate, errors, ETA, and tokens per second once model
+calls report usage.
 
 A tqdm bar when tqdm is installed (``pip install rayrunnables[progress]``) and the stream is a
 terminal; otherwise one plain line every few seconds (and a last one at the end), which reads well in
@@ -45,6 +46,7 @@ class Progress:
         self.total, self.desc, self.interval, self.enabled = total, desc, interval, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.done = self.errors = 0
+        self.tokens = 0  # model tokens used so far (``set_tokens``): shown as a rate once there are any
         self.start = self._last = time.monotonic()
         tqdm = _tqdm_class()
         if use_tqdm is None:
@@ -60,8 +62,7 @@ class Progress:
         self.done += n
         if errors:
             self.errors += errors
-            if self._bar is not None:
-                self._bar.set_postfix_str(f"errors={self.errors:,}", refresh=False)
+            self._postfix()
         if self._bar is not None:
             self._bar.update(n)
             return
@@ -71,6 +72,20 @@ class Progress:
         if now - self._last >= self.interval:
             self._last = now
             self._print_line(now)
+
+    def set_tokens(self, tokens: int) -> None:
+        """The model tokens the run has used so far (a running total)."""
+        if tokens != self.tokens:
+            self.tokens = tokens
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self._bar is None:
+            return
+        parts = [f"errors={self.errors:,}"] if self.errors else []
+        if self.tokens:
+            parts.append(f"tokens/s={self.tokens / max(time.monotonic() - self.start, 1e-9):,.0f}")
+        self._bar.set_postfix_str(", ".join(parts), refresh=False)
 
     def write(self, text: str) -> None:
         """A message above the bar (or a plain line), without garbling it."""
@@ -84,6 +99,8 @@ class Progress:
         rate = self.done / elapsed
         parts = [f"{self.desc}: {self.done:,}" + (f"/{self.total:,}" if self.total is not None else "") + " done",
                  f"{rate:,.0f}/s", f"{self.errors:,} errors", f"elapsed {_clock(elapsed)}"]
+        if self.tokens:
+            parts.insert(3, f"{self.tokens / elapsed:,.0f} tokens/s")
         if self.total is not None and rate > 0 and self.done < self.total:
             parts.append(f"ETA {_clock((self.total - self.done) / rate)}")
         return ", ".join(parts)

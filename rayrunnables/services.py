@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from .pacing import Pace, Pacer
 from .protocols import Services
+from .recent import Recent
 
 if TYPE_CHECKING:
     from .runnables.actor import RunnableActor
 
-__all__ = ["Services", "LocalServices"]
+__all__ = ["Services", "LocalServices", "INSTANCES_KEPT", "PACERS_KEPT"]
+
+INSTANCES_KEPT = 64  # stateful steps' instances (models, clients) a process keeps, the most recently used
+PACERS_KEPT = 1024
 
 
 class LocalServices:
@@ -28,8 +32,9 @@ class LocalServices:
     def __init__(self) -> None:
         # reentrant: a constructor may itself build another step's instance (a stateful step that runs a chain)
         self._lock = threading.RLock()
-        self._instances: dict[str, Any] = {}
-        self._pacers: dict[str, Any] = {}
+        # bounded: a long-lived worker receives new chains all day (``recent``)
+        self._instances: Recent[str, Any] = Recent(INSTANCES_KEPT)
+        self._pacers: Recent[str, Any] = Recent(PACERS_KEPT)
         # where a pacer shared by more than this process is found by key (set in a Ray Data worker, whose
         # chain runs in-process but whose pace is the run's, held by the driver's limiter actor)
         self.find_pacer: Callable[[str], Any] | None = None
@@ -43,9 +48,8 @@ class LocalServices:
         if found is not None:
             return found
         with self._lock:
-            if key not in self._instances:
-                self._instances[key] = build()
-            return self._instances[key]
+            found = self._instances.get(key)
+            return found if found is not None else self._instances.setdefault(key, build())
 
     def rate_limiter(self, key: str, pace: Pace) -> Any:
         """The pacer of ``key``: the run's shared one where ``find_pacer`` knows it, else one made here on
@@ -54,8 +58,8 @@ class LocalServices:
         if found is not None:
             return found
         with self._lock:
-            if key not in self._pacers:
+            found = self._pacers.get(key)
+            if found is None:
                 shared = self.find_pacer(key) if self.find_pacer is not None else None
-                self._pacers[key] = shared if shared is not None else Pacer(pace)
-            return self._pacers[key]
-
+                found = self._pacers.setdefault(key, shared if shared is not None else Pacer(pace))
+            return found

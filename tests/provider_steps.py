@@ -37,3 +37,19 @@ def always_busy(item: int) -> int:
 
 def not_an_int(value: Any) -> Any:
     return "many"
+
+
+_seen: set[int] = set()
+
+
+def busy_once_unusual(item: int) -> int:
+    """A provider whose "too many" is a RuntimeError about its quota (no 429 anywhere), once per item in
+    this process, then the item times ten."""
+    if item not in _seen:
+        _seen.add(item)
+        raise RuntimeError(f"quota exceeded for item {item}, try later")
+    return item * 10
+
+
+def is_unusual_busy(exc: BaseException) -> bool:
+    return "quota exceeded" in str(exc)

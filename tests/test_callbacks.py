@@ -219,6 +219,24 @@ def test_a_function_passing_its_config_on_nests_the_inner_chain(cfg: dict[str, A
     assert Counter(ours.events) == Counter(theirs.events)
 
 
+def test_items_nested_under_their_own_parents_pass_them_on(cfg: dict[str, Any]) -> None:
+    """``PerItem.nested``: each item's runs nest under its own parent, a LangChain model's at the top of the
+    chain too (what ``rayrunnables run --usage`` tells items apart by)."""
+    from uuid import uuid4
+
+    from rayrunnables.engine.inprocess import PerItem
+
+    parents = [uuid4(), uuid4()]
+    tree = Tree()
+    tree.names.update({parents[0]: "item 0", parents[1]: "item 1"})
+    model = from_langchain(FakeListChatModel(responses=["hi"]))
+    items = [PerItem.nested(text, parent) for text, parent in zip(["a", "b"], parents, strict=True)]
+    assert [m.content for m in model.imap(items, {**cfg, "callbacks": [tree]})] == ["hi", "hi"]
+    assert Counter(tree.events) == Counter(
+        (event, "FakeListChatModel", item) for event in ("chat_model_start", "llm_end") for item in ("item 0", "item 1")
+    )
+
+
 def test_handler_switches_and_errors(cfg: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     class Ignoring(Tree):
         ignore_chain = True

@@ -38,3 +38,9 @@ def test_a_bad_token_estimate_names_the_step(cfg: dict[str, Any]) -> None:
     limited = RunnableLambda(str, name="call_model").with_rate_limit(tokens_per_minute=1000, tokens=not_an_int)
     out = limited.batch([1, 2], cfg, return_exceptions=True)
     assert all(isinstance(o, OptionsError) and "call_model" in str(o) and "'many'" in str(o) for o in out)
+
+
+def test_explain_says_how_a_step_is_paced(backend: str) -> None:
+    declared = RunnableLambda(str, name="call_model").with_rate_limit(requests_per_minute=500, tokens_per_minute=9000)
+    assert "paced: 500 requests/min, 9000 tokens/min" in declared.explain(backend)
+    assert "learned from 429s" in RunnableLambda(str).with_rate_limit().explain(backend)

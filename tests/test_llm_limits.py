@@ -22,7 +22,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
-from rayrunnables import Runnable
+from rayrunnables import Runnable, RunnableLambda
 from rayrunnables.interop.langchain import from_langchain
 from rayrunnables.testing.openai_server import OpenAIServer, fake_reply
 
@@ -48,7 +48,7 @@ def server() -> Iterator[OpenAIServer]:
 def summarize(server: OpenAIServer, **limits: Any) -> Runnable[Any, Any]:
     prompt = ChatPromptTemplate.from_messages([("human", "{doc}")])
     model = ChatOpenAI(base_url=server.base_url, api_key="test", model="test-model", max_retries=0,
-                       max_tokens=MAX_TOKENS)
+                       max_tokens=MAX_TOKENS, stream_usage=True)
     return from_langchain(prompt) | from_langchain(model).with_rate_limit(**limits) | from_langchain(StrOutputParser())
 
 
@@ -99,3 +99,45 @@ def test_the_data_engine_shares_one_pace_across_its_workers(backend: str, server
     limited = next(step for step in chain.steps if isinstance(step, RunnableRateLimited))
     pacer = find_pacer(limited.key)
     assert pacer is not None and pacer.stats()["requests"] >= len(docs)  # every worker booked with the one pacer
+
+
+def test_a_stream_waits_out_a_429_before_its_first_chunk(cfg: dict[str, Any]) -> None:
+    with OpenAIServer(requests_per_minute=60, latency=0.02, max_seconds=60) as slow:  # one request a second
+        model = ChatOpenAI(base_url=slow.base_url, api_key="test", model="test-model", max_retries=0,
+                           max_tokens=MAX_TOKENS, stream_usage=True)
+        step = from_langchain(model).with_rate_limit()  # nothing declared: it learns the limit from the 429
+        handler = UsageMetadataCallbackHandler()
+        docs = documents(3, seed=3)
+        for doc in docs:
+            chunks = list(step.stream(doc, {**cfg, "callbacks": [handler]}))
+            assert "".join(str(c.content) for c in chunks) == fake_reply(doc, MAX_TOKENS)
+        stats = slow.stats()
+        assert stats.requests_admitted == 3
+        assert handler.usage_metadata["test-model"]["total_tokens"] == stats.total_tokens
+
+
+def test_a_providers_own_way_of_saying_too_many(cfg: dict[str, Any]) -> None:
+    from provider_steps import busy_once_unusual, is_unusual_busy
+
+    base = 100 * (1 + ["local", "ray", "executor"].index(cfg["backend"]))  # items no other case has seen
+    step = RunnableLambda(busy_once_unusual, name="call_model")
+    limited = step.with_rate_limit(requests_per_second=100, rate_limit_errors=is_unusual_busy)
+    assert limited.batch([base + 1, base + 2], cfg) == [10 * base + 10, 10 * base + 20]
+    with pytest.raises(RuntimeError, match="quota"):  # without the hook it is an ordinary error
+        step.with_rate_limit(requests_per_second=100).invoke(base + 3, cfg)
+
+
+def test_get_usage_metadata_callback_counts_every_call_once(cfg: dict[str, Any], server: OpenAIServer) -> None:
+    """LangChain's context-variable handler, on for the caller's thread only, hears the calls of every
+    worker and thread, each once (LangChain adds it itself where a call runs in the caller's thread)."""
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    chain = summarize(server, requests_per_minute=RPM, tokens_per_minute=TPM)
+    docs = documents(12, seed=5)
+    with get_usage_metadata_callback() as counted:
+        chain.batch([{"doc": d} for d in docs[:10]], cfg)
+        chain.invoke({"doc": docs[10]}, cfg)
+        list(chain.stream({"doc": docs[11]}, cfg))
+    stats = server.stats()
+    assert stats.requests_admitted == 12
+    assert counted.usage_metadata["test-model"]["total_tokens"] == stats.total_tokens

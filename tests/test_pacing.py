@@ -148,3 +148,13 @@ def test_a_tokens_429_with_nothing_declared_learns_a_token_budget() -> None:
     tokens = pacer.stats()["tokens_per_second"]
     assert tokens is not None and 0 < tokens < 50 * 300
     assert pacer.stats()["requests_per_second"] == pytest.approx(50 * SAFETY)  # requests untouched
+
+
+def test_a_429_that_does_not_say_which_limit_is_not_taken_for_a_token_limit() -> None:
+    clock = Clock()
+    pacer = Pacer(Pace(requests_per_second=200, burst=5), clock)
+    run_calls(pacer, clock, 3, estimate=3)  # a few small calls: a token rate measured from them means nothing
+    pacer.throttle(pacer.reserve(3), 0.05, (None, None), None)
+    assert pacer.stats()["tokens_per_second"] is None
+    clock.now += 0.05
+    assert pacer.reserve(3).delay < 0.05  # the next calls go at the requests' pace

@@ -19,8 +19,8 @@ import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_ro
 from ..engine.process_state import STATE
 from ..engine.sharing import isolate, writable
 from ..engine.steps import step_tree, walk
+from ..errors import BackendError, WorkerLost
 from ..protocols import Backend, ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
 from .outputs import cloudpickle, sendable_outcomes
@@ -47,9 +48,13 @@ class ExecutorChunkRunner:
     # a process pool's hand-off (pickle, pipe, unpickle) costs ~0.5 ms a chunk: chunks of ~20 ms keep it small
     target_chunk_seconds = 0.02
 
-    def __init__(self, executor: Executor, workers: int) -> None:
+    def __init__(self, executor: Executor, workers: int, renew: Callable[[Executor], Executor] | None = None) -> None:
+        """``renew``: replaces a broken executor (one of whose processes died) by a new one; without it a
+        broken pool is a ``BackendError``: it is not ours to replace."""
         self.executor = executor
         self.default_window = 2 * workers
+        self.renew = renew
+        self._sent_to: dict[Future[bytes], Executor] = {}
 
     def runs_inline(self, node: Node) -> bool:
         return False
@@ -59,19 +64,48 @@ class ExecutorChunkRunner:
         items = [(i, PerItem(sendable_config(v.config), v.value) if type(v) is PerItem else v) for i, v in items]
         state = ctx.state(sendable_config(ctx.config))._replace(limiters=())
         payload = cloudpickle.dumps((node, items, state, return_exceptions, cap))
-        return self.executor.submit(run_payload, payload)
+        try:
+            handle = self.executor.submit(run_payload, payload)
+        except BrokenExecutor as err:  # a process died since the last result: a new pool, then go on
+            handle = self._renewed(self.executor, err).submit(run_payload, payload)
+        self._sent_to[handle] = self.executor
+        return handle
 
     def wait(self, handles: list[Future[bytes]], timeout: float | None = None) -> list[Future[bytes]]:
         done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
         return [h for h in handles if h in done]
 
     def result(self, handle: Future[bytes]) -> ChunkResult:
-        result: ChunkResult = cloudpickle.loads(handle.result())
+        """The chunk's outcomes. A process of the pool that died broke the pool and every chunk in it: the
+        pool is replaced, and the chunk is ``WorkerLost`` (``shared``: the scheduler re-runs it alone)."""
+        sent_to = self._sent_to.pop(handle, self.executor)
+        try:
+            data = handle.result()
+        except BrokenExecutor as err:
+            self._renewed(sent_to, err)
+            lost = WorkerLost(
+                "a process of the pool died while it ran this step (a crash, os._exit, a signal or the OOM "
+                "killer), which broke the pool; it was replaced"
+            )
+            lost.shared = True  # every chunk in the pool was lost with it
+            raise lost from err
+        result: ChunkResult = cloudpickle.loads(data)
         return result
+
+    def _renewed(self, broken: Executor, err: BaseException) -> Executor:
+        if self.renew is None:
+            raise BackendError(
+                f"a process of the executor's pool died, which broke the pool ({err}); it is not ours to replace: "
+                "pass a new executor, or let the backend make its own"
+            ) from err
+        if broken is self.executor:  # once, however many of its chunks report it
+            self.executor = self.renew(broken)
+        return self.executor
 
     def cancel(self, handles: list[Future[bytes]]) -> None:
         for handle in handles:
             handle.cancel()
+            self._sent_to.pop(handle, None)
 
     def abandon(self, handles: list[Future[bytes]]) -> None:
         """An executor cannot stop a running call: a chunk not started is cancelled, a running one ends
@@ -145,11 +179,21 @@ class ExecutorBackend(Backend):
     def runner(self) -> ExecutorChunkRunner:
         if self._runner is None:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
+                self._executor = self._new_pool()
             if _will_fork_ray(self._executor):
                 warnings.warn(FORKS_RAY, RuntimeWarning, stacklevel=2)
-            self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor))
+            renew = self._renew if self._own else None
+            self._runner = ExecutorChunkRunner(self._executor, _workers(self._executor), renew)
         return self._runner
+
+    def _new_pool(self) -> Executor:
+        return ProcessPoolExecutor(self._max_workers, mp_context=self._mp_context)
+
+    def _renew(self, broken: Executor) -> Executor:
+        """A new pool in the place of ``broken`` (one of its processes died): ours, so ours to replace."""
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_pool()
+        return self._executor
 
     def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
         return writable(node._invoke(isolate(input), self.root_context(config, node)))

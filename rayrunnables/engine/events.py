@@ -215,6 +215,19 @@ def _no_sink() -> None:
     return None
 
 
+AMBIENT_SOURCES: list[Callable[[], list[Any]]] = []
+"""Where handlers that are on for the caller without being passed come from (LangChain's context-variable
+hooks, such as ``get_usage_metadata_callback()``: ``interop.langchain`` registers them). Each returns the
+handlers active in the calling thread now."""
+
+
+def ambient_handlers() -> list[Any]:
+    """The handlers the caller has on without passing them (none, at the cost of one test, when no source)."""
+    if not AMBIENT_SOURCES:
+        return []
+    return [handler for source in AMBIENT_SOURCES for handler in source()]
+
+
 def recorder_for(config: Mapping[str, Any]) -> tuple[Recorder, uuid.UUID | None]:
     """The recorder a run reports to, and the parent of its root run, from ``config["callbacks"]``.
 
@@ -235,6 +248,7 @@ def recorder_for(config: Mapping[str, Any]) -> tuple[Recorder, uuid.UUID | None]
         parent = getattr(callbacks, "parent_run_id", None)
     else:
         handlers = [callbacks]
+    handlers += [h for h in ambient_handlers() if all(h is not given for given in handlers)]
     dispatcher = Dispatcher(checked_handlers(handlers))
     for handler in handlers:  # an OpenTelemetry consumer plans the trace (``interop.otel``)
         plan = getattr(handler, "plan_trace", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from ..context import RunContext, ThreadLimiter
 from ..errors import attach_step, copy_error
 from ..protocols import ChunkRunner, Node
-from .events import PARENT_RUN_KEY
+from .events import PARENT_RUN_KEY, RunSink
 from .execution import COMPUTING, subtree_class
 from .process_state import STATE
 from .sharing import freeze, isolate, writable_outcomes
@@ -132,14 +132,24 @@ class PerItem:
     def __reduce__(self) -> tuple[Any, ...]:
         return PerItem, (self.config, self.value)
 
+    @classmethod
+    def nested(cls, value: Any, parent: Any, config: Mapping[str, Any] | None = None) -> PerItem:
+        """``value`` with the batch's ``config`` (less its backend and callbacks), its runs nested under the
+        run id ``parent``: how a caller that records tells one item's run events from another's."""
+        own = {k: v for k, v in (config or {}).items() if k not in ("backend", "callbacks")}
+        own[PARENT_RUN_KEY] = parent
+        return cls(own, value)
+
 
 def _unwrap(value: Any, ctx: RunContext) -> tuple[Any, RunContext]:
     if type(value) is PerItem:
-        item_ctx = ctx.with_config(value.config)
-        parent = value.config.get(PARENT_RUN_KEY)
+        config = value.config
+        parent = config.get(PARENT_RUN_KEY)
         if parent is not None and ctx.events is not None:  # its run nests under its own caller's run
-            item_ctx = item_ctx.recording(ctx.events, parent)
-        return value.value, item_ctx
+            # and so does what a step passes its config to (a LangChain model's runs, a nested chain)
+            config = {**config, "callbacks": RunSink(ctx.events, parent)}
+            return value.value, ctx.with_config(config).recording(ctx.events, parent)
+        return value.value, ctx.with_config(config)
     return value, ctx
 
 

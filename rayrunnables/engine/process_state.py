@@ -26,9 +26,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..recent import Recent
 from ..services import LocalServices
 
-__all__ = ["STATE", "ProcessState", "RunningCalls", "reset"]
+__all__ = ["STATE", "ProcessState", "RunningCalls", "reset", "PROFILES_KEPT"]
+
+PROFILES_KEPT = 4096  # learned classes of pickled steps, the most recently used (a long-lived worker)
 
 
 class RunningCalls:
@@ -72,7 +75,7 @@ class ProcessState:
         #: stateful steps' instances, rate limits' buckets, lazily built LangChain steps: one each per process
         self.services = LocalServices()
         #: what this process learned of steps that arrived pickled, by step id (``execution``)
-        self.profiles: dict[str, Any] = {}
+        self.profiles: Recent[str, Any] = Recent(PROFILES_KEPT)
         self.running = RunningCalls()
         #: the named backends' shared instances (``backends.get_backend``), with their pools and connections
         self.backends: dict[str, Any] = {}

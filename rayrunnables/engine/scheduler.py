@@ -4,6 +4,10 @@ It cuts a (possibly endless) iterable into chunks, keeps a bounded window of chu
 chunks adaptively from the measured cost per item (slow start: single items first, then chunks big
 enough to amortise the backend's hand-off cost), and yields results in order or as completed. A
 backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cancel``.
+
+A chunk whose ``result`` raises ``WorkerLost`` (its process died, the backend's retries spent) is split
+and its parts re-run until the item that kills its process is alone (``engine.recovery``): a crash
+costs only that item, on every backend.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ..context import RunContext
-from ..errors import FailureBudgetExceeded, RemoteTraceback, attach_step, copy_error, deadline_error
+from ..errors import FailureBudgetExceeded, RemoteTraceback, WorkerLost, attach_step, copy_error, deadline_error
 from ..protocols import Backend, ChunkRunner, Node
 from .attempts import Tracker
 from .inprocess import ChunkResult
+from .recovery import Recovery
 
-__all__ = ["ChunkRunner", "iter_batch", "run_batch", "MAX_CHUNK"]
+__all__ = ["Batch", "ChunkRunner", "iter_batch", "run_batch", "MAX_CHUNK"]
 
 MAX_CHUNK = 10_000
 VECTORIZED_MIN_CHUNK = 64
@@ -75,8 +80,11 @@ def iter_batch(
     chunk_size: int | None = None,
     max_in_flight: int | None = None,
     max_failures: int | None = None,
+    first: int = 0,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, output)``; the first item failure in time is raised unless ``return_exceptions``.
+
+    ``first``: the index of the first input (a part of a larger list keeps its items' indexes).
 
     ``max_failures``: with ``return_exceptions``, once more than this many items have failed, stop
     submitting, cancel what runs and raise ``FailureBudgetExceeded`` (what was yielded stays yielded).
@@ -88,128 +96,215 @@ def iter_batch(
     if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int)
                                      or max_failures < 0):
         raise ValueError(f"max_failures must be an int >= 0, got {max_failures!r}")
-    ctx = ctx.fork()  # cancelling our in-flight work must not cancel the caller
-    cap = ctx.config.get("max_concurrency")
-    window = max_in_flight or runner.default_window
-    if cap:
-        window = min(window, cap)
-    # per-item deadlines and backups (``engine.attempts``): one item per chunk, each attempt watched
-    tracker = Tracker.of(node, runner)
-    # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
-    # the per-item time measured on small chunks would keep them small: start it at a useful size.
-    floor = VECTORIZED_MIN_CHUNK if node.vectorized and tracker is None else 1
-    sizer = _Sizer(runner.target_chunk_seconds, 1 if tracker else chunk_size, floor, spread=runner.default_window)
-    remaining = len(inputs) if isinstance(inputs, Sized) else None
-    source = enumerate(inputs)
-    in_flight: dict[Any, list[int]] = {}
-    pending: dict[int, Any] = {}
-    # ordered: the end index of every chunk submitted and not yet fully yielded. Capping these (not only
-    # the chunks running) bounds the reorder buffer too: one slow item must not let the rest pile up.
-    open_ends: deque[int] = deque()
-    held_cap = 2 * window
-    next_index = 0
-    exhausted = False
-    failed = yielded = 0
+    batch = Batch(runner, node, inputs, ctx, return_exceptions=return_exceptions, ordered=ordered,
+                  chunk_size=chunk_size, max_in_flight=max_in_flight, max_failures=max_failures, first=first)
+    yield from batch.run()
 
-    def start(items: list[tuple[int, Any]]) -> Any:
-        if tracker is None:
-            return runner.submit(node, items, ctx, return_exceptions)
-        own = ctx.fork()  # an abandoned attempt's token is set: a step may cooperate
-        handle = runner.submit(node, items, own, return_exceptions)
-        tracker.add(handle, items, own)
+
+class Batch:
+    """One run of the scheduler: the chunks in flight, the reorder buffer, the counts.
+
+    ``run`` is the loop: submit chunks while the window has room (``submit_more``), back up stragglers
+    (``back_up``), wait for what ends or expires (``collect``), then yield what is ready (``yield_ready``)."""
+
+    def __init__(self, runner: ChunkRunner, node: Node, inputs: Iterable[Any], ctx: RunContext, *,
+                 return_exceptions: bool, ordered: bool, chunk_size: int | None, max_in_flight: int | None,
+                 max_failures: int | None, first: int) -> None:
+        self.runner, self.node = runner, node
+        self.return_exceptions, self.ordered, self.max_failures = return_exceptions, ordered, max_failures
+        self.ctx = ctx = ctx.fork()  # cancelling our in-flight work must not cancel the caller
+        cap = ctx.config.get("max_concurrency")
+        window = max_in_flight or runner.default_window
+        self.window = window = min(window, cap) if cap else window
+        # per-item deadlines and backups (``engine.attempts``): one item per chunk, each attempt watched
+        self.tracker = tracker = Tracker.of(node, runner)
+        # A vectorized step is cheaper per item in bigger chunks (one matrix product for many rows), so
+        # the per-item time measured on small chunks would keep them small: start it at a useful size.
+        floor = VECTORIZED_MIN_CHUNK if node.vectorized and tracker is None else 1
+        self.sizer = _Sizer(runner.target_chunk_seconds, 1 if tracker else chunk_size, floor,
+                            spread=runner.default_window)
+        self.remaining = len(inputs) if isinstance(inputs, Sized) else None
+        self.source = enumerate(inputs, first)
+        self.exhausted = False
+        self.in_flight: dict[Any, list[int]] = {}  # by handle: its items' indexes
+        self.pending: dict[int, Any] = {}  # ordered: results waiting for an earlier index
+        # ordered: the end index of every chunk submitted and not yet fully yielded. Capping these (not only
+        # the chunks running) bounds the reorder buffer too: one slow item must not let the rest pile up.
+        self.open_ends: deque[int] = deque()
+        self.held_cap = 2 * window
+        self.next_index = first
+        self.failed = self.yielded = 0
+        # lost chunks (their process died, the backend's retries spent) are split and re-run (``engine.recovery``)
+        self.recovery = Recovery()
+        self.where = " > ".join((*ctx.path, node.label()))
+
+    def run(self) -> Iterator[tuple[int, Any]]:
+        try:
+            while True:
+                # a runner that runs a computing step's chunks inline, in this thread, gets them one at a
+                # time: a failure then stops the batch at once, and ``imap`` yields as it goes
+                limit = 1 if self.runner.runs_inline(self.node) else self.window
+                self.submit_more(limit)
+                self.back_up(limit)
+                if not self.in_flight and not self.recovery.pending():
+                    break
+                yield from self.yield_ready(self.collect())
+        finally:
+            if self.in_flight:
+                self.ctx.cancel.cancel()
+                self.runner.cancel(list(self.in_flight))
+
+    # ---- submitting ----------------------------------------------------------------------------------
+    def start(self, items: list[tuple[int, Any]], alone: bool = False) -> Any:
+        if self.tracker is None:
+            handle = self.runner.submit(self.node, items, self.ctx, self.return_exceptions)
+        else:
+            own = self.ctx.fork()  # an abandoned attempt's token is set: a step may cooperate
+            handle = self.runner.submit(self.node, items, own, self.return_exceptions)
+            self.tracker.add(handle, items, own)
+        self.recovery.started(handle, items, alone)
+        self.in_flight[handle] = [i for i, _ in items]
         return handle
 
-    # a runner that runs a computing step's chunks inline, in this thread, gets them one at a time: a
-    # failure then stops the batch at once, and ``imap`` yields as it goes
-    try:
-        while True:
-            limit = 1 if runner.runs_inline(node) else window
-            while not exhausted and len(in_flight) < limit and (not ordered or len(open_ends) < held_cap):
-                items = list(itertools.islice(source, sizer.next(remaining)))
-                if not items:
-                    exhausted = True
-                    break
-                if remaining is not None:
-                    remaining = max(0, remaining - len(items))
-                in_flight[start(items)] = [i for i, _ in items]
-                if ordered:
-                    open_ends.append(items[-1][0] + 1)
-            if tracker is not None:  # a straggler gets one twin where the window has room
-                for late in tracker.stragglers(sizer.per_item, time.monotonic(), limit - len(in_flight)):
-                    twin_items = tracker.attempts[late].items
-                    twin = runner.submit(node, twin_items, own := ctx.fork(), return_exceptions)
-                    tracker.pair(late, twin, twin_items, own)
-                    in_flight[twin] = in_flight[late]
-            if not in_flight:
-                break
-            results: list[ChunkResult] = []
-            if tracker is None:
-                done = runner.wait(list(in_flight))
-            else:
-                done = runner.wait(list(in_flight), tracker.next_wake(sizer.per_item, time.monotonic()))
-                for handle in tracker.expired(time.monotonic()):
-                    if handle in done:
-                        continue
-                    indices = in_flight.pop(handle)
-                    twin = tracker.drop(handle)
-                    runner.abandon([handle])
-                    if twin is None:  # no attempt of these items left: they timed out
-                        assert tracker.seconds is not None
-                        results.append(ChunkResult(
-                            [(i, False, deadline_error(node.label(), tracker.seconds), None) for i in indices], 0.0
-                        ))
-            for handle in done:
-                if handle not in in_flight:  # the twin of an attempt that already won
-                    continue
-                indices = in_flight.pop(handle)
-                if tracker is not None:
-                    twin = tracker.drop(handle)
-                    if twin is not None:  # first result wins; the other attempt is stopped
-                        in_flight.pop(twin, None)
-                        tracker.drop(twin)
-                        runner.abandon([twin])
-                try:
-                    result = runner.result(handle)
-                except Exception as exc:  # the chunk itself was lost (beyond the backend's retries)
-                    if not return_exceptions:
-                        raise
-                    result = ChunkResult([(i, False, copy_error(exc), None) for i in indices], 0.0)
-                if result.seconds:
-                    sizer.observe(result)
-                if result.events and ctx.events is not None:  # recorded in another process: replayed here
-                    ctx.events.replay(result.events)
-                results.append(result)
-            for result in results:
-                for index, ok, value, tb in result.outcomes:
-                    if not ok:
-                        if tb is not None:
-                            value.__cause__ = RemoteTraceback(tb)
-                        attach_step(value, node.label(), index)
-                        if not return_exceptions:
-                            raise value
-                        failed += 1
-                        if max_failures is not None and failed > max_failures:
-                            raise FailureBudgetExceeded(
-                                f"failure budget exceeded: {failed} items failed (max_failures={max_failures}); "
-                                f"stopped after {yielded} results, {len(in_flight)} chunks in flight cancelled",
-                                failed, yielded,
-                            ) from value
-                    if ordered:
-                        pending[index] = value
-                    else:
-                        yielded += 1
-                        yield index, value
-                if ordered:
-                    while next_index in pending:
-                        yielded += 1
-                        yield next_index, pending.pop(next_index)
-                        next_index += 1
-                    while open_ends and open_ends[0] <= next_index:
-                        open_ends.popleft()
-    finally:
-        if in_flight:
-            ctx.cancel.cancel()
-            runner.cancel(list(in_flight))
+    def submit_more(self, limit: int) -> None:
+        """Fill the window: re-runs of lost chunks first, then new chunks sized by what was measured."""
+        while len(self.in_flight) < limit:
+            rerun = self.recovery.next(len(self.in_flight))
+            if rerun is not None:  # the part of a lost chunk: its items' ends are open already
+                self.start(*rerun)
+                continue
+            if self.recovery.holds_back() or self.exhausted or (self.ordered and len(self.open_ends) >= self.held_cap):
+                return
+            items = list(itertools.islice(self.source, self.sizer.next(self.remaining)))
+            if not items:
+                self.exhausted = True
+                return
+            if self.remaining is not None:
+                self.remaining = max(0, self.remaining - len(items))
+            self.start(items)
+            if self.ordered:
+                self.open_ends.append(items[-1][0] + 1)
+
+    def back_up(self, limit: int) -> None:
+        """A straggler gets one twin where there is room."""
+        tracker = self.tracker
+        if tracker is None or self.recovery.holds_back():
+            return
+        for late in tracker.stragglers(self.sizer.per_item, time.monotonic(), limit - len(self.in_flight)):
+            items = tracker.attempts[late].items
+            twin = self.runner.submit(self.node, items, own := self.ctx.fork(), self.return_exceptions)
+            tracker.pair(late, twin, items, own)
+            self.recovery.started(twin, items, False)
+            self.in_flight[twin] = self.in_flight[late]
+
+    # ---- collecting ----------------------------------------------------------------------------------
+    def collect(self) -> list[ChunkResult]:
+        """Wait for a chunk to end (or an attempt to expire); the results of what ended."""
+        results: list[ChunkResult] = []
+        if self.tracker is None:
+            done = self.runner.wait(list(self.in_flight))
+        else:
+            done = self.runner.wait(list(self.in_flight), self.tracker.next_wake(self.sizer.per_item, time.monotonic()))
+            results.extend(self.expire(done))
+        for handle in done:
+            if handle not in self.in_flight:  # the twin of an attempt that already won
+                continue
+            result = self.settle(handle)
+            if result is None:
+                continue
+            if result.seconds:
+                self.sizer.observe(result)
+            if result.events and self.ctx.events is not None:  # recorded in another process: replayed here
+                self.ctx.events.replay(result.events)
+            results.append(result)
+        return results
+
+    def expire(self, done: list[Any]) -> list[ChunkResult]:
+        """Abandon the attempts past their deadline; items left with no attempt time out."""
+        assert self.tracker is not None
+        results = []
+        for handle in self.tracker.expired(time.monotonic()):
+            if handle in done:
+                continue
+            indices = self.in_flight.pop(handle)
+            twin = self.tracker.drop(handle)
+            self.recovery.forget(handle)
+            self.runner.abandon([handle])
+            if twin is None:  # no attempt of these items left: they timed out
+                assert self.tracker.seconds is not None
+                seconds = self.tracker.seconds
+                results.append(ChunkResult(
+                    [(i, False, deadline_error(self.where, seconds), None) for i in indices], 0.0
+                ))
+        return results
+
+    def settle(self, handle: Any) -> ChunkResult | None:
+        """The result of a chunk that ended; None when nothing is to be reported for it (yet)."""
+        indices = self.in_flight.pop(handle)
+        error: Exception | None = None
+        try:
+            result = self.runner.result(handle)
+        except Exception as exc:  # the chunk itself failed or was lost (beyond the backend's retries)
+            error = exc
+        if self.tracker is not None:
+            twin = self.tracker.drop(handle)
+            if twin is not None:
+                if isinstance(error, WorkerLost):  # its twin still runs the same items: it answers
+                    self.recovery.forget(handle)
+                    return None
+                self.in_flight.pop(twin, None)  # first result wins; the other attempt is stopped
+                self.tracker.drop(twin)
+                self.recovery.forget(twin)
+                self.runner.abandon([twin])
+        if error is not None:
+            return self.on_failure(handle, indices, error)
+        self.recovery.forget(handle)
+        return result
+
+    def on_failure(self, handle: Any, indices: list[int], error: Exception) -> ChunkResult | None:
+        """A chunk that failed as a whole: re-run (lost), raised, or its error in every item's slot."""
+        if self.recovery.lost(handle, error):  # its items run again, split, until a crasher is alone
+            return None
+        if isinstance(error, WorkerLost) and len(indices) == 1:
+            attach_step(error, self.where, indices[0])  # the item that kills its process
+        elif not self.return_exceptions:
+            raise error
+        # each item its own copy; the first keeps the original, with its ``__cause__``
+        return ChunkResult([(i, False, copy_error(error) if n else error, None) for n, i in enumerate(indices)], 0.0)
+
+    # ---- yielding ------------------------------------------------------------------------------------
+    def yield_ready(self, results: list[ChunkResult]) -> Iterator[tuple[int, Any]]:
+        for result in results:
+            for index, ok, value, tb in result.outcomes:
+                if not ok:
+                    self.item_failed(index, value, tb)
+                if self.ordered:
+                    self.pending[index] = value
+                else:
+                    self.yielded += 1
+                    yield index, value
+            if self.ordered:
+                while self.next_index in self.pending:
+                    self.yielded += 1
+                    yield self.next_index, self.pending.pop(self.next_index)
+                    self.next_index += 1
+                while self.open_ends and self.open_ends[0] <= self.next_index:
+                    self.open_ends.popleft()
+
+    def item_failed(self, index: int, error: Any, tb: str | None) -> None:
+        """An item's error: raised (the first failure in time), or counted against the failure budget."""
+        if tb is not None:
+            error.__cause__ = RemoteTraceback(tb)
+        attach_step(error, self.node.label(), index)
+        if not self.return_exceptions:
+            raise error
+        self.failed += 1
+        if self.max_failures is not None and self.failed > self.max_failures:
+            raise FailureBudgetExceeded(
+                f"failure budget exceeded: {self.failed} items failed (max_failures={self.max_failures}); "
+                f"stopped after {self.yielded} results, {len(self.in_flight)} chunks in flight cancelled",
+                self.failed, self.yielded,
+            ) from error
 
 
 def run_batch(

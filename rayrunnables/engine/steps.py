@@ -18,6 +18,8 @@ def step_tree(node: Node, segment: str = "", depth: int = 1) -> list[str]:
     line = f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]"
     line += f"  options={options}" if options else ""
     line += f"  ({kind})" if kind else ""
+    describe = getattr(node, "describe", None)
+    line += f"  {describe()}" if callable(describe) else ""
     lines = [line]
     for seg, child in node.children():
         lines.extend(step_tree(child, seg, depth + 1))

@@ -31,6 +31,7 @@ langchain-core is imported here only; ``import rayrunnables`` never loads it.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -57,7 +58,7 @@ from langchain_core.runnables.passthrough import RunnablePick as LCPick
 from langchain_core.runnables.retry import RunnableRetry as LCRetry
 
 from .._aio import run_coro_sync
-from ..engine.events import STREAM_EVENT, Recorder, RunSink
+from ..engine.events import AMBIENT_SOURCES, STREAM_EVENT, Recorder, RunSink
 from ..engine.process_state import STATE
 from ..runnables import (
     Runnable,
@@ -90,6 +91,43 @@ def _to_lc_config(config: Mapping[str, Any] | None, *, keep_run_name: bool = Tru
         recording = (StreamingRecordingHandler if sink.recorder.streams else RecordingHandler)(sink.recorder)
         out["callbacks"] = CallbackManager([recording], [recording], parent_run_id=sink.run_id)
     return cast(LCConfig, out)
+
+
+# ---- LangChain's context-variable handlers (``get_usage_metadata_callback()``, tracing hooks) --------------------
+def _hook_handlers() -> list[Any]:
+    """The handlers LangChain's configure hooks hold in this thread: ours to replay from every worker."""
+    return [var.get() for var in _hook_vars() if var.get() is not None]
+
+
+def _hook_vars() -> list[Any]:
+    try:
+        from langchain_core.tracers.context import _configure_hooks
+    except ImportError:  # pragma: no cover - a langchain-core without hooks
+        return []
+    return [hook[0] for hook in _configure_hooks if hook[2] is None]  # set by a context manager, not an env var
+
+
+AMBIENT_SOURCES.append(_hook_handlers)
+_END = object()
+
+
+def _without_hooks(config: Mapping[str, Any] | None) -> contextvars.Context | None:
+    """Inside a recorded run, LangChain must not also add its hook handlers itself (they already hear the
+    run's events through our recorder, which took them at the call): a context with them unset."""
+    if not config or not isinstance(config.get("callbacks"), RunSink):
+        return None
+    active = [var for var in _hook_vars() if var.get() is not None]
+    if not active:
+        return None
+    context = contextvars.copy_context()
+    for var in active:
+        context.run(var.set, None)
+    return context
+
+
+def _unhooked(config: Mapping[str, Any] | None, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    context = _without_hooks(config)
+    return call(*args, **kwargs) if context is None else context.run(call, *args, **kwargs)
 
 
 def _from_lc_config(config: Mapping[str, Any] | None, backend: Any = None) -> dict[str, Any]:
@@ -184,14 +222,28 @@ class LangChainStep:
         _ship_with(self, obj)
 
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
-        return self.obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+        lc_config = _to_lc_config(config, keep_run_name=False)
+        return _unhooked(config, self.obj.invoke, input, lc_config, **self.kwargs)
 
     def transform_chunks(self, chunks: Iterator[Any], config: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Streamed through LangChain's own ``transform``: a chat model's tokens, a parser's partial objects."""
-        yield from self.obj.transform(chunks, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+        stream = self.obj.transform(chunks, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+        context = _without_hooks(config)
+        if context is None:
+            yield from stream
+            return
+        while True:
+            chunk = context.run(next, stream, _END)
+            if chunk is _END:
+                return
+            yield chunk
 
     def __repr__(self) -> str:
         return f"LangChainStep({self.obj.get_name()})"
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The LangChain object by its parameters (``with_cache``), and the call's keyword arguments."""
+        return {"obj": self.obj, "kwargs": self.kwargs}
 
     def __getstate__(self) -> dict[str, Any]:
         """A model holding live HTTP clients travels by its settings (``interop.clients``)."""
@@ -212,6 +264,10 @@ class _LazyStep:
         self.token = uuid.uuid4().hex
         _ship_with(self, factory)
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The factory (its code: the model's parameters are in it), not this process's token."""
+        return {"factory": self.factory, "kwargs": self.kwargs}
+
     def target(self) -> Any:
         """The runnable built in this process (each Ray worker, each forked child builds its own)."""
         return STATE.services.once(self.token, self.factory)
@@ -219,11 +275,11 @@ class _LazyStep:
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         obj = self.target()
         if isinstance(obj, LCRunnable):
-            return obj.invoke(input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
+            return _unhooked(config, obj.invoke, input, _to_lc_config(config, keep_run_name=False), **self.kwargs)
         if config and isinstance(config.get("callbacks"), RunSink):  # its run reported as LangChain's lambda's
             name = getattr(obj, "__name__", None) or type(obj).__name__
             call = LCLambda(lambda value: obj(value, **self.kwargs), name=name)
-            return call.invoke(input, _to_lc_config(config, keep_run_name=False))
+            return _unhooked(config, call.invoke, input, _to_lc_config(config, keep_run_name=False))
         return obj(input, **self.kwargs)
 
 
@@ -259,6 +315,9 @@ class _Call:
         self.func = func
         update_wrapper(self, func)
 
+    def cache_identity(self) -> dict[str, Any]:
+        return {"func": self.func}
+
     def __call__(self, input: Any, **kwargs: Any) -> Any:
         if "config" in kwargs:
             kwargs["config"] = _to_lc_config(kwargs["config"])
@@ -290,6 +349,9 @@ class _Tap:
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
         _ship_with(self, func)
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"func": self.func}
 
     def __call__(self, input: Any, config: Mapping[str, Any] | None = None) -> Any:
         result = self.func(input, config=_to_lc_config(config))

@@ -3,6 +3,7 @@
 from .actor import RunnableActor
 from .base import Runnable, coerce_to_runnable
 from .branch import RunnableBranch
+from .cached import RunnableCached
 from .each import RunnableEach
 from .generator import RunnableGenerator
 from .lambda_ import RunnableLambda, chain
@@ -18,6 +19,7 @@ __all__ = [
     "RunnableAssign",
     "RunnableBinding",
     "RunnableBranch",
+    "RunnableCached",
     "RunnableEach",
     "RunnableGenerator",
     "RunnableLambda",

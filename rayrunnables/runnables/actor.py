@@ -75,6 +75,10 @@ class RunnableActor(Runnable[Any, Any]):
     def label(self) -> str:
         return f"actor '{self.name or self.cls.__name__}'"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What its outputs depend on (``with_cache``): the class and its arguments, not the pool."""
+        return {"cls": self.cls, "args": self.args, "kwargs": self.kwargs}
+
     @property
     def vectorized(self) -> bool:
         return callable(getattr(self.cls, "batch", None))

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..backends import resolve_backend
 from ..config import validate_config
-from ..engine.events import PARENT_RUN_KEY, RunSink, ScopedCallbacks, recorder_for, scoped_callbacks
+from ..engine.events import (
+    PARENT_RUN_KEY,
+    RunSink,
+    ScopedCallbacks,
+    ambient_handlers,
+    recorder_for,
+    scoped_callbacks,
+)
 from ..engine.execution import step_state
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
@@ -410,6 +417,26 @@ class Runnable(Generic[Input, Output]):
 
         return RunnableTimeout(self, check_timeout(seconds, self.label()))
 
+    def with_cache(
+        self,
+        store: Any = None,
+        *,
+        version: str | int | None = None,
+        key: Callable[[Any], Any] | None = None,
+        ttl: float | None = None,
+        on_unhashable: str = "error",
+    ) -> Runnable[Input, Output]:
+        """This step computed once per input, across runs, processes and machines: its outputs kept in
+        ``store`` (a folder, ``s3://bucket/prefix`` or any URI pyarrow opens, ``redis://host:port/db``, a
+        ``rayrunnables.cache.CacheStore``; by default the run's ``config["cache"]``, else
+        ``$RAYRUNNABLES_CACHE``, else ``~/.cache/rayrunnables/steps``), by a key of the step's code and values
+        (``version=`` stands for the code) and its input (``key=lambda input: ...`` says what identifies it).
+        ``ttl``: seconds an entry holds. ``on_unhashable="miss"``: an input the cache cannot hash is computed
+        uncached instead of raising ``UnhashableInputError``. See ``rayrunnables.runnables.cached``."""
+        from .cached import RunnableCached, check_cache_args
+
+        return RunnableCached(self, *check_cache_args(self.label(), store, version, key, ttl, on_unhashable))
+
     def with_name(self, name: str) -> Runnable[Input, Output]:
         import dataclasses
 
@@ -468,7 +495,7 @@ def _recording(cfg: dict[str, Any], node: Any) -> dict[str, Any]:
     """``config["callbacks"]`` (handlers or a LangChain callback manager) as the recorder of this call:
     a ``RunSink`` that every backend's run context picks up. Chains with listeners always record."""
     callbacks = cfg.get("callbacks")
-    if (callbacks is None and not _listens(node)) or isinstance(callbacks, RunSink):
+    if isinstance(callbacks, RunSink) or (callbacks is None and not _listens(node) and not ambient_handlers()):
         return cfg
     recorder, parent = recorder_for(cfg)
     cfg["callbacks"] = RunSink(recorder, parent)

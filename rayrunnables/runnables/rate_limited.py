@@ -86,8 +86,19 @@ class RunnableRateLimited(Runnable[Input, Output]):
     def label(self) -> str:
         return self.named(self.bound.label())
 
+    def describe(self) -> str:
+        """What ``explain()`` says of the pace: the declared limits, or that it is learned."""
+        rps, tps = self.pace.requests_per_second, self.pace.tokens_per_second
+        parts = [f"{rps * 60:g} requests/min" if rps else "", f"{tps * 60:g} tokens/min" if tps else ""]
+        limits = ", ".join(p for p in parts if p) or "no limit declared: learned from 429s"
+        return f"paced: {limits}; one pacer for the run (key {self.key!r})"
+
     def reports_run(self) -> bool:
         return False
+
+    def cache_identity(self) -> Runnable[Input, Output]:
+        """A pace changes when a step runs, not what it returns (``with_cache``)."""
+        return self.bound
 
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]

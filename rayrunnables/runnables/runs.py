@@ -19,7 +19,7 @@ from .chunks import NOTHING, add_chunk
 if TYPE_CHECKING:
     from ..context import RunContext
 
-__all__ = ["run_invoke", "run_batch_items", "run_transform", "enter_run", "position_tags"]
+__all__ = ["run_invoke", "run_batch_items", "run_transform", "enter_run", "position_tags", "report_run"]
 
 # keys a run's children do not inherit: they name or identify that one run
 _RUN_ONLY_KEYS = ("run_name", "run_id")
@@ -110,6 +110,16 @@ def run_invoke(node: Any, impl: Callable[..., Any], input: Any, ctx: RunContext)
         raise
     events.emit("on_chain_end", (output,), ids, path)
     return output
+
+
+def report_run(ctx: RunContext, node: Any, input: Any, output: Any, metadata: dict[str, Any]) -> None:
+    """A run of ``node`` that did not call it (its output came from the cache): its start and its end, with
+    ``metadata`` added to the config's (``{"cached": True, ...}``), where ``node``'s own run would be."""
+    if ctx.events is None:
+        return
+    path = _path(ctx, node)
+    _, ids, _ = _start(ctx, node, input, path, metadata={**(ctx.config.get("metadata") or {}), **metadata})
+    ctx.events.emit("on_chain_end", (output,), ids, path)
 
 
 def run_batch_items(node: Any, impl: Callable[..., Any], inputs: list[Any], ctx: RunContext) -> list[Any]:

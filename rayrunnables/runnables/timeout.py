@@ -73,6 +73,10 @@ class RunnableTimeout(Runnable[Input, Output]):
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
 
+    def cache_identity(self) -> Runnable[Input, Output]:
+        """A deadline decides whether a call fails, and failures are not cached (``with_cache``)."""
+        return self.bound
+
     def reports_run(self) -> bool:
         """A deadline changes how its step runs, not what it is: the step's own run is the one reported."""
         return False

@@ -59,6 +59,10 @@ class RunnableRetry(Runnable[Input, Output]):
         """LangChain's retry reports a run named after its step, with a child run per attempt."""
         return self.name or self.bound.run_name()
 
+    def cache_identity(self) -> Runnable[Input, Output]:
+        """Retries decide whether a call fails, and failures are not cached (``with_cache``)."""
+        return self.bound
+
     def children(self) -> list[tuple[str, Runnable[Any, Any]]]:
         return [("", self.bound)]
 
@@ -220,6 +224,13 @@ class RunnableBinding(Runnable[Input, Output]):
 
     def get_name(self) -> str:
         return self.name or self.bound.get_name()
+
+    def cache_identity(self) -> Any:
+        """What may change the step's outputs (``with_cache``): its config (not its handlers, cap or run name)
+        and a ``runtime_env``; not where it runs, nor its listeners."""
+        config = {k: v for k, v in self.config.items() if k not in ("callbacks", "max_concurrency", "run_name")}
+        env = self.options.get("runtime_env")
+        return {"bound": self.bound, "config": config, "runtime_env": env} if config or env else self.bound
 
     def reports_run(self) -> bool:
         return False

@@ -21,23 +21,23 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from ...config import sendable_config
 from ...context import RunContext
-from ...engine.inprocess import ChunkResult, ThreadChunkRunner, local_root_context
+from ...engine.inprocess import ThreadChunkRunner, local_root_context
 from ...engine.process_state import STATE
-from ...engine.sharing import isolate, writable, writable_outcomes
+from ...engine.sharing import isolate, writable
 from ...errors import BackendError
 from ...options import OUR_OPTIONS
 from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
-from .deadlines import BACKSTOP, Deadlines
+from .chunks import RayChunkRunner, chunk_state
+from .failures import ray_failure, translate
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import check_sendable, walk
-from .tasks import RecordedEvents, cancel_pending, pack, raise_converted, run_chunk_task, stream_task
+from .tasks import RecordedEvents, raise_converted, stream_task
 
 __all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
 
@@ -134,13 +134,18 @@ class RayBackend(Backend):
         else:
             self._checked.discard(node)  # used again, it gets fresh pools
 
+    def replace_dead(self, actor_id: str) -> bool:
+        """Replace the pool actor whose id is ``actor_id`` (hex), dead past its restarts: later calls get a
+        new one. False when no pool holds it (any more)."""
+        return any(pool.replace(actor_id) for pool in list(self.pools.values()))
+
     def pool_of(self, node: Node) -> ActorPool | None:
         """The pool serving ``node`` when it is a stateful step (possibly wrapped in options/rate limit)."""
         actor = actor_of(node)
         return None if actor is None else self.pools.get(actor.key)
 
     def state(self, ctx: RunContext) -> ContextState:
-        return ctx.state(sendable_config(ctx.config))
+        return chunk_state(ctx)
 
     def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
         if node is not None and waits_on_io(node):  # runs in driver threads: an in-process cap is enough
@@ -202,8 +207,12 @@ class RayBackend(Backend):
             for ref in chunks:
                 try:
                     chunk = ray.get(ref)
-                except RayTaskError as err:
-                    raise_converted(err)
+                except Exception as err:
+                    lost = ray_failure(err)
+                    if lost is not None:  # its process died: ours, naming the streamed chain
+                        raise translate(lost, node.label()) from lost
+                    if isinstance(err, RayTaskError):
+                        raise_converted(err)
                     raise
                 if type(chunk) is RecordedEvents:
                     if ctx.events is not None:
@@ -219,7 +228,7 @@ class RayBackend(Backend):
         self.prepare(node)
         if waits_on_io(node):  # waiting is cheap in driver threads (with an in-process cap)
             return ThreadChunkRunner(64, final=True)
-        return RayChunkRunner(self, node)
+        return RayChunkRunner(node, self.pool_of(node), self.parallelism(), replace=self.replace_dead)
 
     def end_run(self, ctx: RunContext) -> None:
         kill_limiters(ctx)
@@ -247,71 +256,3 @@ def stop_stream(chunks: Any) -> None:
             ray.cancel(chunks)
     except Exception:  # gone already: nothing to stop
         pass
-
-
-class RayChunkRunner:
-    """Chunk primitives for the shared scheduler: one Ray task per chunk, ``ray.wait`` for the window."""
-
-    # Ray's per-task cost is ~1 ms of driver and worker time, taken from the workers on a small
-    # machine: chunks of ~50 ms keep it near 2%, and cost at most 50 ms of imbalance at the end.
-    target_chunk_seconds = 0.05
-
-    def __init__(self, backend: RayBackend, node: Node) -> None:
-        self.backend = backend
-        # an item past its deadline whose task did not stop is force-cancelled here (``deadlines``)
-        self.deadlines = Deadlines(self)
-        self.pool = backend.pool_of(node)
-        slots = len(self.pool.actors) if self.pool else backend.parallelism()
-        # a deadline counts from submission: timed items must not wait in Ray's queue behind their siblings
-        self.default_window = slots if getattr(node, "item_timeout", None) else 2 * slots
-        self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
-        self._actor_of_handle: dict[Any, int] = {}
-
-    deadline_slack = BACKSTOP
-
-    def runs_inline(self, node: Node) -> bool:
-        return False
-
-    def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext,
-               return_exceptions: bool) -> Any:
-        prepared = self._prepared.get(id(node))
-        if prepared is None:  # once per batch, not once per chunk
-            options = {k: v for k, v in planning.task_options(planning.plan(node)).items() if k not in OUR_OPTIONS}
-            remote = run_chunk_task.options(name=f"{node.label()} chunk", **options)
-            prepared = self._prepared[id(node)] = (ray.put(node), remote)
-        node_ref, remote = prepared
-        if self.pool is not None:  # least-loaded member of the step's actor pool
-            index = self.pool.pick()
-            handle = self.pool.actors[index].run_chunk.remote(
-                node_ref, pack(items), self.backend.state(ctx), return_exceptions
-            )
-            self._actor_of_handle[handle] = index
-            return handle
-        return remote.remote(node_ref, pack(items), self.backend.state(ctx), return_exceptions)
-
-    def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
-        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
-        return list(ready)
-
-    def result(self, handle: Any) -> ChunkResult:
-        self.release(handle)
-        try:
-            result: ChunkResult = ray.get(handle)
-        except RayTaskError as err:
-            raise_converted(err)
-            raise
-        writable_outcomes(result.outcomes)
-        return result
-
-    def cancel(self, handles: list[Any]) -> None:
-        cancel_pending(handles)
-
-    def abandon(self, handles: list[Any]) -> None:
-        self.deadlines.stop(handles)
-
-    def release(self, handle: Any) -> int | None:
-        """The pool member that ran ``handle`` (an actor chunk), its load given back."""
-        index = self._actor_of_handle.pop(handle, None)
-        if index is not None and self.pool is not None:
-            self.pool.done(index)
-        return index

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 if TYPE_CHECKING:
-    from .backend import RayChunkRunner
+    from .chunks import RayChunkRunner
 
 __all__ = ["Deadlines", "BACKSTOP", "GRACE"]
 

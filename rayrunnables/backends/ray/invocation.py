@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid4
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from ...config import merge_configs
 from ...context import RunContext, ThreadLimiter
@@ -25,21 +25,21 @@ from ...engine.sharing import writable
 from ...options import OUR_OPTIONS
 from ...protocols import ContextState, Node
 from ...runnables.actor import RunnableActor
+from ...runnables.cached import RunnableCached
 from ...runnables.lambda_ import RunnableLambda
 from ...runnables.passthrough import require_dict
 from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
+from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
+from .maps import PoolView, run_map_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
 from .shipping import walk
 from .tasks import (
     cancel_pending,
-    concat,
-    map_chunks,
     raise_converted,
-    run_fanout_task,
     run_task,
 )
 
@@ -79,6 +79,14 @@ class ActorLimiter:
 _SemaphoreActor: Any = ray.remote(ThreadLimiter)
 
 
+@dataclass
+class _Origin:
+    """What a submitted task ran, for an error that lost it: its step path and the refs it waited on."""
+
+    path: str
+    deps: list[Any]
+
+
 class Invocation:
     """One ``invoke``: submits the plan's tasks, then waits for the result with first-failure-wins.
 
@@ -89,6 +97,7 @@ class Invocation:
         self.backend, self.ctx = backend, ctx
         self.stats = RunStats()
         self.submitted: list[Any] = []
+        self.origins: dict[Any, _Origin] = {}  # by ref: for a Ray failure, the step path of the task lost
         self.log = RunLog(ctx.events) if ctx.events is not None else None
 
     def plan(self, node: Node) -> planning.Unit:
@@ -105,11 +114,12 @@ class Invocation:
         returns = {"num_returns": 2} if self.log is not None else {}
         return {"name": name[:200], **_ray_options(options), **returns}
 
-    def submitted_ref(self, ref: Any, name: str) -> Ref:
+    def submitted_ref(self, ref: Any, name: str, path: str | None = None, deps: list[Any] | None = None) -> Ref:
         """A task's output; with a log, ``ref`` is (output, events) and the events are logged here."""
         if self.log is not None:
             ref, events = ref
             self.log.recorded(events)
+        self.origins[ref] = _Origin(path or name, deps or [])
         self.submitted.append(ref)
         self.stats.tasks.append(name)
         return Ref(ref)
@@ -151,11 +161,11 @@ class Invocation:
                     method = method.options(num_returns=2)
                 ref = method.remote(path, self.state((), unit.config, parent), recipe, *refs)
                 pool.done(index)
-                return self.submitted_ref(ref, unit.name)
+                return self.submitted_ref(ref, unit.name, _task_path(unit), refs)
             ref = run_task.options(**self.remote_options(unit.options, unit.name)).remote(
                 unit.steps, self.state((), unit.config, parent), recipe, *refs
             )
-            return self.submitted_ref(ref, unit.name)
+            return self.submitted_ref(ref, unit.name, _task_path(unit), refs)
         if isinstance(unit, planning.RunOf):
             return self.submit_run(unit, pending, parent)
         if isinstance(unit, planning.Seq):
@@ -196,7 +206,7 @@ class Invocation:
         return output
 
     def submit_map(self, unit: planning.Map, pending: Pending, parent: UUID | None = None) -> Pending:
-        options = _ray_options(unit.options)  # ``map_chunks`` names its tasks and asks for their returns
+        options = _ray_options(unit.options)  # the chunk tasks' options
         state = self.state(unit.path, unit.config, parent)
         if waits_on_io(unit.node.bound):
             value = self.materialize(pending, barrier=True)
@@ -206,21 +216,18 @@ class Invocation:
             finally:
                 self.log_driver_events(ctx)
         base = unmarked(pending)
-        if isinstance(base, Const):
-            items = unit.node.check_input(base.value, RunContext(path=unit.path))
-            pool = self.backend.pool_of(unit.node.bound)
-            refs, event_refs = map_chunks(unit.node, items, state, options, self.backend.parallelism(), pool)
-            for events in event_refs:
-                assert self.log is not None
-                self.log.recorded(events)
-            self.submitted.extend(refs)
-            self.stats.tasks.extend(["/".join((*unit.path, "map"))] * len(refs))
-            return Apply(concat, tuple(Ref(r) for r in refs))
+        if isinstance(base, Const):  # a list given by the caller: bad input named before anything is submitted
+            unit.node.check_input(base.value, RunContext(path=unit.path))
+        # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
         recipe, refs = flatten(pending)
-        name = "/".join((*unit.path, "map fan-out"))
-        fan_out = {"num_returns": 2} if self.log is not None else {}
-        ref = run_fanout_task.options(name=name, num_cpus=0, **fan_out).remote(unit.node, state, options, recipe, *refs)
-        return self.submitted_ref(ref, name)
+        pool = self.backend.pool_of(unit.node.bound)
+        view = None if pool is None else PoolView(pool.actors)
+        name = "/".join((*unit.path, "map"))
+        returns = {"num_returns": 2} if self.log is not None else {}
+        ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
+            unit.node, state, options, self.backend.parallelism(), view, recipe, *refs
+        )
+        return self.submitted_ref(ref, name, " > ".join((*unit.path, "map")), refs)
 
     def finish(self, error: BaseException | None) -> None:
         """Replay what was recorded (nothing without a log), once the invocation is over."""
@@ -230,16 +237,57 @@ class Invocation:
     # ---- waiting ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def cancelling_on_failure(self) -> Iterator[None]:
-        """On the first failure: cancel what has not finished, raise the user's exception type."""
+        """On the first failure: cancel what has not finished, raise the user's exception type (a Ray
+        failure as ours, ``failures``)."""
         try:
             yield
         except RayTaskError as err:
             self.cancel()
+            if ray_failure(err) is not None:
+                raise translate(err) from ray_failure(err)
             raise_converted(err)
+            raise
+        except RayError as err:
+            self.cancel()
+            found = ray_failure(err)
+            if found is not None:
+                raise translate(found) from found
             raise
         except BaseException:
             self.cancel()
             raise
+
+    def lost(self, err: BaseException, ref: Any) -> BaseException | None:
+        """Ours for a Ray failure met getting ``ref`` (None for the user's exceptions), naming the task
+        that was lost: found by walking back from ``ref`` through the tasks it waited on, as Ray passes
+        a lost argument's failure on to every task downstream. A pool actor dead for good is replaced. (A
+        lost chunk of a ``.map()`` is run again, split, by the scheduler in its map task.)"""
+        if ray_failure(err) is None:
+            return None
+        self.cancel()  # the invocation has failed: what still runs stops now, not after the search below
+        for _ in range(len(self.origins)):
+            origin = self.origins.get(ref)
+            if origin is None or not (isinstance(err, RayTaskError) and LOST_ARGUMENT in str(err)):
+                break
+            failed = ((dep, failed_with(dep)) for dep in origin.deps)
+            upstream = next(((dep, e) for dep, e in failed if e is not None and ray_failure(e)), None)
+            if upstream is None:  # its own process died (or a ray.get inside it failed)
+                break
+            ref, err = upstream
+        found = ray_failure(err)
+        if isinstance(found, ActorDiedError) and getattr(found, "actor_id", None):
+            self.backend.replace_dead(found.actor_id)
+        origin = self.origins.get(ref)
+        return translate(err, origin.path if origin else None)
+
+    def get(self, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except Exception as err:
+            exc = self.lost(err, ref)
+            if exc is None:
+                raise
+            raise exc from exc.__cause__
 
     def materialize(self, pending: Pending, barrier: bool = False) -> Any:
         """The value in the driver: for a step that runs here (``barrier``) shared as any step's input
@@ -251,7 +299,7 @@ class Invocation:
         with self.cancelling_on_failure():
             while remaining:  # first failure in time: look at each result as it lands
                 ready, remaining = ray.wait(remaining, num_returns=1)
-                ray.get(ready)
+                self.get(ready[0])
             value = rebuild(recipe, ray.get(refs) if refs else [], driver=True)
             return value if barrier else writable(value)
 
@@ -264,7 +312,11 @@ class Invocation:
                     done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
                     for fut in done:
                         if fut.exception() is not None:
-                            raise cast(BaseException, fut.exception())
+                            err = cast(BaseException, fut.exception())
+                            exc = await asyncio.to_thread(self.lost, err, refs[futures.index(fut)])
+                            if exc is None:
+                                raise err
+                            raise exc from exc.__cause__
                 return writable(rebuild(recipe, [f.result() for f in futures], driver=True))
         finally:
             for fut in futures:
@@ -275,6 +327,12 @@ class Invocation:
 
     def close(self) -> None:
         kill_limiters(self.ctx)
+
+
+def _task_path(unit: planning.Task) -> str:
+    """The step path of a task's step, or of its fused steps (``step 1-3 (lambda 'a' | ...)``)."""
+    (path, node), *more = unit.steps
+    return " > ".join((*path, node.label())) if not more else unit.name.replace("/", " > ")
 
 
 def _ray_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -327,7 +385,7 @@ def _has_barrier(unit: planning.Unit) -> bool:
 
 
 def actor_of(node: Node) -> RunnableActor | None:
-    while isinstance(node, (RunnableBinding, RunnableRateLimited, RunnableTimeout)):
+    while isinstance(node, (RunnableBinding, RunnableRateLimited, RunnableTimeout, RunnableCached)):
         if isinstance(node, RunnableBinding) and (node.listeners is not None or node.config):
             return None
         node = node.bound
@@ -341,5 +399,7 @@ def waits_on_io(node: Node) -> bool:
         return bool(node.options["io_bound"])
     if isinstance(node, RunnableRateLimited):
         return True
+    if isinstance(node, RunnableCached):  # a miss runs the step: where it waits, the cached step waits
+        return waits_on_io(node.bound)
     leaves = [n for n in walk(node) if isinstance(n, RunnableLambda)]
     return bool(leaves) and all(leaf.is_async for leaf in leaves)

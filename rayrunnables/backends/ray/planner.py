@@ -225,8 +225,8 @@ def _units(unit: Unit, depth: int, lines: list[str]) -> None:
         _units(unit.mapper, depth + 1, lines)
     elif isinstance(unit, Map):
         lines.append(
-            f"{pad}map {'/'.join(unit.path) or 'root'}: list cut into chunk tasks of {unit.node.bound.label()}"
-            f" (a list computed by an earlier step is split by a fan-out task, not the driver)"
+            f"{pad}map {'/'.join(unit.path) or 'root'}: chunk tasks of {unit.node.bound.label()}, scheduled as"
+            f" batch is (adaptive chunks, a window, deadlines, backups) by a map task beside the list"
             f"{_fmt_opts(unit.options)}"
         )
     elif isinstance(unit, Pass):

@@ -9,10 +9,11 @@ import itertools
 import os
 import random
 import threading
+import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from ...context import RunContext
 from ...engine.inprocess import ChunkResult
@@ -23,9 +24,24 @@ from ...protocols import ContextState
 from ...runnables.actor import RunnableActor
 from ..portable import raise_portable
 from .pending import rebuild
-from .worker import chunk_here, interruptible, list_here, steps_here
+from .worker import chunk_here, interruptible, steps_here
 
-__all__ = ["RayServices", "ActorPool", "create_limiter", "start_limiters", "find_pacer", "pool_name", "limiter_name"]
+__all__ = [
+    "RayServices", "ActorPool", "actor_hex", "create_limiter", "start_limiters", "find_pacer", "pool_name",
+    "limiter_name",
+]
+
+
+#: seconds a replacement waits for a dead pool actor's name to be freed
+REPLACE_TIMEOUT = 10.0
+#: how often a step's proxy looks again for a new actor in the place of a dead one
+PROXY_LOOKUP_SECONDS = 1.0
+
+
+def actor_hex(handle: Any) -> str | None:
+    """An actor handle's id, as ``ActorDiedError.actor_id`` gives it."""
+    actor_id = getattr(handle, "_actor_id", None)
+    return None if actor_id is None else str(actor_id.hex())
 
 
 def pool_name(key: str, i: int) -> str:
@@ -65,16 +81,52 @@ class _RemotePacer:
 
 
 class _PoolProxy:
-    """What a step running inside some task sees as "the instance": calls go to the step's actor pool."""
+    """What a step running inside some task sees as "the instance": calls go to the step's actor pool.
 
-    def __init__(self, handles: list[Any]) -> None:
-        self.handles = handles
+    A member found dead past its restarts is left out (the call that found it fails: a call that kills its
+    actor would kill another one too) until the driver has replaced it, looked up by name now and then."""
+
+    def __init__(self, key: str, size: int) -> None:
+        self.key = key
+        self.handles = [ray.get_actor(pool_name(key, i)) for i in range(size)]
+        self.dead: set[int] = set()
+        self._look_again = 0.0
+
+    def _pick(self) -> int:
+        if self.dead and time.monotonic() >= self._look_again:
+            self._look_again = time.monotonic() + PROXY_LOOKUP_SECONDS
+            for index in list(self.dead):
+                self._renewed(index)
+        live = [i for i in range(len(self.handles)) if i not in self.dead]
+        return random.choice(live or range(len(self.handles)))
+
+    def _renewed(self, index: int) -> bool:
+        """Whether the driver has put a new actor in the place of member ``index`` (now ours)."""
+        try:
+            fresh = ray.get_actor(pool_name(self.key, index))
+        except ValueError:  # not there (yet)
+            return False
+        if actor_hex(fresh) == actor_hex(self.handles[index]):
+            return False
+        self.handles[index] = fresh
+        self.dead.discard(index)
+        return True
+
+    def _call(self, method: str, arg: Any) -> Any:
+        index = self._pick()
+        try:
+            return ray.get(getattr(self.handles[index], method).remote(arg))
+        except ActorDiedError:
+            if not self._renewed(index):  # the driver learns of it from this error, and replaces it
+                self.dead.add(index)
+                raise
+        return ray.get(getattr(self.handles[index], method).remote(arg))
 
     def __call__(self, item: Any) -> Any:
-        return writable(ray.get(random.choice(self.handles).call_one.remote(item)))
+        return writable(self._call("call_one", item))
 
     def batch(self, items: list[Any]) -> list[Any]:
-        result: list[Any] = writable(ray.get(random.choice(self.handles).call_batch.remote(items)))
+        result: list[Any] = writable(self._call("call_batch", items))
         return result
 
 
@@ -91,9 +143,7 @@ class RayServices:
             return self.own[node.key]
         with self._lock:
             if node.key not in self._cache:
-                self._cache[node.key] = _PoolProxy(
-                    [ray.get_actor(pool_name(node.key, i)) for i in range(node.pool_size)]
-                )
+                self._cache[node.key] = _PoolProxy(node.key, node.pool_size)
             return self._cache[node.key]
 
     def rate_limiter(self, key: str, pace: Pace) -> Any:
@@ -145,10 +195,6 @@ class _StepActorClass:
         interruptible()  # a timed call is interrupted here, on the actor, at its deadline
         return chunk_here(node, packed, self.context(state), return_exceptions)
 
-    def run_list(self, node: Any, packed: bytes, state: ContextState) -> Any:
-        values, events = list_here(node, packed, self.context(state))
-        return (values, events or []) if state.recording else values
-
 
 # as Ray actor classes, typed loosely (Ray's ``.options`` is not visible to type checkers)
 _Limiter: Any = ray.remote(Pacer)
@@ -157,13 +203,16 @@ _StepActor: Any = ray.remote(_StepActorClass)
 
 class ActorPool:
     """The actors of one stateful step. Chunks go to the least-loaded actor (not round-robin); an
-    actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``)."""
+    actor that dies is restarted by Ray, which retries its calls (``max_restarts``/``max_task_retries``);
+    one dead past its restarts is replaced (``replace``) by a new actor of the same name and options."""
 
     def __init__(self, node: RunnableActor, options: dict[str, Any]) -> None:
         self.node = node
         opts = {"max_restarts": 3, "max_task_retries": 3, **options}
         opts.pop("max_retries", None)
         opts.pop("retry_exceptions", None)
+        self.opts = opts
+        self.replaced = 0  # actors replaced after they died for good
         self.actors = [
             _StepActor.options(name=pool_name(node.key, i), **opts).remote(node)
             for i in range(node.pool_size)
@@ -190,6 +239,33 @@ class ActorPool:
     def done(self, index: int) -> None:
         with self._lock:
             self.load[index] -= 1
+
+    def replace(self, actor_id: str) -> bool:
+        """Put a new actor (same name, same options; its class built again) in the place of the one whose
+        id is ``actor_id`` (hex), dead past its restarts. Once, however many of its calls report it; False
+        when it is not (or no longer) one of this pool's."""
+        with self._lock:
+            index = next((i for i, actor in enumerate(self.actors) if actor_hex(actor) == actor_id), None)
+            if index is None:  # replaced already (or never ours)
+                return False
+            dead = self.actors[index]
+            try:
+                ray.kill(dead, no_restart=True)  # a dead actor keeps its name until it is killed
+            except Exception:  # gone already
+                pass
+            give_up = time.monotonic() + REPLACE_TIMEOUT
+            while True:
+                try:
+                    self.actors[index] = _StepActor.options(name=pool_name(self.node.key, index), **self.opts).remote(
+                        self.node
+                    )
+                    break
+                except ValueError:  # the name is freed a moment after the kill
+                    if time.monotonic() > give_up:
+                        raise
+                    time.sleep(0.05)
+            self.replaced += 1
+            return True
 
     def close(self) -> None:
         for actor in self.actors:

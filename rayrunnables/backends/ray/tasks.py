@@ -1,4 +1,4 @@
-"""What runs inside Ray workers: a fused unit of steps, a chunk of items, a fan-out over a computed list.
+"""What runs inside Ray workers: a fused unit of steps, a chunk of items, a stream (a ``.map()``: ``maps``).
 
 Every function here rebuilds a ``RunContext`` from plain, picklable state and then runs the nodes'
 own in-process meaning, so a step computes exactly what it computes on the local backend.
@@ -6,7 +6,6 @@ own in-process meaning, so a step computes exactly what it computes on the local
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ray
@@ -23,18 +22,14 @@ from ..outputs import PLAIN_TYPES, producer, take_events, unsendable
 from ..portable import raise_portable
 from .pending import rebuild
 from .services import WORKER_SERVICES
-from .worker import chunk_here, interruptible, list_here, steps_here
+from .worker import chunk_here, interruptible, steps_here
 
 __all__ = [
     "cancel_pending",
-    "concat",
     "convert",
-    "map_chunks",
     "pack",
     "raise_converted",
     "run_chunk_task",
-    "run_fanout_task",
-    "run_list_task",
     "run_task",
     "stream_task",
     "RecordedEvents",
@@ -72,13 +67,6 @@ def cancel_pending(refs: list[Any]) -> None:
                 ray.cancel(ref, recursive=True)
         except Exception:  # gone already: nothing to cancel
             pass
-
-
-def concat(*chunks: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for chunk in chunks:
-        out.extend(chunk)
-    return out
 
 
 @ray.remote
@@ -121,42 +109,6 @@ def run_chunk_task(node: Any, packed: bytes, state: ContextState, return_excepti
     return chunk_here(node, packed, make_context(state), return_exceptions)
 
 
-@ray.remote
-def run_list_task(node: Any, packed: bytes, state: ContextState) -> Any:
-    """A chunk of a ``.map()`` inside a chain: the outputs, or the first item's failure raised."""
-    interruptible()
-    values, events = list_here(node, packed, make_context(state))
-    return (values, events or []) if state.recording else values
-
-
-def map_chunks(
-    each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int, pool: Any = None
-) -> tuple[list[Any], list[Any]]:
-    """Submit one task per chunk of ``items`` (sized to spread over the cluster): the refs of their
-    outputs, and of the run events they recorded (none when nobody records)."""
-    n_chunks = min(len(items), 4 * max(1, parallelism))
-    if n_chunks == 0:
-        return [], []
-    size = math.ceil(len(items) / n_chunks)
-    inner = state._replace(path=(*state.path, "map"))
-    name = "/".join((*state.path, "map", each.bound.label()))
-    node_ref = ray.put(each.bound)
-    chunks = [pack(list(enumerate(items[i : i + size], start=i))) for i in range(0, len(items), size)]
-    returns = {"num_returns": 2} if state.recording else {}
-    refs = []
-    if pool is not None:  # a stateful step: its pool serves the chunks, spread evenly
-        for chunk in chunks:
-            index = pool.pick()
-            refs.append(pool.actors[index].run_list.options(**returns).remote(node_ref, chunk, inner))
-            pool.done(index)
-    else:
-        refs = [run_list_task.options(name=name, **options, **returns).remote(node_ref, chunk, inner)
-                for chunk in chunks]
-    if state.recording:
-        return [value for value, _ in refs], [events for _, events in refs]
-    return refs, []
-
-
 @ray.remote(num_returns="streaming")
 def stream_task(node: Any, state: ContextState, input: Any) -> Any:
     """A streamed chain in one worker: its chunks go back through Ray's streaming generator as they are
@@ -183,23 +135,3 @@ def stream_task(node: Any, state: ContextState, input: Any) -> Any:
 
 class RecordedEvents(list):  # type: ignore[type-arg]
     """Run events on a stream's channel (never a chunk of the stream)."""
-
-
-@ray.remote
-def run_fanout_task(
-    each: Any, state: ContextState, options: dict[str, Any], recipe: Any, *values: Any
-) -> Any:
-    """A ``.map()`` over a list an earlier task computed: split here, beside the data, not in the driver."""
-    interruptible()
-    items = each.check_input(rebuild(recipe, values), make_context(state))
-    refs, event_refs = map_chunks(each, items, state, options, int(ray.cluster_resources().get("CPU", 1)))
-    try:
-        outputs = concat(*ray.get(refs))
-    except RayTaskError as err:
-        cancel_pending(refs)
-        raise_portable(convert(err))  # rebuilt here from another worker: made portable for the next trip
-    if not state.recording:
-        return outputs
-    return outputs, [event for events in ray.get(event_refs) for event in events]
-
-

@@ -16,7 +16,7 @@ from ...runnables.timeout import interrupt_on_deadline
 from ..outputs import producer, sendable_outcomes, take_events, unsendable
 from ..portable import portable
 
-__all__ = ["chunk_here", "list_here", "steps_here", "interruptible", "EVENTS_ATTR"]
+__all__ = ["chunk_here", "steps_here", "interruptible", "attach_events", "EVENTS_ATTR"]
 
 #: where a failing task leaves the run events it recorded before its error (they travel with the exception)
 EVENTS_ATTR = "_rayrunnables_events"
@@ -27,16 +27,6 @@ def chunk_here(node: Any, packed: bytes, ctx: RunContext, return_exceptions: boo
     output that cannot leave the worker becomes its item's error."""
     result = run_chunk(node, ray_pickle.loads(packed), ctx, return_exceptions, remote=True)
     return sendable_outcomes(result, node, ctx, return_exceptions)
-
-
-def list_here(node: Any, packed: bytes, ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
-    """A chunk of a ``.map()`` inside a chain: the outputs and the run events recorded (if any), or the
-    first item's failure raised, carrying those events."""
-    for _, ok, value, _ in (result := chunk_here(node, packed, ctx, return_exceptions=False)).outcomes:
-        if not ok:
-            _attach_events(value, result.events)
-            raise value
-    return [value for _, _, value, _ in result.outcomes], result.events
 
 
 def interruptible() -> None:
@@ -73,13 +63,13 @@ def steps_here(steps: list[tuple[tuple[str, ...], Any]], value: Any, ctx: RunCon
                 raise error
     except BaseException as exc:
         sent = portable(exc)  # rebuilt with its type in the caller's process, or an UnportableError
-        _attach_events(sent, take_events(ctx))  # its second return is the error too
+        attach_events(sent, take_events(ctx))  # its second return is the error too
         if sent is exc:
             raise
         raise sent from exc
     return (value, take_events(ctx) or []) if state.recording else value
 
 
-def _attach_events(exc: BaseException, events: list[Any] | None) -> None:
+def attach_events(exc: BaseException, events: list[Any] | None) -> None:
     if events:
         setattr(exc, EVENTS_ATTR, [*(getattr(exc, EVENTS_ATTR, None) or []), *events])

@@ -1,0 +1,85 @@
+"""A ``.map()`` inside a chain on Ray, scheduled by the one scheduler (``engine.scheduler``) as ``batch`` is.
+
+The plan's ``Map`` unit is one *map task* (it holds no CPU) beside the list: the list given by the caller
+travels as its argument, a list an earlier task computed as that task's ``ObjectRef``, so the driver never
+fetches it. The map task drives ``iter_batch`` with the Ray chunk runner (``chunks``): chunks sized from
+the measured cost per item, a bounded window, per-item deadlines with their forced cancel
+(``with_timeout`` as the mapped step), straggler backups, and a chunk lost with its process split until
+the item that kills it is alone. A ``.map()`` has no ``return_exceptions``: its first item failure in time
+stops it (what runs is cancelled) and is raised, portable, with the map's step path and the item's index.
+Its outputs, in order, are the task's return value (with the run events its chunks recorded, when someone
+records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from ...context import RunContext
+from ...engine.events import Buffer
+from ...engine.scheduler import iter_batch
+from ...protocols import ContextState
+from ..portable import raise_portable
+from .chunks import RayChunkRunner
+from .pending import rebuild
+from .services import WORKER_SERVICES
+from .tasks import make_context
+from .worker import attach_events, interruptible
+
+__all__ = ["PoolView", "run_map", "run_map_task"]
+
+
+class PoolView:
+    """A stateful step's actor pool as a map task sees it: the same actors, their load counted here.
+    (An actor dead past its restarts is replaced by the driver's pool, not from here.)"""
+
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = list(actors)
+        self.load = [0] * len(self.actors)
+
+    def pick(self) -> int:
+        index = min(range(len(self.load)), key=self.load.__getitem__)
+        self.load[index] += 1
+        return index
+
+    def done(self, index: int) -> None:
+        self.load[index] -= 1
+
+
+def run_map(
+    each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int,
+    pool: PoolView | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """``each`` (a ``RunnableEach``) over ``items`` through the one scheduler, from this process: the
+    outputs in order, and the run events recorded (none when nobody records). The first item failure is
+    raised, carrying the events recorded so far."""
+    node = each.bound
+    ctx = RunContext.from_state(state._replace(path=(*state.path, "map")), WORKER_SERVICES)
+    name = "/".join((*state.path, "map", node.label()))
+    runner = RayChunkRunner(node, pool, parallelism, options=options, name=name)
+    out: list[Any] = [None] * len(items)
+    try:
+        for index, value in iter_batch(runner, node, items, ctx, return_exceptions=False, ordered=False):
+            out[index] = value
+    except BaseException as exc:
+        if isinstance(ctx.events, Buffer):  # they travel with the error (``recording``)
+            attach_events(exc, ctx.events.take())
+        raise
+    return out, ctx.events.take() if isinstance(ctx.events, Buffer) else []
+
+
+@ray.remote
+def run_map_task(
+    each: Any, state: ContextState, options: dict[str, Any], parallelism: int, pool: PoolView | None,
+    recipe: Any, *values: Any,
+) -> Any:
+    """A ``.map()`` inside a chain: its list (given, or an earlier task's output) through the one scheduler."""
+    interruptible()
+    items = each.check_input(rebuild(recipe, values), make_context(state))
+    try:
+        outputs, events = run_map(each, items, state, options, parallelism, pool)
+    except Exception as exc:  # an item's error (with the map's step path and its index), or a lost item
+        raise_portable(exc)  # rebuilt with its type in the caller's process
+    return (outputs, events) if state.recording else outputs
