@@ -21,7 +21,7 @@ from ..context import RunContext, ThreadLimiter
 from ..errors import attach_step, copy_error
 from ..protocols import ChunkRunner, Node
 from .events import PARENT_RUN_KEY, RunSink
-from .execution import COMPUTING, subtree_class
+from .execution import COMPUTING, WAITING, subtree_class
 from .process_state import STATE
 from .sharing import freeze, isolate, writable_outcomes
 
@@ -208,6 +208,15 @@ def run_chunk(
             (i, True, out, None) for (i, _), out in zip(items, outputs, strict=True)
         ]
         return ChunkResult(done, time.perf_counter() - start)
+    if remote and len(items) > 1 and subtree_class(node) == WAITING:
+        # a chunk of waiting steps sent to another process (a Ray task): its items wait together, in threads,
+        # not one after the other (the task holds its CPU slot, not one slot per call in flight)
+        parts = [STATE.threads.submit(run_chunk, node, [item], ctx, True, remote) for item in items]
+        outcomes = [outcome for part in parts for outcome in part.result().outcomes]
+        if not return_exceptions:  # as a chunk run in turn: up to its first failure
+            failed = next((n for n, (_, ok, _, _) in enumerate(outcomes) if not ok), None)
+            outcomes = outcomes if failed is None else outcomes[: failed + 1]
+        return ChunkResult(outcomes, time.perf_counter() - start)
     # items unpickled in a worker are private copies already (``pack`` saw to shared ones): their arrays
     # are only marked read-only, as the local backend's shared views are
     share = freeze if remote else isolate
