@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from cancel_steps import beats, fail_once_beating, heartbeat, still_beating
 
-ray = pytest.importorskip("ray")
-
-import rayrunnables as rr  # noqa: E402
-from rayrunnables import RunnableLambda, RunnablePassthrough  # noqa: E402
-from rayrunnables.errors import RemoteTraceback  # noqa: E402
+import rayrunnables as rr
+from rayrunnables import RunnableLambda, RunnablePassthrough
+from rayrunnables.errors import RemoteTraceback
 
 pytestmark = [pytest.mark.ray_only, pytest.mark.timeout(120)]
 
