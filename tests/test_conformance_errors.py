@@ -216,6 +216,7 @@ def test_parallel_failure_cancels_later_steps_of_siblings(cfg: dict[str, Any], t
     try:
         with pytest.raises(ValueError, match="fast branch failed"):
             step.invoke({name: str(path) for name, path in paths.items()}, config=cfg)
+        assert paths["started"].exists(), "the slow branch never started"
         if paths["started"].read_text() != str(os.getpid()):  # in another process: a cancel can stop it
             stops_beating(str(paths["beats"]), within=20.0, quiet=1.0)  # time for the cancel to land
     finally:
