@@ -71,8 +71,12 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 # Lowest first. A name stands for that module and, unless it is the package itself, every module under it.
 LAYERS: list[tuple[str, list[str]]] = [
     # the contract (``protocols``) and leaf helpers every layer may use; ``progress`` is the display the
-    # algebra's ``imap(progress=True)`` drives, ``_aio`` runs a coroutine from synchronous code
-    ("protocols", ["protocols", "errors", "config", "options", "pacing", "model_calls", "progress", "_aio"]),
+    # algebra's ``imap(progress=True)`` drives, ``_aio`` runs a coroutine from synchronous code, ``recent``
+    # is the bounded map process state keeps, ``cache`` the step cache's keys, entries and stores (its
+    # node is in the algebra). A name no module has yet costs nothing.
+    ("protocols", [
+        "protocols", "errors", "config", "options", "pacing", "model_calls", "progress", "_aio", "recent", "cache",
+    ]),
     # one scheduler, the in-process runner, run events, process state and services, the run context,
     # and the backend registry (``engine.registry``: names to factories imported on first use, so the
     # algebra finds a call's backend without importing the backends layer)
@@ -80,8 +84,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("algebra", ["runnables"]),
     ("backends", ["backends"]),
     # what a person runs or imports: the public API (the package itself), the command line and its
-    # files, the Ray Data engine, the demo, LangChain/OpenTelemetry interop, the test helpers
-    ("apps", ["", "cli", "data", "data_cli", "datafiles", "jsonl", "records", "demo", "interop", "testing"]),
+    # files, the Ray Data engine, the demo, LangChain/OpenTelemetry interop, usage counting, test helpers
+    ("apps", ["", "cli", "data", "data_cli", "datafiles", "jsonl", "records", "demo", "interop", "usage", "testing"]),
 ]
 
 
