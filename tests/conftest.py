@@ -23,7 +23,8 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[Any]:
     forked (a child's garbage collector finalizes the parent's Ray objects through the parent's own
     connections, and the parent's Ray driver aborts a few tests later)."""
     request.getfixturevalue("executor_session")
-    ray = pytest.importorskip("ray")
+    import ray  # a dependency: a broken install must fail the suite, never skip it
+
     started = False
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False)

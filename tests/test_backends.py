@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import rayrunnables
-import rayrunnables.backends as registry
+import rayrunnables.engine.registry as registry
 from rayrunnables import Backend, ConfigError, RunnableLambda
 from rayrunnables.backends.local import LocalBackend
 from rayrunnables.engine.process_state import STATE

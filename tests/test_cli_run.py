@@ -199,7 +199,6 @@ def test_bad_target_and_setup_errors_exit_2(workdir: Path) -> None:
 
 
 def test_ray_backend_end_to_end(workdir: Path) -> None:
-    pytest.importorskip("ray")
     docs = [{"i": i, "text": "y" * 3, "fail": i == 7} for i in range(50)]
     write_jsonl(workdir / "in.jsonl", docs)
     proc = cli(workdir, "chains:chain", "--input", "in.jsonl", "--output", "out.jsonl", "--errors", "err.jsonl",

@@ -7,12 +7,14 @@ interval of its own run, and the tests compare intervals (overlap, maximum numbe
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cancel_steps import stops_beating
 from intervals import max_overlap
 
 import rayrunnables
@@ -67,9 +69,47 @@ def fail_first_else_mark(d: dict[str, Any]) -> int:
     return int(d["i"])
 
 
-def nap_then_ident(d: dict[str, Any]) -> dict[str, Any]:
-    time.sleep(0.3)
+def beat_until_released(d: dict[str, Any]) -> dict[str, Any]:
+    """A first step that runs (appending a byte to ``beats`` every 0.05 s) until the test releases it:
+    still running when its sibling fails, whatever the machine's load."""
+    Path(d["started"]).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not Path(d["release"]).exists() and time.monotonic() < deadline:
+        with open(d["beats"], "a") as f:
+            f.write(".")
+        time.sleep(0.05)
     return d
+
+
+def fail_once_started(d: dict[str, Any]) -> Any:
+    """Fails once the slow branch's first step runs: the cancel always meets it running, on every backend."""
+    deadline = time.monotonic() + 30
+    while not Path(d["started"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError("fast branch failed")
+
+
+def appears(path: Path, within: float) -> bool:
+    """Whether ``path`` comes to exist within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return path.exists()
+
+
+def settled(folder: Path, quiet: float = 1.0, within: float = 30.0) -> list[Path]:
+    """The files in ``folder`` once none has appeared for ``quiet`` seconds (or ``within`` passed): what
+    work left running after a call writes lands in that time."""
+    deadline = time.monotonic() + within
+    seen, since = sorted(folder.iterdir()), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.05)
+        now = sorted(folder.iterdir())
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
 
 
 def touch_marker(d: dict[str, Any]) -> str:
@@ -151,26 +191,38 @@ def test_map_raises_the_failing_item(cfg: dict[str, Any]) -> None:
     assert "parallel['each']" in path and "fail_on_three" in path
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_batch_failure_cancels_items_not_started(cfg: dict[str, Any], tmp_path: Path) -> None:
-    items = [{"i": i, "dir": str(tmp_path)} for i in range(20)]
+    """One item at a time (the cap): item 0 fails before any other starts, and none starts after.
+    Every backend's workers see ``tmp_path``; whatever is left running gets a second to write."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    items = [{"i": i, "dir": str(marks)} for i in range(20)]
     with pytest.raises(ValueError, match="item 0 failed") as info:
         RunnableLambda(fail_first_else_mark).batch(items, config={**cfg, "max_concurrency": 1})
     assert rayrunnables.item_index_of(info.value) == 0
-    if cfg["backend"] == "local":  # side effects are observed only in-process (see module docstring)
-        assert len(list(tmp_path.iterdir())) < 19
+    assert [p.name for p in settled(marks)] == []  # a backend that ran on after the failure writes 19
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_parallel_failure_cancels_later_steps_of_siblings(cfg: dict[str, Any], tmp_path: Path) -> None:
-    marker = tmp_path / "later-step-ran"
-    slow = RunnableLambda(nap_then_ident) | RunnableLambda(touch_marker)
-    step = RunnablePassthrough() | {"slow": slow, "fast": RunnableLambda(fast_fail)}
-    with pytest.raises(ValueError, match="fast branch failed"):
-        step.invoke({"marker": str(marker)}, config=cfg)
-    if cfg["backend"] == "local":
-        time.sleep(0.5)  # give the running first step of 'slow' time to finish (not a timing assertion)
-        assert not marker.exists()
+    """'fast' fails while the first step of 'slow' runs, and that step goes on until released: its second
+    step must never run, on any backend. On Ray the running task is cancelled (its beats stop); in-process
+    the thread cannot be stopped, and the sequence must not go on to its next step once released."""
+    names = ("started", "release", "beats", "marker")
+    paths = {name: tmp_path / name for name in names}
+    slow = RunnableLambda(beat_until_released) | RunnableLambda(touch_marker)
+    step = RunnablePassthrough() | {"slow": slow, "fast": RunnableLambda(fail_once_started)}
+    try:
+        with pytest.raises(ValueError, match="fast branch failed"):
+            step.invoke({name: str(path) for name, path in paths.items()}, config=cfg)
+        assert paths["started"].exists(), "the slow branch never started"
+        if paths["started"].read_text() != str(os.getpid()):  # in another process: a cancel can stop it
+            stops_beating(str(paths["beats"]), within=20.0, quiet=1.0)  # time for the cancel to land
+    finally:
+        paths["release"].touch()
+    # released uncancelled, the first step returns at once and the later step runs
+    assert not appears(paths["marker"], within=3.0), "the later step of the failed call's sibling ran"
 
 
 # ---- isolation of inputs --------------------------------------------------------------------------
@@ -210,12 +262,14 @@ def test_invoke_never_mutates_the_callers_input(cfg: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("io_bound", [False, True], ids=["cpu", "io_bound"])
-def test_max_concurrency_caps_batch(cfg: dict[str, Any], io_bound: bool) -> None:
+@pytest.mark.parametrize(("io_bound", "cap"), [(False, 1), (True, 2)], ids=["cpu", "io_bound"])
+def test_max_concurrency_caps_batch(cfg: dict[str, Any], io_bound: bool, cap: int) -> None:
+    """Computing steps get a cap of 1: the test machine's 2 cores (Ray's 2 CPUs, the pool's 2 workers)
+    would hold an ignored cap of 2 by themselves; threads of waiting steps are not bounded by cores."""
     step = RunnableLambda(nap).with_options(io_bound=io_bound)
-    out = step.batch(list(range(8)), config={**cfg, "max_concurrency": 2})
+    out = step.batch(list(range(8)), config={**cfg, "max_concurrency": cap})
     assert [x for x, _, _ in out] == list(range(8))
-    assert max_overlap(intervals_of(out)) <= 2
+    assert max_overlap(intervals_of(out)) <= cap
 
 
 @pytest.mark.timeout(60)

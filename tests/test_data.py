@@ -17,11 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-
-pytest.importorskip("ray.data")
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+import ray.data  # dependencies ([data], [test]): a broken install fails here, never skips
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,8 +68,6 @@ class Sizer:
 
 
 def test_apply_puts_outputs_and_errors_in_columns(ray_session: Any) -> None:
-    import ray.data
-
     from rayrunnables import RunnableLambda
     from rayrunnables.data import apply
 
@@ -89,8 +86,6 @@ def test_apply_puts_outputs_and_errors_in_columns(ray_session: Any) -> None:
 
 
 def test_apply_input_column_raise_and_separate_error_dataset(ray_session: Any) -> None:
-    import ray.data
-
     from rayrunnables import RunnableLambda
     from rayrunnables.data import apply
 
@@ -112,8 +107,6 @@ def test_apply_input_column_raise_and_separate_error_dataset(ray_session: Any) -
 
 
 def test_apply_runs_actor_steps_in_a_pool_and_gives_vectorized_steps_the_whole_batch(ray_session: Any) -> None:
-    import ray.data
-
     from rayrunnables import RunnableActor
     from rayrunnables.data import apply
 

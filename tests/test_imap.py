@@ -112,8 +112,14 @@ def test_imap_as_completed_return_exceptions(backend: str) -> None:
 
 
 def test_imap_raises_the_first_failure_without_return_exceptions(backend: str) -> None:
-    with pytest.raises(ValueError, match="multiple of seven"):
+    with pytest.raises(ValueError, match="multiple of seven") as info:
         list(RunnableLambda(check_seven).imap(iter(range(1, 100)), {"backend": backend}))
+    index = item_index_of(info.value)
+    assert index is not None
+    assert str(info.value) == f"multiple of seven: {index + 1}"  # the failure of the item it names (input i + 1)
+    assert "check_seven" in (step_path_of(info.value) or "")
+    if backend == "local":  # one item after another, in this thread: the first failure in time is item 7's
+        assert index == 6
 
 
 def test_imap_progress_reports_done_and_errors(capsys: pytest.CaptureFixture[str]) -> None:

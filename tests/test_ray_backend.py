@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancel_steps import beats, fail_once_beating, heartbeat, still_beating
+import ray
+from cancel_steps import beats, fail_once_beating, heartbeat, stop, stops_beating, watchdog
 
-ray = pytest.importorskip("ray")
-
-import rayrunnables as rr  # noqa: E402
-from rayrunnables import RunnableLambda, RunnablePassthrough  # noqa: E402
-from rayrunnables.errors import RemoteTraceback  # noqa: E402
+import rayrunnables as rr
+from rayrunnables import RunnableLambda, RunnablePassthrough
+from rayrunnables.errors import RemoteTraceback
 
 pytestmark = [pytest.mark.ray_only, pytest.mark.timeout(120)]
 
@@ -100,10 +99,6 @@ def maybe_fail(x: int) -> int:
     if x == 7:
         raise ValueError(f"bad item {x}")
     return x
-
-
-def fail_at_once(x: Any) -> Any:
-    raise ValueError("the fail branch failed")
 
 
 class CustomStepError(Exception):
@@ -320,14 +315,20 @@ def test_killed_worker_still_yields_every_result_once(how: str, tmp_path: Path) 
 
 # ---- 8. the first failure cancels its siblings ------------------------------------------------------------------
 def test_first_failure_cancels_the_slow_sibling(tmp_path: Path) -> None:
-    """The failing branch fails only once its busy sibling is running: the cancel meets a running task."""
+    """The failing branch fails only once its busy sibling is running: the cancel meets a running task.
+    The sibling beats until cancelled (or stopped when the test ends): a call that waited for it would
+    return only when the watchdog stops it, and one that left it running would see it beat on."""
     beating = str(tmp_path / "heartbeat")
     chain = rr.RunnableParallel({"fail": fail_once_beating, "slow": heartbeat})
-    with pytest.raises(ValueError, match="the fail branch failed") as info:
-        chain.invoke(beating, config=RAY)
-    assert "parallel['fail']" in (rr.step_path_of(info.value) or "")
-    assert beats(beating) > 0  # it was running when the failure came
-    assert not still_beating(beating), "the slow sibling is still running: it was not cancelled"
+    try:
+        with watchdog(beating) as waited_out, pytest.raises(ValueError, match="the fail branch failed") as info:
+            chain.invoke(beating, config=RAY)
+        assert not waited_out(), "the call waited for its slow sibling: the failure did not cancel it"
+        assert "parallel['fail']" in (rr.step_path_of(info.value) or "")
+        assert beats(beating) > 0  # it was running when the failure came
+        assert stops_beating(beating), "the slow sibling is still running: it was not cancelled"
+    finally:
+        stop(beating)
 
 
 _BACKGROUND_DRIVER = """
@@ -336,18 +337,26 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to `python job
 import ray
 import rayrunnables as rr
 sys.path.insert(0, sys.argv[2])
-from cancel_steps import fail_once_beating, heartbeat, still_beating
+from cancel_steps import fail_once_beating, heartbeat, stop, stops_beating, watchdog
 
 ray.init(address="local", num_cpus=2, include_dashboard=False)
 try:
-    rr.RunnableParallel({"fail": fail_once_beating, "slow": heartbeat}).invoke(sys.argv[1], {"backend": "ray"})
-except ValueError:
-    pass
-print("still running" if still_beating(sys.argv[1]) else "cancelled")
-ray.shutdown()
+    with watchdog(sys.argv[1]) as waited_out:
+        try:
+            rr.RunnableParallel({"fail": fail_once_beating, "slow": heartbeat}).invoke(sys.argv[1], {"backend": "ray"})
+        except ValueError:
+            pass
+    if waited_out():
+        print("waited for the sibling")
+    else:
+        print("cancelled" if stops_beating(sys.argv[1]) else "still running")
+finally:
+    stop(sys.argv[1])
+    ray.shutdown()
 """
 
 
+@pytest.mark.timeout(300)
 def test_cancel_reaches_running_siblings_when_the_driver_ignores_sigint(tmp_path: Path) -> None:
     """A driver run as a background job has SIGINT ignored, and so would Ray's workers: a cancel then
     does nothing. Our tasks restore Python's handler in their worker (a fresh Ray, in a subprocess)."""
@@ -357,8 +366,12 @@ def test_cancel_reaches_running_siblings_when_the_driver_ignores_sigint(tmp_path
     script.write_text(_BACKGROUND_DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     tests_dir = str(Path(__file__).resolve().parent)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "beats"), tests_dir], capture_output=True,
-                          text=True, timeout=180, env=env)
+    beating = str(tmp_path / "beats")
+    try:
+        done = subprocess.run([sys.executable, str(script), beating, tests_dir], capture_output=True,
+                              text=True, timeout=240, env=env)
+    finally:
+        stop(beating)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "cancelled", done.stdout
 
@@ -382,19 +395,40 @@ def test_batch_return_exceptions_puts_errors_in_their_slots() -> None:
     assert rr.item_index_of(out[7]) == 7
 
 
-def test_failure_never_cancels_finished_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
-    finished_cancelled: list[Any] = []
-    real_wait = ray.wait
+def same(path: str) -> str:
+    return path
 
-    def recording_cancel(ref: Any, *args: Any, **kwargs: Any) -> None:  # records; never calls Ray's cancel
+
+def test_a_failure_cancels_the_running_sibling_task_and_never_a_finished_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Three branches, three tasks: 'quick' has finished and 'fail' has failed when the failure lands,
+    'slow' still runs. ``ray.cancel`` must reach the running task (which then stops beating), and never
+    be called on a finished one (Ray 2.60 aborts the caller then: ray-project/ray#54846)."""
+    beating = str(tmp_path / "heartbeat")
+    running_cancelled: list[Any] = []
+    finished_cancelled: list[Any] = []
+    real_cancel, real_wait = ray.cancel, ray.wait
+
+    def recording_cancel(ref: Any, *args: Any, **kwargs: Any) -> None:
         ready, _ = real_wait([ref], num_returns=1, timeout=0, fetch_local=False)
-        if ready:
+        if ready:  # recorded, never passed on: it would abort this process
             finished_cancelled.append(ref)
+            return
+        running_cancelled.append(ref)
+        real_cancel(ref, *args, **kwargs)
 
     monkeypatch.setattr(ray, "cancel", recording_cancel)
-    with pytest.raises(ValueError):
-        (RunnableLambda(add_one) | fail_at_once).invoke(1, config=RAY)
-    assert finished_cancelled == [], f"ray.cancel called on {len(finished_cancelled)} finished task(s)"
+    chain = rr.RunnableParallel({"quick": same, "fail": fail_once_beating, "slow": heartbeat})
+    try:
+        with watchdog(beating) as waited_out, pytest.raises(ValueError, match="the fail branch failed"):
+            chain.invoke(beating, config=RAY)
+        assert not waited_out(), "the call waited for its slow sibling: the failure did not cancel it"
+        assert finished_cancelled == [], f"ray.cancel called on {len(finished_cancelled)} finished task(s)"
+        assert running_cancelled, "ray.cancel was never called on the running sibling"
+        assert stops_beating(beating), "the running sibling was not stopped by its cancel"
+    finally:
+        stop(beating)
 
 
 # ---- 9. the user's exception type survives the trip --------------------------------------------------------------

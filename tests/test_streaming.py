@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keyed import by_key
 from langchain_core.language_models.fake import FakeStreamingListLLM
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.output_parsers import JsonOutputParser, StrOutputParser
@@ -105,16 +106,6 @@ DICT_INPUTS: dict[str, Any] = {"dict of a generator and a lambda": "a b c", "seq
 
 def _input(name: str, table: dict[str, Any]) -> Any:
     return table.get(name, {"topic": "ray"})
-
-
-def by_key(chunks: list[Any]) -> dict[str, list[Any]]:
-    """The chunks of each key, in order: what does not depend on how branches interleave."""
-    keyed: dict[str, list[Any]] = {}
-    for chunk in chunks:
-        assert isinstance(chunk, dict) and len(chunk) == 1, chunk
-        (key, value), = chunk.items()
-        keyed.setdefault(key, []).append(value)
-    return keyed
 
 
 @pytest.mark.parametrize("name", list(CHAINS))

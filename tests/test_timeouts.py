@@ -7,12 +7,11 @@ a time only a quiet machine reaches.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cancel_steps import heartbeat, still_beating, stubborn_heartbeat
+from cancel_steps import beats, heartbeat, stop, stops_beating, stubborn_heartbeat, watchdog
 from timeout_steps import fail_every_fifth, hang_first_time, maybe_hang, maybe_hang_marked, straggle_once
 
 from rayrunnables import (
@@ -113,19 +112,32 @@ def test_bad_failure_budget() -> None:
 
 @pytest.mark.ray_only
 def test_on_ray_the_hung_work_really_stops(backend: str, tmp_path: Path) -> None:
+    """The item beats until cancelled (or stopped when the test ends): a batch that waited for it would
+    return only when the watchdog stops it, and one that left it running would see it beat on."""
     path = str(tmp_path / "beat")
-    out = RunnableLambda(heartbeat).with_timeout(1).batch([path], {"backend": "ray"}, return_exceptions=True)
-    assert type(out[0]) is TimeoutError
-    assert not still_beating(path)
+    try:
+        with watchdog(path) as waited_out:
+            out = RunnableLambda(heartbeat).with_timeout(1).batch([path], {"backend": "ray"}, return_exceptions=True)
+        assert not waited_out(), "the batch waited for its hung item"
+        assert type(out[0]) is TimeoutError
+        assert beats(path) > 0  # it was running when its deadline came
+        assert stops_beating(path), "the hung item still runs after its timeout"
+    finally:
+        stop(path)
 
 
 @pytest.mark.ray_only
 def test_on_ray_work_that_ignores_the_interrupt_is_force_cancelled(backend: str, tmp_path: Path) -> None:
-    from rayrunnables.backends.ray.deadlines import GRACE
-
+    """Reported at deadline + backstop; cancelled, then forced after a grace: its worker is killed (the
+    wait of ``stops_beating`` covers the grace)."""
     path = str(tmp_path / "beat")
     step = RunnableLambda(stubborn_heartbeat).with_timeout(1)
-    out = step.batch([path], {"backend": "ray"}, return_exceptions=True)
-    assert type(out[0]) is TimeoutError  # reported at deadline + backstop; cancelled, then forced after a grace
-    time.sleep(GRACE)
-    assert not still_beating(path)  # its worker was killed
+    try:
+        with watchdog(path) as waited_out:
+            out = step.batch([path], {"backend": "ray"}, return_exceptions=True)
+        assert not waited_out(), "the batch waited for its hung item"
+        assert type(out[0]) is TimeoutError
+        assert beats(path) > 0  # it was running when its deadline came
+        assert stops_beating(path), "the item that ignores the interrupt still runs: its worker was not killed"
+    finally:
+        stop(path)

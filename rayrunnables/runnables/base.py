@@ -11,7 +11,6 @@ import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from ..backends import resolve_backend
 from ..config import validate_config
 from ..engine.events import (
     PARENT_RUN_KEY,
@@ -22,6 +21,7 @@ from ..engine.events import (
     scoped_callbacks,
 )
 from ..engine.execution import step_state
+from ..engine.registry import resolve_backend
 from ..engine.scheduler import run_batch
 from ..errors import ConfigError, OptionsError
 from .chunks import gather
