@@ -13,7 +13,6 @@ from provider_steps import always_busy, busy_once, not_an_int
 from rayrunnables import OptionsError, RateLimitTimeout, RunnableLambda, item_index_of, step_path_of
 
 
-@pytest.mark.slow  # waits out the pauses a 429 brings (10-35 s on a loaded 2-core machine)
 def test_a_429_is_absorbed_and_the_item_runs_again(cfg: dict[str, Any], tmp_path: Path) -> None:
     step = RunnableLambda(functools.partial(busy_once, str(tmp_path)), name="call_model")
     limited = step.with_rate_limit(requests_per_second=200, burst=5).with_retry(stop_after_attempt=1)
@@ -22,7 +21,6 @@ def test_a_429_is_absorbed_and_the_item_runs_again(cfg: dict[str, Any], tmp_path
     assert (RunnableLambda(lambda x: x) | limited).invoke(9, cfg) == 90
 
 
-@pytest.mark.slow  # waits out the pauses a 429 brings (10-35 s on a loaded 2-core machine)
 def test_past_max_wait_a_clear_error_and_the_other_items_kept(cfg: dict[str, Any]) -> None:
     limited = RunnableLambda(always_busy, name="call_model").with_rate_limit(max_wait=0.5, key="busy-" + cfg["backend"])
     out = limited.batch(list(range(6)), cfg, return_exceptions=True)
