@@ -11,12 +11,11 @@ Step functions live at module level (this module is shipped to Ray's workers by 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cancel_steps import fail_once_beating, heartbeat, still_beating, stubborn_heartbeat
+from cancel_steps import fail_once_beating, heartbeat, stop, stops_beating, stubborn_heartbeat
 from timeout_steps import fail_every_fifth, maybe_hang, maybe_hang_marked, straggle_once
 
 from rayrunnables import RunnableLambda, item_index_of, step_path_of
@@ -84,10 +83,13 @@ def test_the_other_items_finish_around_a_hung_one(form: str) -> None:
 @pytest.mark.parametrize("form", FORMS)
 def test_the_hung_work_of_a_map_really_stops(form: str, tmp_path: Path) -> None:
     path = str(tmp_path / "beat")
-    with pytest.raises(TimeoutError) as info:
-        mapped(RunnableLambda(heartbeat).with_timeout(1), [path], form)
-    assert item_index_of(info.value) == 0
-    assert not still_beating(path)
+    try:
+        with pytest.raises(TimeoutError) as info:
+            mapped(RunnableLambda(heartbeat).with_timeout(1), [path], form)
+        assert item_index_of(info.value) == 0
+        assert stops_beating(path), "the hung item still runs after its timeout"
+    finally:
+        stop(path)
 
 
 @pytest.mark.slow
@@ -96,11 +98,13 @@ def test_map_work_that_ignores_the_interrupt_is_force_cancelled(form: str, tmp_p
     from rayrunnables.backends.ray.deadlines import GRACE
 
     path = str(tmp_path / "beat")
-    with pytest.raises(TimeoutError) as info:  # at deadline + backstop; cancelled, then forced after a grace
-        mapped(RunnableLambda(stubborn_heartbeat).with_timeout(1), [path], form)
-    assert step_path_of(info.value) == where(form, "timeout(lambda 'stubborn_heartbeat')")
-    time.sleep(GRACE)
-    assert not still_beating(path)  # its worker was killed
+    try:
+        with pytest.raises(TimeoutError) as info:  # at deadline + backstop; cancelled, then forced after a grace
+            mapped(RunnableLambda(stubborn_heartbeat).with_timeout(1), [path], form)
+        assert step_path_of(info.value) == where(form, "timeout(lambda 'stubborn_heartbeat')")
+        assert stops_beating(path, within=GRACE + 30), "its worker was not killed"
+    finally:
+        stop(path)
 
 
 # ---- backups -----------------------------------------------------------------------------------------------------
@@ -124,10 +128,13 @@ def test_the_first_failure_stops_the_map(form: str) -> None:
 @pytest.mark.parametrize("form", FORMS)
 def test_the_first_failure_cancels_the_items_in_flight(form: str, tmp_path: Path) -> None:
     path = str(tmp_path / "beat")
-    with pytest.raises(ValueError, match="the fail branch failed") as info:
-        mapped(RunnableLambda(beat_or_fail), [("beat", path), ("fail", path)], form)
-    assert item_index_of(info.value) == 1
-    assert not still_beating(path), "the running item was not cancelled"
+    try:
+        with pytest.raises(ValueError, match="the fail branch failed") as info:
+            mapped(RunnableLambda(beat_or_fail), [("beat", path), ("fail", path)], form)
+        assert item_index_of(info.value) == 1
+        assert stops_beating(path), "the running item was not cancelled"
+    finally:
+        stop(path)
 
 
 # ---- chunk sizes adapt to the items' cost ------------------------------------------------------------------
