@@ -204,17 +204,20 @@ def test_stream_chunks_add_up_with_usage() -> None:
 
 
 def test_async_client_and_concurrent_requests_overlap() -> None:
-    with OpenAIServer(latency=0.4) as server:
+    together = threading.Barrier(4, timeout=20)  # passed only when all four requests are being served at once
+
+    def reply(body: dict[str, Any]) -> str:
+        together.wait()
+        return str(body["messages"][-1]["content"])
+
+    with OpenAIServer(latency=0, reply=reply) as server:
         llm = chat(server)
 
         async def four() -> list[Any]:
             return await asyncio.gather(*(llm.ainvoke(f"request {i}") for i in range(4)))
 
-        started = time.monotonic()
         answers = asyncio.run(four())
-        elapsed = time.monotonic() - started
-        assert [a.content for a in answers] == [f"{i} request" for i in range(4)]
-        assert 0.4 <= elapsed < 1.2  # served side by side, not one after another (4 x 0.4 s)
+        assert [a.content for a in answers] == [f"request {i}" for i in range(4)]
         assert server.requests_admitted == 4
 
 
@@ -302,9 +305,7 @@ def test_the_openai_client_retries_429s_by_itself_after_retry_after() -> None:
         assert server.request_capacity == 1
         llm = chat(server, max_retries=2)
         llm.invoke("one")
-        started = time.monotonic()
-        assert llm.invoke("two").content == "two"  # a 429 first, then a retry after ~0.2 s
-        assert time.monotonic() - started >= 0.05
+        assert llm.invoke("two").content == "two"  # a 429 first, then a retry after its retry-after
         stats = server.stats()
         assert stats.requests_admitted == 2 and stats.rate_limited_requests >= 1
         assert server.last_request["headers"]["x-stainless-retry-count"] == "1"  # type: ignore[index]
@@ -394,9 +395,10 @@ def test_close_frees_the_port_and_drops_requests_in_flight() -> None:
     deadline = time.monotonic() + 5
     while server.requests_admitted == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    started = time.monotonic()
-    server.close()
-    assert time.monotonic() - started < 2
+    closer = threading.Thread(target=server.close)
+    closer.start()
+    closer.join(15)
+    assert not closer.is_alive()  # it did not wait for the request in flight (30 s of latency)
     caller.join(5)
     assert not caller.is_alive() and isinstance(failure[0], openai.APIConnectionError)
     assert server.closed and not server._thread.is_alive()

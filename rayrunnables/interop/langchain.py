@@ -99,12 +99,14 @@ def _hook_handlers() -> list[Any]:
     return [var.get() for var in _hook_vars() if var.get() is not None]
 
 
+try:  # LangChain's own list (hooks registered later are appended to it): looked up once, read on every call
+    from langchain_core.tracers.context import _configure_hooks as _HOOKS
+except ImportError:  # pragma: no cover - a langchain-core without hooks
+    _HOOKS = []
+
+
 def _hook_vars() -> list[Any]:
-    try:
-        from langchain_core.tracers.context import _configure_hooks
-    except ImportError:  # pragma: no cover - a langchain-core without hooks
-        return []
-    return [hook[0] for hook in _configure_hooks if hook[2] is None]  # set by a context manager, not an env var
+    return [hook[0] for hook in _HOOKS if hook[2] is None]  # set by a context manager, not an env var
 
 
 AMBIENT_SOURCES.append(_hook_handlers)

@@ -147,7 +147,9 @@ class RunnableRateLimited(Runnable[Input, Output]):
             booking = pacer.claim(booking, estimate)
         return booking
 
-    def _paced(self, input: Any, ctx: RunContext, call: Callable[[], Any], usage: Callable[[Any], Any]) -> Any:
+    def _admitted(self, input: Any, ctx: RunContext, call: Callable[[], Any]) -> tuple[Any, Any, int, Booking]:
+        """``call()`` on its turn, again after each 429 (the pacer learns and pauses), until the provider
+        admits it: its result, the pacer, the estimate and the booking it went out on."""
         pacer = ctx.services.rate_limiter(self.key, self.pace)
         estimate = self.estimate(input, ctx)
         give_up = time.monotonic() + self.max_wait
@@ -156,14 +158,16 @@ class RunnableRateLimited(Runnable[Input, Output]):
         while True:
             booking = self._turn(pacer, estimate, give_up, ctx, error, booking)
             try:
-                output = call()
+                return call(), pacer, estimate, booking
             except Exception as exc:
                 if not self._is_rate_limit(exc):
                     raise
                 error = exc
-                continue
-            self._settle(pacer, estimate, booking, usage(output), named_limits_in(output))
-            return output
+
+    def _paced(self, input: Any, ctx: RunContext, call: Callable[[], Any], usage: Callable[[Any], Any]) -> Any:
+        output, pacer, estimate, booking = self._admitted(input, ctx, call)
+        self._settle(pacer, estimate, booking, usage(output), named_limits_in(output))
+        return output
 
     # ---- the three ways a step runs ------------------------------------------------------------------------------
     def _invoke(self, input: Input, ctx: RunContext) -> Output:
@@ -179,22 +183,12 @@ class RunnableRateLimited(Runnable[Input, Output]):
         """The input is gathered first (its tokens are booked before the call); a 429 before the first output
         chunk is absorbed like any other, one after it is the caller's (chunks already went out)."""
         input = gather(chunks)
-        pacer = ctx.services.rate_limiter(self.key, self.pace)
-        estimate = self.estimate(input, ctx)
-        give_up = time.monotonic() + self.max_wait
-        error: BaseException | None = None
-        booking: Booking | None = None
-        while True:
-            booking = self._turn(pacer, estimate, give_up, ctx, error, booking)
+
+        def first_chunk() -> tuple[Iterator[Any], Any]:
             stream = self.bound._transform(iter([input]), ctx)
-            try:
-                first = next(stream, NOTHING)
-            except Exception as exc:
-                if not self._is_rate_limit(exc):
-                    raise
-                error = exc
-                continue
-            break
+            return stream, next(stream, NOTHING)
+
+        (stream, first), pacer, estimate, booking = self._admitted(input, ctx, first_chunk)
         if first is NOTHING:
             return
         used, named = usage_of(first), named_limits_in(first)
