@@ -243,6 +243,10 @@ for _ in range(int(sys.argv[4])):
 
 
 def test_two_writers_of_one_key_never_leave_a_torn_entry(store_uri: str) -> None:
+    """A folder (a rename) and Redis (one SET) replace an entry atomically: a reader sees one writer's whole
+    entry or the other's. pyarrow reads an S3 object by its size first, then its bytes, so a reader racing a
+    rewrite of the same key can read it torn; the store reads again, and one still torn is a miss: never
+    another value, and the entry left at the end is whole."""
     key = "9f" + "2" * 62
     rounds = "15" if store_uri.startswith("s3://") else "150"
     writers = [subprocess.Popen([sys.executable, "-c", RACER, store_uri, key, name, rounds], env=child_env())
@@ -253,6 +257,9 @@ def test_two_writers_of_one_key_never_leave_a_torn_entry(store_uri: str) -> None
         data = store.get(key)
         if data is not None:
             value, why = read_entry(data, key)
+            if value is MISS and store_uri.startswith("s3://"):
+                assert why.startswith("not a cache entry"), why  # torn twice in a row: a miss
+                continue
             assert value is not MISS, why
             seen.append(value["writer"])
     assert all(w.wait(timeout=60) == 0 for w in writers)

@@ -25,7 +25,8 @@ import sys
 import time
 from typing import Any, cast
 
-__all__ = ["FORMAT", "MISS", "Uncacheable", "decode_value", "encode_value", "make_entry", "read_entry"]
+__all__ = ["FORMAT", "MISS", "Uncacheable", "decode_value", "encode_value", "is_whole_entry", "make_entry",
+           "read_entry"]
 
 FORMAT = "rayrunnables-cache/1"
 TAG = "__rr__"
@@ -214,6 +215,15 @@ def make_entry(key: str, value: Any, step: str, ttl: float | None) -> bytes:
         return json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
     except (TypeError, ValueError) as exc:
         raise Uncacheable(str(exc)) from None
+
+
+def is_whole_entry(data: bytes) -> bool:
+    """Whether ``data`` is one whole JSON document (a torn read of an object being replaced is not)."""
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def read_entry(data: bytes, key: str, now: float | None = None) -> tuple[Any, str]:

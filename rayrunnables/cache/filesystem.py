@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
 from .base import CacheStore, warn_once
+from .codec import is_whole_entry
 
 __all__ = ["FileSystemStore"]
 
 _ATOMIC_OBJECTS = frozenset({"s3", "gcs", "abfs"})
+_TORN_READS = 3  # reads of one object before a torn one is returned: each is raced by a whole write
 SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})  # what pyarrow's from_uri opens
 
 
@@ -61,11 +64,21 @@ class FileSystemStore(CacheStore):
         return f"{base}/{key[:2]}/{key[2:]}.json"
 
     def get(self, key: str) -> bytes | None:
+        """An object store's entry is read as pyarrow reads any object: its size first, then its bytes. An
+        object replaced between the two (another writer of the same key) can read torn: a prefix of the new
+        object, or the new one with a stray byte. So a read that does not parse is read again, a little
+        later; one still torn after that is returned, and the codec makes it a miss, never a wrong value."""
         try:
             fs, base = self._fs()
-            with fs.open_input_stream(self._path(base, key)) as stream:
-                data: bytes = stream.read()
-                return data
+            path = self._path(base, key)
+            attempts = _TORN_READS if fs.type_name in _ATOMIC_OBJECTS else 1
+            for attempt in range(attempts):
+                with fs.open_input_stream(path) as stream:
+                    data: bytes = stream.read()
+                if attempt == attempts - 1 or is_whole_entry(data):
+                    return data
+                time.sleep(0.01 * (attempt + 1))
+            return data
         except FileNotFoundError:
             return None
         except Exception as exc:  # pyarrow's OSErrors, and anything its filesystem raises: a miss
