@@ -169,19 +169,26 @@ def test_totals_without_usage_records_and_none_without_model_calls(workdir: Path
     assert len(found) == N_DOCS + 1 and all(r["usage"] == dict.fromkeys(FIELDS, 0) for r in found)
 
 
-def test_ray_backend_counts_every_worker_call(workdir: Path, server: OpenAIServer) -> None:
-    pytest.importorskip("ray")
+def session_address() -> str:
+    """The session's Ray, which the commands attach to rather than start their own (its workers never saw
+    the command's environment: what they count travels back with the records)."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def test_ray_backend_counts_every_worker_call(workdir: Path, server: OpenAIServer, ray_session: Any) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--output", "out.jsonl",
-               "--errors", "err.jsonl", "--usage", "--backend", "ray", "--no-progress", "--chunk-size", "3")
+               "--errors", "err.jsonl", "--usage", "--backend", "ray", "--no-progress", "--chunk-size", "3",
+               "--address", session_address())
     assert proc.returncode == 1, proc.stderr
     assert totals_line(served(server)) in proc.stderr
     check_records(records(workdir / "out.jsonl", workdir / "err.jsonl"), server)
 
 
-def test_data_engine_counts_in_the_workers(workdir: Path, server: OpenAIServer) -> None:
-    pytest.importorskip("ray.data")
+def test_data_engine_counts_in_the_workers(workdir: Path, server: OpenAIServer, ray_session: Any) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--engine", "data", "--output", "out",
-               "--usage", "--no-progress", "--chunk-size", "8")
+               "--usage", "--no-progress", "--chunk-size", "8", "--address", session_address())
     assert proc.returncode == 1, proc.stderr
     assert totals_line(served(server)) in proc.stderr
     check_records(records(*sorted((workdir / "out").glob("*.jsonl"))), server)
