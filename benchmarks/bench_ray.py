@@ -9,13 +9,15 @@ and shut down at the end; every number is taken after Ray is up and warm. Three 
 
 - **cpu**: 64 items of a ~50 ms pure-Python step (an arithmetic loop calibrated at start-up): a sequential
   loop, langchain-core ``RunnableLambda(f).batch`` (threads), ``ProcessPoolExecutor(2)``, hand-written Ray
-  (one task per item, ``ray.get``) and rayrunnables on Ray (``batch`` and ``.map().invoke``). Target:
+  (one task per item, ``ray.get``) and rayrunnables on Ray (``batch``, ``.map().invoke``, and a ``.map()``
+  inside a chain, which runs as a map task beside its list: one more hop for its outputs). Target:
   rayrunnables >= 1.8x the sequential loop (2 cores: the limit is 2.0x). On this VM two busy processes
   each run 5-20% slower than one alone (shared caches, a host that is not ours), so every row is also
   compared, round by round, with the warmed process pool: what two processes give here at that moment
   with the least machinery.
 - **trivial**: ``RunnableLambda(x + 1).map()`` over 100,000 ints on Ray, µs per item end to end. Target:
-  <= 20 µs/item. For scale: hand-written Ray with one task per item (on 2,000 items) and with 8 chunks.
+  <= 20 µs/item; the same ``.map()`` inside a chain (a map task) for the cost of that hop. For scale:
+  hand-written Ray with one task per item (on 2,000 items) and with 8 chunks.
 - **latency**: a 3-step chain of 10 ms steps, ``invoke`` on Ray vs hand-written chained refs
   (``f3.remote(f2.remote(f1.remote(x)))``), median of interleaved calls. Target: within 20% of hand-written.
 
@@ -58,6 +60,8 @@ CPU_ROUNDS = 7
 TRIVIAL_ITEMS = 100_000
 PER_TASK_ITEMS = 2_000
 STEP_S = 0.01
+IN_CHAIN_CPU = "rayrunnables `(RunnableLambda(as_list) | RunnableLambda(f).map()).invoke(items, ray)`"
+IN_CHAIN_TRIVIAL = "rayrunnables `(RunnableLambda(as_list) | RunnableLambda(inc).map()).invoke(items, ray)`"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,6 +97,12 @@ def _timed(fn: Callable[..., Any], *args: Any) -> float:
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
+
+
+def as_list(xs: list[Any]) -> list[Any]:
+    """The step before a ``.map()`` inside a chain: it makes the list in a task, so the map runs as a map
+    task (the one scheduler, beside the list) and its outputs take one more hop than the driver's ``.map()``."""
+    return list(xs)
 
 
 def inc(x: int) -> int:
@@ -137,6 +147,7 @@ def bench_cpu(ray: Any, rr: Any, lc: Any, rounds: int, loops: int) -> list[Row]:
     remote_step = ray.remote(cpu_step)
     rr_step = rr.RunnableLambda(cpu_step)
     rr_map = rr_step.map()
+    rr_in_chain = rr.RunnableLambda(as_list) | rr_map  # the list made by a task: the map runs as a map task
     lc_step = lc.RunnableLambda(cpu_step)
     ray_cfg = {"backend": "ray"}
     # spawn, not fork: this process runs Ray's threads. Started and warmed before any timing.
@@ -147,6 +158,7 @@ def bench_cpu(ray: Any, rr: Any, lc: Any, rounds: int, loops: int) -> list[Row]:
         lambda: ray.get([remote_step.remote(x) for x in warm]),
         lambda: rr_step.batch(warm, ray_cfg),
         lambda: rr_map.invoke(warm, ray_cfg),
+        lambda: rr_in_chain.invoke(warm, ray_cfg),
     ):
         warm_up()
 
@@ -157,6 +169,7 @@ def bench_cpu(ray: Any, rr: Any, lc: Any, rounds: int, loops: int) -> list[Row]:
         "hand-written Ray: one task per item, `ray.get`": lambda: ray.get([remote_step.remote(x) for x in items]),
         "rayrunnables `RunnableLambda(f).batch(items, ray)`": lambda: rr_step.batch(items, ray_cfg),
         "rayrunnables `RunnableLambda(f).map().invoke(items, ray)`": lambda: rr_map.invoke(items, ray_cfg),
+        IN_CHAIN_CPU: lambda: rr_in_chain.invoke(items, ray_cfg),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     try:
@@ -202,6 +215,7 @@ def bench_trivial(ray: Any, rr: Any, rounds: int) -> list[Row]:
     expected = [x + 1 for x in items]
     ray_cfg = {"backend": "ray"}
     step = rr.RunnableLambda(inc)
+    in_chain = rr.RunnableLambda(as_list) | step.map()
     remote_inc = ray.remote(inc)
     remote_chunk = ray.remote(inc_chunk)
     few = items[:PER_TASK_ITEMS]
@@ -212,6 +226,7 @@ def bench_trivial(ray: Any, rr: Any, rounds: int) -> list[Row]:
             TRIVIAL_ITEMS, lambda: step.map().invoke(items, ray_cfg)),
         "rayrunnables `RunnableLambda(inc).batch(items, ray)`": (
             TRIVIAL_ITEMS, lambda: step.batch(items, ray_cfg)),
+        IN_CHAIN_TRIVIAL: (TRIVIAL_ITEMS, lambda: in_chain.invoke(items, ray_cfg)),
         "hand-written Ray: 8 chunk tasks, `ray.get`": (
             TRIVIAL_ITEMS,
             lambda: [y for part in ray.get([remote_chunk.remote(items[i : i + size])
