@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from cache_servers import redis_server, s3_server
-from cache_steps import calls, make_embed, make_embed_batch
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
@@ -24,6 +23,7 @@ from langchain_openai import ChatOpenAI
 import rayrunnables as rr
 from rayrunnables.interop.langchain import from_langchain
 from rayrunnables.testing.openai_server import OpenAIServer
+from rayrunnables.testing.steps.cache import calls, make_embed, make_embed_batch
 from rayrunnables.usage import UsageCounter
 
 pytestmark = pytest.mark.timeout(300)
@@ -97,7 +97,7 @@ CHAINS = '''
 import os
 import sys
 sys.path.insert(0, os.environ["CACHE_STEPS_DIR"])
-from cache_steps import make_embed, make_summarize
+from rayrunnables.testing.steps.cache import make_embed, make_summarize
 from rayrunnables import RunnableLambda
 
 COUNTS = os.environ["CACHE_COUNTS"]
