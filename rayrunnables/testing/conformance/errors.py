@@ -18,7 +18,7 @@ import pytest
 import rayrunnables
 from rayrunnables import RunnableLambda, RunnableParallel, RunnablePassthrough, UnpicklableStepError
 
-from ..steps.cancel import stops_beating
+from ..steps.cancel import fail_once_beating, heartbeat, stop, stops_beating, watchdog
 from ..steps.intervals import max_overlap
 from . import exported
 
@@ -114,6 +114,12 @@ def settled(folder: Path, quiet: float = 1.0, within: float = 30.0) -> list[Path
     return seen
 
 
+def beat_or_fail(item: tuple[str, str]) -> str:
+    """Item ``("beat", path)`` beats until cancelled or stopped; ``("fail", path)`` fails once it beats."""
+    kind, path = item
+    return heartbeat(path) if kind == "beat" else fail_once_beating(path)
+
+
 def touch_marker(d: dict[str, Any]) -> str:
     Path(d["marker"]).touch()
     return "marked"
@@ -191,6 +197,46 @@ def test_map_raises_the_failing_item(cfg: dict[str, Any]) -> None:
         step.invoke([1, 2, 3, 4], config=cfg)
     path = rayrunnables.step_path_of(info.value) or ""
     assert "parallel['each']" in path and "fail_on_three" in path
+
+
+# ---- a .map() inside a chain fails as a batch does ----------------------------------------------------
+# (LangChain's ``RunnableEach``: no ``return_exceptions``, so no failure budget either: its first failure
+# in time stops it, what is not started never starts, and the error names the map's step and the item)
+def test_map_raises_with_the_failing_item_index(cfg: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="three is bad") as info:
+        (RunnableLambda(ident) | RunnableLambda(fail_on_three).map()).invoke(list(range(6)), config=cfg)
+    assert rayrunnables.item_index_of(info.value) == 3
+    assert rayrunnables.step_path_of(info.value) == "step 2 > map > lambda 'fail_on_three'"
+
+
+@pytest.mark.timeout(90)
+def test_the_first_failure_stops_a_map_while_another_item_runs(cfg: dict[str, Any], tmp_path: Path) -> None:
+    """Item 1 fails while item 0 runs on and on (a heartbeat that only a cancel or ``stop`` ends): the map
+    raises at once; one that waited for item 0 returns only when the watchdog stops it, and fails here."""
+    path = str(tmp_path / "beat")
+    step = RunnableLambda(ident) | RunnableLambda(beat_or_fail).map()
+    try:
+        with watchdog(path, seconds=30.0) as waited_out:
+            with pytest.raises(ValueError, match="the fail branch failed") as info:
+                step.invoke([("beat", path), ("fail", path)], config=cfg)
+        assert not waited_out(), "the map waited for its running item: its first failure did not stop it"
+        assert rayrunnables.item_index_of(info.value) == 1
+        assert rayrunnables.step_path_of(info.value) == "step 2 > map > lambda 'beat_or_fail'"
+    finally:
+        stop(path)
+
+
+@pytest.mark.timeout(90)
+def test_map_failure_cancels_items_not_started(cfg: dict[str, Any], tmp_path: Path) -> None:
+    """As ``test_batch_failure_cancels_items_not_started``, for a ``.map()`` inside a chain."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    items = [{"i": i, "dir": str(marks)} for i in range(20)]
+    step = RunnableLambda(ident) | RunnableLambda(fail_first_else_mark).map()
+    with pytest.raises(ValueError, match="item 0 failed") as info:
+        step.invoke(items, config={**cfg, "max_concurrency": 1})
+    assert rayrunnables.item_index_of(info.value) == 0
+    assert [p.name for p in settled(marks)] == []  # a map that ran on after the failure writes 19
 
 
 @pytest.mark.timeout(90)
