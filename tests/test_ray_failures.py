@@ -247,6 +247,23 @@ def test_a_pool_actor_a_chain_calls_from_its_tasks_is_replaced_too(ray_backend: 
         ray_backend.release(step)
 
 
+def test_a_map_whose_pool_has_a_dead_member_finishes_on_the_others(ray_backend: Any) -> None:
+    """A ``.map()`` inside a chain runs in a map task, which cannot replace a pool actor: one dead past its
+    restarts is left out there, and the chunks it lost run again on the live one."""
+    ray = pytest.importorskip("ray")
+    step = RunnableActor(Stamper, pool_size=2)
+    chain = RunnableLambda(same) | step.map()
+    try:
+        assert [x for x, _ in chain.invoke([1, 2], RAY)] == [1, 2]  # the pool is up
+        pool = ray_backend.pools[step.key]
+        ray.kill(pool.actors[0], no_restart=True)  # dead for good, and the driver has not seen it
+        out = chain.invoke(list(range(16)), RAY)
+        assert [x for x, _ in out] == list(range(16))
+        assert len({pid for _, pid in out}) == 1  # all on the live member
+    finally:
+        ray_backend.release(step)
+
+
 # ---- the executor backend: a broken process pool -----------------------------------------------------
 @pytest.mark.slow
 def test_a_crash_on_a_process_pool_costs_only_its_item() -> None:

@@ -221,7 +221,7 @@ class Invocation:
         # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
         recipe, refs = flatten(pending)
         pool = self.backend.pool_of(unit.node.bound)
-        view = None if pool is None else PoolView(pool.actors)
+        view = None if pool is None else PoolView(pool.actors, pool.node.key)
         name = "/".join((*unit.path, "map"))
         returns = {"num_returns": 2} if self.log is not None else {}
         ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
