@@ -264,6 +264,28 @@ def test_a_map_whose_pool_has_a_dead_member_finishes_on_the_others(ray_backend: 
         ray_backend.release(step)
 
 
+def test_pool_actors_a_map_found_dead_are_replaced_by_the_driver(ray_backend: Any) -> None:
+    """A map task cannot replace a pool actor: with every member dead past its restarts the map fails,
+    naming the members it found dead on its error, and the driver replaces them: the next map has a
+    whole pool."""
+    ray = pytest.importorskip("ray")
+    step = RunnableActor(Stamper, pool_size=2)
+    chain = RunnableLambda(same) | step.map()
+    try:
+        assert [x for x, _ in chain.invoke([1, 2], RAY)] == [1, 2]  # the pool is up
+        pool = ray_backend.pools[step.key]
+        for actor in pool.actors:
+            ray.kill(actor, no_restart=True)
+        with pytest.raises(rr.ActorLost) as caught:
+            chain.invoke(list(range(4)), RAY)
+        assert rr.step_path_of(caught.value) == "step 2 > map > actor 'Stamper'"
+        assert rr.item_index_of(caught.value) in range(4)
+        assert pool.replaced == 2
+        assert [x for x, _ in chain.invoke(list(range(16)), RAY)] == list(range(16))
+    finally:
+        ray_backend.release(step)
+
+
 # ---- the executor backend: a broken process pool -----------------------------------------------------
 @pytest.mark.slow
 def test_a_crash_on_a_process_pool_costs_only_its_item() -> None:

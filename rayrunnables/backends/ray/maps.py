@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 
 from ...context import RunContext
 from ...engine.events import Buffer
@@ -30,7 +31,7 @@ from .services import PROXY_LOOKUP_SECONDS, WORKER_SERVICES, actor_hex, pool_nam
 from .tasks import make_context
 from .worker import attach_events, interruptible
 
-__all__ = ["PoolView", "run_map", "run_map_task"]
+__all__ = ["PoolView", "run_map", "run_map_task", "dead_actors_of"]
 
 
 class PoolView:
@@ -39,6 +40,8 @@ class PoolView:
     A member found dead past its restarts (``replace``, the chunk runner's hook) is left out, so the chunk
     it lost runs again on the others, until the driver has put a new actor in its place (looked up by its
     name now and then): a map task cannot make one itself, as an actor dies with the process that made it.
+    A map that fails names the members it left out on its error (``DEAD_ACTORS_ATTR``), and the driver
+    replaces them when the error reaches it (``Invocation.lost``).
     """
 
     def __init__(self, actors: list[Any], key: str | None = None) -> None:
@@ -71,6 +74,10 @@ class PoolView:
             self.dead.add(index)
         return True
 
+    def dead_ids(self) -> list[str]:
+        """The ids of the members left out (what the driver is to replace)."""
+        return [actor_id for i in sorted(self.dead) if (actor_id := actor_hex(self.actors[i])) is not None]
+
     def _renewed(self, index: int) -> bool:
         """Whether the driver has put a new actor in the place of member ``index`` (now in this view)."""
         if self.key is None:
@@ -84,6 +91,19 @@ class PoolView:
         self.actors[index] = fresh
         self.dead.discard(index)
         return True
+
+
+#: the attribute a map task's error carries the ids of its pool's dead members in
+DEAD_ACTORS_ATTR = "_rayrunnables_dead_actors"
+
+
+def dead_actors_of(err: BaseException) -> list[str]:
+    """The pool members a failed map task found dead (``err``: its error, as Ray wrapped it, or not)."""
+    seen = 0
+    while isinstance(err, RayTaskError) and isinstance(err.cause, BaseException) and seen < 16:
+        err, seen = err.cause, seen + 1
+    found: list[str] = getattr(err, DEAD_ACTORS_ATTR, None) or []
+    return found
 
 
 def run_map(
@@ -105,6 +125,8 @@ def run_map(
     except BaseException as exc:
         if isinstance(ctx.events, Buffer):  # they travel with the error (``recording``)
             attach_events(exc, ctx.events.take())
+        if pool is not None and pool.dead:  # the driver replaces them when the error reaches it
+            setattr(exc, DEAD_ACTORS_ATTR, pool.dead_ids())
         raise
     return out, ctx.events.take() if isinstance(ctx.events, Buffer) else []
 
