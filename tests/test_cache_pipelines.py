@@ -95,8 +95,6 @@ def test_apply_shares_the_cache_between_ray_data_workers(ray_session: Any, tmp_p
 
 CHAINS = '''
 import os
-import sys
-sys.path.insert(0, os.environ["CACHE_STEPS_DIR"])
 from rayrunnables.testing.steps.cache import make_embed, make_summarize
 from rayrunnables import RunnableLambda
 
@@ -108,8 +106,7 @@ chain = (RunnableLambda(make_embed(COUNTS), name="embed").with_cache()
 
 
 def cli(workdir: Path, *args: str, style: str = "short") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CACHE_STEPS_DIR=str(Path(__file__).parent), CACHE_COUNTS=str(workdir / "calls"),
-               CACHE_STYLE=style)
+    env = dict(os.environ, CACHE_COUNTS=str(workdir / "calls"), CACHE_STYLE=style)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-m", "rayrunnables.cli", "run", "chains:chain", *args], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=240)
