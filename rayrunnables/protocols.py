@@ -3,11 +3,18 @@
 It imports nothing from the package (only names for type checkers), so every other module can import
 the contract from here and no import cycle can form through it.
 
-- ``Node``: what the engine needs of a step (every ``Runnable`` is one).
-- ``Backend``: where a chain runs, as small as ``concurrent.futures.Executor`` allows: ``invoke``,
-  ``stream``, a ``ChunkRunner`` for a node (the shared scheduler does ``batch``/``.map()``/``imap`` with it),
-  ``explain`` and ``close``.
-- ``ChunkRunner``: four primitives (``submit``, ``wait``, ``result``, ``cancel``) the scheduler drives.
+- ``Node``: what the engine needs of a step (every ``Runnable`` is one): its meaning (``_invoke``,
+  ``_invoke_batch``, ``_stream``, ``_transform``), its place in the tree (``children``, ``label``), and five
+  hooks the engine reads, each with a default in ``rayrunnables.Runnable`` (``item_timeout``,
+  ``speculation``, ``options``, ``waits``, ``describe``).
+- ``Backend``: where a chain runs: five methods (``invoke``, ``stream``, ``chunk_runner``, ``root_context``,
+  ``explain``) and two optional hooks (``end_run``, ``close``). The shared scheduler does
+  ``batch``/``.map()``/``imap`` with the node's ``ChunkRunner``. A backend whose chain runs in this process
+  (local, executor) takes four of the five from ``rayrunnables.backends.base.InProcessBackend``.
+- ``ChunkRunner``: one method a backend must write (``submit`` a chunk, get a handle); ``wait``,
+  ``result``, ``cancel``, ``abandon`` and ``runs_inline`` default to what ``concurrent.futures.Future``
+  handles need, ``deadline_slack`` to ``DEADLINE_SLACK``; ``target_chunk_seconds`` and ``default_window``
+  say how big and how many chunks.
 - ``Services``, ``Limiter``, ``RateLimiter``: what a step reaches while it runs (its stateful instance,
   the concurrency cap, the rate limiter), in this process or across a cluster.
 - ``ContextState``: a run context as plain, picklable data, to rebuild it in another process.
@@ -16,14 +23,22 @@ the contract from here and no import cycle can form through it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .context import RunContext
     from .engine.inprocess import ChunkResult
 
-__all__ = ["Node", "Backend", "ChunkRunner", "Services", "Limiter", "RateLimiter", "ContextState"]
+__all__ = [
+    "Node", "Backend", "ChunkRunner", "Services", "Limiter", "RateLimiter", "ContextState", "DEADLINE_SLACK",
+]
+
+#: where a step's own timer enforces ``item_timeout`` (in-process, an executor's worker), the scheduler's
+#: deadline is a backstop this much later: it catches a worker whose timer cannot run (a C call holding
+#: the GIL). ``ChunkRunner.deadline_slack``'s default.
+DEADLINE_SLACK = 5.0
 
 
 class Node(Protocol):
@@ -57,6 +72,37 @@ class Node(Protocol):
         ...
 
     def _stream(self, input: Any, ctx: RunContext) -> Iterator[Any]: ...
+
+    # ---- hooks the engine reads; ``rayrunnables.Runnable`` has the defaults ----------------------------
+    @property
+    def item_timeout(self) -> float | None:
+        """Seconds each item of a batch of this step may take (``with_timeout``): the scheduler gives every
+        item a chunk of its own and stops it at its deadline. Default None: no deadline."""
+        ...
+
+    @property
+    def speculation(self) -> float | bool | None:
+        """Straggler backups for a batch of this step (``with_options(speculative=...)``): seconds after
+        which an item gets a twin, True for a threshold learned from the measured time per item. Default
+        None: no backup."""
+        ...
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The options recorded on it (``with_options``: Ray's, and ours such as ``io_bound``). Default
+        empty."""
+        ...
+
+    @property
+    def waits(self) -> bool:
+        """Whether it says it waits rather than computes (an async function, a call to a rate-limited
+        provider): it overlaps in threads and holds no CPU. Default False: its class is learned from its
+        calls, or declared with ``io_bound``."""
+        ...
+
+    def describe(self) -> str:
+        """What ``explain()`` adds after its line in the step tree (a cache's store and key). Default ''."""
+        ...
 
 
 class Limiter(Protocol):
@@ -108,32 +154,54 @@ class ContextState(NamedTuple):
     trace_id: int | None = None  # the caller's OpenTelemetry trace, when an OpenTelemetry consumer listens
 
 
-class ChunkRunner(Protocol):
-    """How a backend runs chunks of items for the one scheduler (``rayrunnables.engine.scheduler``)."""
+class ChunkRunner(ABC):
+    """How a backend runs chunks of items for the one scheduler (``rayrunnables.engine.scheduler``).
+
+    A backend writes ``submit``; the rest has defaults for handles that are ``concurrent.futures.Future``s
+    whose result is the chunk's ``ChunkResult`` (what ``Executor.submit`` returns), which a backend with
+    other handles (Ray's ``ObjectRef``s) overrides. ``target_chunk_seconds``: how long a chunk should run
+    to make the backend's hand-off cost small (the scheduler sizes chunks from the measured time per
+    item); ``default_window``: how many chunks are in flight at once (about twice the workers).
+    """
 
     target_chunk_seconds: float
     default_window: int
+    #: how much later than a step's ``item_timeout`` the scheduler stops an item itself: the step's own
+    #: timer reports it first, this catches a worker whose timer cannot run (Ray allows a longer slack)
+    deadline_slack: float = DEADLINE_SLACK
 
     def runs_inline(self, node: Node) -> bool:
-        """Whether ``submit`` runs ``node``'s chunks in the calling thread (then taken one at a time)."""
-        ...
+        """Whether ``submit`` runs ``node``'s chunks in the calling thread (then taken one at a time).
+        Default False."""
+        return False
 
+    @abstractmethod
     def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool) -> Any:
-        """Start a chunk; returns a handle. Item errors come back as values, never raised here."""
-        ...
+        """Start a chunk (``rayrunnables.engine.inprocess.run_chunk`` of ``node`` on ``items`` is its meaning,
+        wherever it runs); returns a handle. Item errors come back as values, never raised here."""
 
     def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
         """Block until at least one handle is done (or ``timeout`` seconds pass); return the done ones."""
-        ...
+        done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
+        return [h for h in handles if h in done]
 
-    def result(self, handle: Any) -> ChunkResult: ...
+    def result(self, handle: Any) -> ChunkResult:
+        """The chunk's outcomes; raises when the chunk as a whole failed (``WorkerLost``: its process died,
+        and the scheduler re-runs its items, split)."""
+        result: ChunkResult = handle.result()
+        return result
 
-    def cancel(self, handles: list[Any]) -> None: ...
+    def cancel(self, handles: list[Any]) -> None:
+        """Drop chunks the scheduler no longer wants (the batch failed or was closed)."""
+        for handle in handles:
+            handle.cancel()
 
     def abandon(self, handles: list[Any]) -> None:
         """Stop attempts the scheduler no longer wants (past their deadline, or a twin won), as hard as
-        the backend can: on Ray a cancel, then a forced one after a grace; in threads nothing can."""
-        ...
+        the backend can: on Ray a cancel, then a forced one after a grace. By default ``cancel``: a chunk
+        not started is dropped, a running one ends where it runs (its cancel token is set, so a step that
+        checks ``rayrunnables.cancel_requested()`` can return)."""
+        self.cancel(handles)
 
 
 class Backend(ABC):

@@ -1,7 +1,10 @@
-"""Fixtures shared by the conformance suite: one parametrized ``backend`` name, and Ray started lazily.
+"""The project's three backends for the conformance suite (``rayrunnables.testing.conformance``), and Ray
+started lazily.
 
-Every semantic test asks for ``backend`` (or ``cfg``) and so runs once per registered backend name.
-Ray is started once per session, and only when a test on the "ray" backend actually runs.
+``conformance_backend`` is parametrized over the backend names; ``rayrunnables.testing.plugin`` makes
+``backend`` and ``cfg`` of it, so every semantic test (the suite's and this folder's own) runs once per
+name, as a backend written elsewhere runs the suite with its own ``conformance_backend``. Ray is started
+once per session, and only when a test on the "ray" backend actually runs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from rayrunnables.testing.plugin import backend, cfg, pytest_configure  # noqa: F401 - the suite's fixtures
 
 BACKENDS = ["local", "ray", "executor"]
 
@@ -50,17 +55,17 @@ def executor_session() -> Iterator[Any]:
 
     default = multiprocessing.get_context()  # what ProcessPoolExecutor(mp_context=None) uses
     rayrunnables.register_backend("executor", functools.partial(ExecutorBackend, max_workers=2, mp_context=default))
-    backend = rayrunnables.get_backend("executor")
-    backend.runner.executor.submit(os.getpid).result()  # a fork pool starts all its workers at its first call
+    pool = rayrunnables.get_backend("executor")
+    pool.runner.executor.submit(os.getpid).result()  # a fork pool starts all its workers at its first call
     try:
-        yield backend
+        yield pool
     finally:
-        backend.close()
+        pool.close()
 
 
 @pytest.fixture(params=BACKENDS, ids=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """The NAME of the backend under test ("local", "ray" or "executor")."""
+def conformance_backend(request: pytest.FixtureRequest) -> str:
+    """The NAME of the backend under test ("local", "ray" or "executor"): ``backend`` and ``cfg`` follow."""
     name: str = request.param
     if name == "ray":  # a broken Ray backend must fail the suite, never skip it quietly
         request.getfixturevalue("ray_session")
@@ -69,21 +74,11 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture
-def cfg(backend: str) -> dict[str, Any]:
-    """The config that routes a call to the backend under test: ``chain.invoke(x, config=cfg)``."""
-    return {"backend": backend}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "ray_only: needs the Ray backend")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A ``ray_only`` test parametrized over ``backend`` runs only for the "ray" case."""
+    """A ``ray_only`` test runs only for the "ray" case (skipped here, before its fixtures are set up)."""
     for item in items:
         if item.get_closest_marker("ray_only") is None:
             continue
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("backend", "ray") != "ray":
+        if callspec is not None and callspec.params.get("conformance_backend", "ray") != "ray":
             item.add_marker(pytest.mark.skip(reason="ray_only: meaningful only on the Ray backend"))

@@ -13,10 +13,10 @@ import uuid
 from typing import Any
 
 import pytest
-from intervals import max_overlap
 
 import rayrunnables as rr
 from rayrunnables import RunnableActor, RunnableLambda, StepConstructionError, VectorizedOutputError
+from rayrunnables.testing.steps.intervals import max_overlap
 
 
 class Tagger:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -10,8 +11,11 @@ import pytest
 import rayrunnables
 import rayrunnables.engine.registry as registry
 from rayrunnables import Backend, ConfigError, RunnableLambda
+from rayrunnables.backends.base import InProcessBackend
 from rayrunnables.backends.local import LocalBackend
+from rayrunnables.engine.inprocess import run_chunk
 from rayrunnables.engine.process_state import STATE
+from rayrunnables.protocols import ChunkRunner
 
 
 def inc(x: int) -> int:
@@ -157,3 +161,57 @@ def test_register_backend_by_import_string(monkeypatch: pytest.MonkeyPatch) -> N
     assert RunnableLambda(inc).invoke(1, config={"backend": "also-local"}) == 2
     assert isinstance(rayrunnables.get_backend("also-local"), LocalBackend)
     assert rayrunnables.get_backend("also-local") is rayrunnables.get_backend("also-local")
+
+
+# ---- the smallest backend the contract allows ---------------------------------------------------------
+def fail_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two is bad")
+    return x + 1
+
+
+class SubmitOnly(ChunkRunner):
+    """A chunk runner that writes only what the contract requires: ``submit`` and its two numbers. Its
+    handles are futures of a thread pool, so waiting, results, cancels and deadlines are the defaults."""
+
+    target_chunk_seconds = 0.01
+    default_window = 2
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.chunks = 0
+
+    def submit(self, node: Any, items: list[tuple[int, Any]], ctx: Any, return_exceptions: bool) -> Any:
+        self.chunks += 1
+        return self.pool.submit(run_chunk, node, items, ctx, return_exceptions)
+
+
+class Minimal(InProcessBackend):
+    """A backend in two methods: where chunks go, and how ``explain`` says it."""
+
+    name = "minimal"
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.runner = SubmitOnly(pool)
+
+    def chunk_runner(self, node: Any, config: dict[str, Any]) -> ChunkRunner:
+        return self.runner
+
+    def placement(self) -> str:
+        return "minimal: chunks on a thread pool"
+
+
+def test_a_backend_of_submit_and_placement_has_every_call() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        backend = Minimal(pool)
+        cfg = {"backend": backend}
+        step = RunnableLambda(inc)
+        assert step.invoke(1, cfg) == 2 and list(step.stream(1, cfg)) == [2]
+        assert step.batch(list(range(20)), cfg) == list(range(1, 21)) and backend.runner.chunks > 0
+        out = RunnableLambda(fail_on_two).batch([1, 2, 3], cfg, return_exceptions=True)
+        assert out[0] == 2 and out[2] == 4 and rayrunnables.item_index_of(out[1]) == 1
+        with pytest.raises(ValueError, match="two is bad"):
+            RunnableLambda(fail_on_two).batch([1, 2, 3], cfg)
+        # a deadline: the runner's default slack and the default wait with a timeout
+        assert RunnableLambda(inc).with_timeout(5).batch([1, 2], cfg) == [2, 3]
+        assert step.explain(backend).endswith("on minimal: chunks on a thread pool")

@@ -117,7 +117,7 @@ def test_a_chain_counts_every_step_and_its_structure() -> None:
 
 
 def test_an_actor_by_its_class_and_arguments_not_its_pool() -> None:
-    from cache_steps import Embedder
+    from rayrunnables.testing.steps.cache import Embedder
 
     one = rr.RunnableActor(Embedder, "/tmp/x", 1.0, pool_size=1)
     assert fingerprint(one) == fingerprint(rr.RunnableActor(Embedder, "/tmp/x", 1.0, pool_size=3))

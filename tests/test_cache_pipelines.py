@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from cache_servers import redis_server, s3_server
-from cache_steps import calls, make_embed, make_embed_batch
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
@@ -24,6 +23,7 @@ from langchain_openai import ChatOpenAI
 import rayrunnables as rr
 from rayrunnables.interop.langchain import from_langchain
 from rayrunnables.testing.openai_server import OpenAIServer
+from rayrunnables.testing.steps.cache import calls, make_embed, make_embed_batch
 from rayrunnables.usage import UsageCounter
 
 pytestmark = pytest.mark.timeout(300)
@@ -95,9 +95,7 @@ def test_apply_shares_the_cache_between_ray_data_workers(ray_session: Any, tmp_p
 
 CHAINS = '''
 import os
-import sys
-sys.path.insert(0, os.environ["CACHE_STEPS_DIR"])
-from cache_steps import make_embed, make_summarize
+from rayrunnables.testing.steps.cache import make_embed, make_summarize
 from rayrunnables import RunnableLambda
 
 COUNTS = os.environ["CACHE_COUNTS"]
@@ -108,8 +106,7 @@ chain = (RunnableLambda(make_embed(COUNTS), name="embed").with_cache()
 
 
 def cli(workdir: Path, *args: str, style: str = "short") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CACHE_STEPS_DIR=str(Path(__file__).parent), CACHE_COUNTS=str(workdir / "calls"),
-               CACHE_STYLE=style)
+    env = dict(os.environ, CACHE_COUNTS=str(workdir / "calls"), CACHE_STYLE=style)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-m", "rayrunnables.cli", "run", "chains:chain", *args], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=240)

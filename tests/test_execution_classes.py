@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 import pytest
-from intervals import max_overlap
 
 import rayrunnables as rr
 from rayrunnables import RunnableLambda, RunnableParallel
 from rayrunnables.engine.execution import COMPUTING, RESAMPLE_EVERY, UNKNOWN, WAITING, profile_of, subtree_class
+from rayrunnables.testing.steps.intervals import max_overlap
 
 
 def spin(seconds: float) -> None:

@@ -117,7 +117,7 @@ def test_a_stream_waits_out_a_429_before_its_first_chunk(cfg: dict[str, Any]) ->
 
 
 def test_a_providers_own_way_of_saying_too_many(cfg: dict[str, Any]) -> None:
-    from provider_steps import busy_once_unusual, is_unusual_busy
+    from rayrunnables.testing.steps.provider import busy_once_unusual, is_unusual_busy
 
     base = 100 * (1 + ["local", "ray", "executor"].index(cfg["backend"]))  # items no other case has seen
     step = RunnableLambda(busy_once_unusual, name="call_model")

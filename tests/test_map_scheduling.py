@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancel_steps import fail_once_beating, heartbeat, stop, stops_beating, stubborn_heartbeat
 from timeout_steps import fail_every_fifth, maybe_hang, maybe_hang_marked, straggle_once
 
 from rayrunnables import RunnableLambda, item_index_of, step_path_of
+from rayrunnables.testing.steps.cancel import fail_once_beating, heartbeat, stop, stops_beating, stubborn_heartbeat
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("ray_session")]
 

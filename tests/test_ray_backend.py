@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import ray
-from cancel_steps import beats, fail_once_beating, heartbeat, stop, stops_beating, watchdog
 
 import rayrunnables as rr
 from rayrunnables import RunnableLambda, RunnablePassthrough
 from rayrunnables.errors import RemoteTraceback
+from rayrunnables.testing.steps.cancel import beats, fail_once_beating, heartbeat, stop, stops_beating, watchdog
 
 pytestmark = [pytest.mark.ray_only, pytest.mark.timeout(120)]
 
@@ -336,8 +336,7 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to `python job.py &`
 import ray
 import rayrunnables as rr
-sys.path.insert(0, sys.argv[2])
-from cancel_steps import fail_once_beating, heartbeat, stop, stops_beating, watchdog
+from rayrunnables.testing.steps.cancel import fail_once_beating, heartbeat, stop, stops_beating, watchdog
 
 ray.init(address="local", num_cpus=2, include_dashboard=False)
 try:
@@ -365,10 +364,9 @@ def test_cancel_reaches_running_siblings_when_the_driver_ignores_sigint(tmp_path
     script = tmp_path / "driver.py"
     script.write_text(_BACKGROUND_DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    tests_dir = str(Path(__file__).resolve().parent)
     beating = str(tmp_path / "beats")
     try:
-        done = subprocess.run([sys.executable, str(script), beating, tests_dir], capture_output=True,
+        done = subprocess.run([sys.executable, str(script), beating], capture_output=True,
                               text=True, timeout=240, env=env)
     finally:
         stop(beating)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -243,6 +244,59 @@ def test_a_pool_actor_a_chain_calls_from_its_tasks_is_replaced_too(ray_backend: 
         assert isinstance(out[1], rr.ActorLost) and rr.item_index_of(out[1]) == 1
         assert ray_backend.pools[step.key].replaced == 1
         assert [o[0] for o in chain.batch([3, 4, 5, 6], RAY)] == [3, 4, 5, 6]  # the new actor serves
+    finally:
+        ray_backend.release(step)
+
+
+def killed(ray: Any, actor: Any) -> None:
+    """Kill ``actor`` for good and return once it is dead (a kill lands a moment after ``ray.kill``)."""
+    ray.kill(actor, no_restart=True)
+    for _ in range(300):
+        try:
+            ray.get(actor.ready.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the actor did not die")
+
+
+@pytest.mark.slow
+def test_a_map_whose_pool_has_a_dead_member_finishes_on_the_others(ray_backend: Any) -> None:
+    """A ``.map()`` inside a chain runs in a map task, which cannot replace a pool actor: one dead past its
+    restarts is left out there, and the chunks it lost run again on the live one."""
+    ray = pytest.importorskip("ray")
+    step = RunnableActor(Stamper, pool_size=2)
+    chain = RunnableLambda(same) | step.map()
+    try:
+        assert [x for x, _ in chain.invoke([1, 2], RAY)] == [1, 2]  # the pool is up
+        pool = ray_backend.pools[step.key]
+        killed(ray, pool.actors[0])  # dead for good, and the driver has not seen it
+        out = chain.invoke(list(range(16)), RAY)
+        assert [x for x, _ in out] == list(range(16))
+        assert len({pid for _, pid in out}) == 1  # all on the live member
+    finally:
+        ray_backend.release(step)
+
+
+@pytest.mark.slow
+def test_pool_actors_a_map_found_dead_are_replaced_by_the_driver(ray_backend: Any) -> None:
+    """A map task cannot replace a pool actor: with every member dead past its restarts the map fails,
+    naming the members it found dead on its error, and the driver replaces them: the next map has a
+    whole pool."""
+    ray = pytest.importorskip("ray")
+    step = RunnableActor(Stamper, pool_size=2)
+    chain = RunnableLambda(same) | step.map()
+    try:
+        assert [x for x, _ in chain.invoke([1, 2], RAY)] == [1, 2]  # the pool is up
+        pool = ray_backend.pools[step.key]
+        for actor in pool.actors:
+            killed(ray, actor)
+        with pytest.raises(rr.ActorLost) as caught:
+            chain.invoke(list(range(4)), RAY)
+        assert rr.step_path_of(caught.value) == "step 2 > map > actor 'Stamper'"
+        assert rr.item_index_of(caught.value) in range(4)
+        assert pool.replaced == 2
+        assert [x for x, _ in chain.invoke(list(range(16)), RAY)] == list(range(16))
     finally:
         ray_backend.release(step)
 

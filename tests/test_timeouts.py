@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancel_steps import beats, heartbeat, stop, stops_beating, stubborn_heartbeat, watchdog
 from timeout_steps import fail_every_fifth, hang_first_time, maybe_hang, maybe_hang_marked, straggle_once
 
 from rayrunnables import (
@@ -21,6 +20,7 @@ from rayrunnables import (
     item_index_of,
     step_path_of,
 )
+from rayrunnables.testing.steps.cancel import beats, heartbeat, stop, stops_beating, stubborn_heartbeat, watchdog
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,8 +19,8 @@ import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -29,11 +29,11 @@ from ..context import RunContext, ThreadLimiter
 from ..engine.execution import WAITING, subtree_class
 from ..engine.inprocess import ChunkResult, PerItem, ThreadChunkRunner, local_root_context, run_chunk
 from ..engine.process_state import STATE
-from ..engine.sharing import isolate, writable
-from ..engine.steps import step_tree, walk
+from ..engine.steps import walk
 from ..errors import BackendError, WorkerLost
-from ..protocols import Backend, ChunkRunner, Node
+from ..protocols import ChunkRunner, Node
 from ..runnables.wrappers import RunnableRateLimited
+from .base import InProcessBackend
 from .outputs import cloudpickle, sendable_outcomes
 from .portable import raise_portable
 
@@ -42,8 +42,10 @@ __all__ = ["ExecutorBackend", "ExecutorChunkRunner"]
 _WAITING = ThreadChunkRunner(64, final=True)
 
 
-class ExecutorChunkRunner:
-    """Chunk primitives for the shared scheduler: one ``executor.submit`` per chunk."""
+class ExecutorChunkRunner(ChunkRunner):
+    """Chunk primitives for the shared scheduler: one ``executor.submit`` per chunk. Its handles are the
+    executor's futures: waiting and abandoning are ``ChunkRunner``'s (a running call cannot be stopped;
+    the step's own timer reports an item at its deadline meanwhile)."""
 
     # a process pool's hand-off (pickle, pipe, unpickle) costs ~0.5 ms a chunk: chunks of ~20 ms keep it small
     target_chunk_seconds = 0.02
@@ -56,9 +58,6 @@ class ExecutorChunkRunner:
         self.renew = renew
         self._sent_to: dict[Future[bytes], Executor] = {}
 
-    def runs_inline(self, node: Node) -> bool:
-        return False
-
     def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext, return_exceptions: bool) -> Any:
         cap = 1 if ctx.limiters else None  # ``max_concurrency``: the window holds the cap, one call per chunk
         items = [(i, PerItem(sendable_config(v.config), v.value) if type(v) is PerItem else v) for i, v in items]
@@ -70,10 +69,6 @@ class ExecutorChunkRunner:
             handle = self._renewed(self.executor, err).submit(run_payload, payload)
         self._sent_to[handle] = self.executor
         return handle
-
-    def wait(self, handles: list[Future[bytes]], timeout: float | None = None) -> list[Future[bytes]]:
-        done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
-        return [h for h in handles if h in done]
 
     def result(self, handle: Future[bytes]) -> ChunkResult:
         """The chunk's outcomes. A process of the pool that died broke the pool and every chunk in it: the
@@ -103,14 +98,9 @@ class ExecutorChunkRunner:
         return self.executor
 
     def cancel(self, handles: list[Future[bytes]]) -> None:
+        super().cancel(handles)
         for handle in handles:
-            handle.cancel()
             self._sent_to.pop(handle, None)
-
-    def abandon(self, handles: list[Future[bytes]]) -> None:
-        """An executor cannot stop a running call: a chunk not started is cancelled, a running one ends
-        in its worker (the step's own timer reports the item at its deadline meanwhile)."""
-        self.cancel(handles)
 
 
 def run_payload(payload: bytes) -> bytes:
@@ -150,7 +140,7 @@ def _will_fork_ray(executor: Executor) -> bool:
     return forks and ray is not None and bool(ray.is_initialized())
 
 
-class ExecutorBackend(Backend):
+class ExecutorBackend(InProcessBackend):
     """Runs the chain in this process and its batches and ``.map()`` chunks on ``executor``.
 
     Any executor works, a ``ProcessPoolExecutor`` with any start method included: a forked worker makes
@@ -195,13 +185,6 @@ class ExecutorBackend(Backend):
         self._executor = self._new_pool()
         return self._executor
 
-    def invoke(self, node: Node, input: Any, config: dict[str, Any]) -> Any:
-        return writable(node._invoke(isolate(input), self.root_context(config, node)))
-
-    def stream(self, node: Node, input: Any, config: dict[str, Any]) -> Iterator[Any]:
-        for chunk in node._stream(isolate(input), self.root_context(config, node)):
-            yield writable(chunk)
-
     def runner_for(self, node: Node) -> ChunkRunner:
         """Chunks of computing steps go to the executor; waiting steps (declared, async or learned) and
         rate-limited ones wait in this process's threads: no worker held per wait, one bucket per limit."""
@@ -213,16 +196,16 @@ class ExecutorBackend(Backend):
         return self.runner_for(node)
 
     def root_context(self, config: dict[str, Any], node: Node | None = None) -> RunContext:
+        """As local's, but a ``.map()`` inside the chain sends its chunks where ``batch`` does."""
         return local_root_context(config, map_runner=self.runner_for)
 
-    def explain(self, node: Node) -> str:
+    def placement(self) -> str:
         method = self._mp_context.get_start_method()
         kind = type(self._executor).__name__ if self._executor is not None else f"ProcessPoolExecutor ({method})"
-        return "\n".join([
-            "steps:", *step_tree(node),
-            f"on {kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "
-            "value); the rest of the chain runs in this process, as on local",
-        ])
+        return (
+            f"{kind}: batch, imap and each .map() send chunks of items to the executor's workers (steps by "
+            "value); the rest of the chain runs in this process, as on local"
+        )
 
     def close(self) -> None:
         if self._own and self._executor is not None:

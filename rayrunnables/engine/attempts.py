@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import RunContext
+from ..protocols import DEADLINE_SLACK, ChunkRunner, Node
 
 __all__ = ["Attempt", "Tracker", "BACKUP_FACTOR", "BACKUP_FLOOR", "BACKSTOP_SLACK"]
 
@@ -26,9 +27,8 @@ __all__ = ["Attempt", "Tracker", "BACKUP_FACTOR", "BACKUP_FLOOR", "BACKSTOP_SLAC
 BACKUP_FACTOR = 4.0
 #: ...but never less than this (a run of fast items must not back up every hiccup)
 BACKUP_FLOOR = 0.25
-#: where the step's own timer runs (in-process, executor), the scheduler's deadline is a backstop this
-#: much later: it catches a worker whose timer cannot run (a C call holding the GIL)
-BACKSTOP_SLACK = 5.0
+#: the backstop's default slack (``ChunkRunner.deadline_slack``)
+BACKSTOP_SLACK = DEADLINE_SLACK
 
 
 @dataclass
@@ -51,12 +51,13 @@ class Tracker:
         self.attempts: dict[Any, Attempt] = {}
 
     @classmethod
-    def of(cls, node: Any, runner: Any) -> Tracker | None:
-        deadline = getattr(node, "item_timeout", None)
-        speculation = getattr(node, "speculation", None)
+    def of(cls, node: Node, runner: ChunkRunner) -> Tracker | None:
+        """The tracker of a batch of ``node`` (its ``item_timeout`` and ``speculation`` hooks), or None when
+        neither is set (then nothing is tracked)."""
+        deadline, speculation = node.item_timeout, node.speculation
         if deadline is None and not speculation:
             return None
-        return cls(deadline, speculation, getattr(runner, "deadline_slack", BACKSTOP_SLACK))
+        return cls(deadline, speculation, runner.deadline_slack)
 
     def add(self, handle: Any, items: list[tuple[int, Any]], ctx: RunContext) -> None:
         self.attempts[handle] = Attempt(items, ctx)

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ..protocols import Node
 from .process_state import STATE
 
 __all__ = [
@@ -174,16 +175,16 @@ def measured(profile: StepProfile, fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-def _declared(node: Any) -> str | None:
-    options = getattr(node, "options", None)
-    if isinstance(options, dict) and "io_bound" in options:
+def _declared(node: Node) -> str | None:
+    options = node.options
+    if "io_bound" in options:
         return WAITING if options["io_bound"] else COMPUTING
-    if getattr(node, "is_async", False) or getattr(node, "waits", False) is True:
+    if node.waits:
         return WAITING  # an async function, or a step that says it waits (a rate-limited call to a provider)
     return None
 
 
-def subtree_class(node: Any) -> str:
+def subtree_class(node: Node) -> str:
     """The class of everything ``node`` runs, cached on the node once it cannot change.
 
     Steps never called in this process (a fallback never needed, a branch never taken) say nothing:
@@ -195,7 +196,7 @@ def subtree_class(node: Any) -> str:
     return kind or UNKNOWN
 
 
-def _classify(node: Any) -> tuple[str | None, bool]:
+def _classify(node: Node) -> tuple[str | None, bool]:
     """``(class or None when nothing of it ran yet, whether that is final)``."""
     cached: tuple[str, int] | None = node.__dict__.get("_class")
     if cached is not None and cached[1] == STATE.generation:
@@ -205,7 +206,7 @@ def _classify(node: Any) -> tuple[str | None, bool]:
         return declared, True
     kinds: list[str | None] = []
     finals: list[bool] = []
-    if getattr(node, "learns", False):
+    if node.learns:
         profile = _known_profile(node)
         kinds.append(None if profile is None else profile.kind)
         finals.append(profile is not None and profile.kind != UNKNOWN)
@@ -222,12 +223,12 @@ def _classify(node: Any) -> tuple[str | None, bool]:
     return None, False
 
 
-def describe_class(node: Any) -> str:
+def describe_class(node: Node) -> str:
     """How ``explain()`` shows a step's class in this process."""
     declared = _declared(node)
     if declared is not None:
         return f"{declared}: declared"
-    if not getattr(node, "learns", False):
+    if not node.learns:
         return ""
     kind = subtree_class(node)
     return "not yet learned in this process" if kind == UNKNOWN else f"{kind}: learned in this process"

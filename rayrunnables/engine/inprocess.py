@@ -13,7 +13,7 @@ import itertools
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,10 +239,12 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-class ThreadChunkRunner:
+class ThreadChunkRunner(ChunkRunner):
     """Chunk primitives for the scheduler: chunks of waiting (or not yet learned) steps overlap on the
     shared thread pool; chunks of computing steps run inline, in the calling thread. ``final``: the
-    outputs go to the caller (made writable), not to another step."""
+    outputs go to the caller (made writable), not to another step. Its handles are futures: waiting,
+    cancelling and abandoning are ``ChunkRunner``'s (a running thread cannot be stopped; its cancel
+    token is set)."""
 
     target_chunk_seconds = 0.001
 
@@ -252,7 +254,7 @@ class ThreadChunkRunner:
 
     def runs_inline(self, node: Node) -> bool:
         # an item with a deadline or a backup is watched by the scheduler, so it must not hold its thread
-        watched = getattr(node, "item_timeout", None) is not None or getattr(node, "speculation", None)
+        watched = node.item_timeout is not None or node.speculation
         return not watched and subtree_class(node) == COMPUTING
 
     def submit(
@@ -264,24 +266,11 @@ class ThreadChunkRunner:
         done.set_result(run_chunk(node, items, ctx, return_exceptions))
         return done
 
-    def wait(self, handles: list[Future[ChunkResult]], timeout: float | None = None) -> list[Future[ChunkResult]]:
-        done, _ = wait(handles, timeout, return_when=FIRST_COMPLETED)
-        return [h for h in handles if h in done]
-
     def result(self, handle: Future[ChunkResult]) -> ChunkResult:
         result = handle.result()
         if self.final:
             writable_outcomes(result.outcomes)
         return result
-
-    def cancel(self, handles: list[Future[ChunkResult]]) -> None:
-        for handle in handles:
-            handle.cancel()
-
-    def abandon(self, handles: list[Future[ChunkResult]]) -> None:
-        """A thread cannot be stopped: a chunk not started is cancelled, a running one left to end (its
-        cancel token is set, so a step that checks ``rayrunnables.cancel_requested()`` can return)."""
-        self.cancel(handles)
 
 
 def local_root_context(config: dict[str, Any], map_runner: Callable[[Node], ChunkRunner] | None = None) -> RunContext:

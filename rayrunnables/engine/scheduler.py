@@ -3,7 +3,8 @@
 It cuts a (possibly endless) iterable into chunks, keeps a bounded window of chunks in flight, sizes
 chunks adaptively from the measured cost per item (slow start: single items first, then chunks big
 enough to amortise the backend's hand-off cost), and yields results in order or as completed. A
-backend only supplies four primitives: ``submit``, ``wait``, ``result``, ``cancel``.
+backend only supplies a ``ChunkRunner`` (``protocols``): ``submit`` a chunk, and ``wait``, ``result``,
+``cancel``, ``abandon``, whose defaults serve futures.
 
 A chunk whose ``result`` raises ``WorkerLost`` (its process died, the backend's retries spent) is split
 and its parts re-run until the item that kills its process is alone (``engine.recovery``): a crash

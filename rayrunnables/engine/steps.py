@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from ..protocols import Node
 from .execution import describe_class
@@ -12,14 +11,14 @@ __all__ = ["step_tree", "walk"]
 
 
 def step_tree(node: Node, segment: str = "", depth: int = 1) -> list[str]:
-    options: dict[str, Any] = getattr(node, "options", None) or {}
+    options = dict(node.options)
     head = f"{segment}: " if segment else ""
     kind = describe_class(node)
     line = f"{'  ' * depth}{head}{node.label()} [{type(node).__name__}]"
     line += f"  options={options}" if options else ""
     line += f"  ({kind})" if kind else ""
-    describe = getattr(node, "describe", None)
-    line += f"  {describe()}" if callable(describe) else ""
+    described = node.describe()
+    line += f"  {described}" if described else ""
     lines = [line]
     for seg, child in node.children():
         lines.extend(step_tree(child, seg, depth + 1))

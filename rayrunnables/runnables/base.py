@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..config import validate_config
@@ -67,6 +68,30 @@ class Runnable(Generic[Input, Output]):
     def vectorized(self) -> bool:
         """Whether ``_invoke_batch`` takes a whole chunk of items in one call."""
         return False
+
+    # ---- the hooks the engine reads (``protocols.Node``), with their defaults ----------------------------
+    #: the options recorded on the step (``with_options``): a binding holds its own, other steps none
+    options: Mapping[str, Any] = MappingProxyType({})
+
+    @property
+    def item_timeout(self) -> float | None:
+        """Seconds each item of a batch of this step may take (``with_timeout`` outermost): None, no deadline."""
+        return None
+
+    @property
+    def speculation(self) -> float | bool | None:
+        """Straggler backups for a batch of this step (``with_options(speculative=...)``): None, no backup."""
+        return None
+
+    @property
+    def waits(self) -> bool:
+        """Whether the step says it waits rather than computes (async, rate-limited): False, its class is
+        learned from its calls (or declared with ``io_bound``)."""
+        return False
+
+    def describe(self) -> str:
+        """What ``explain()`` adds after the step's line: nothing by default."""
+        return ""
 
     def __getstate__(self) -> dict[str, Any]:
         """What a node learned in this process (``rayrunnables.engine.execution``) stays here: every process,

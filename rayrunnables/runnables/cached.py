@@ -126,19 +126,19 @@ class RunnableCached(Runnable[Input, Output]):
 
     @property
     def item_timeout(self) -> float | None:
-        return getattr(self.bound, "item_timeout", None)
+        return self.bound.item_timeout
 
     @property
     def speculation(self) -> Any:
-        return getattr(self.bound, "speculation", None)
+        return self.bound.speculation
 
     @property
     def waits(self) -> bool:
         """A cached step that waits (declared ``io_bound``, async, rate-limited) still waits on a miss."""
-        options = getattr(self.bound, "options", None) or {}
+        options = self.bound.options
         if "io_bound" in options:
             return bool(options["io_bound"])
-        return getattr(self.bound, "waits", False) is True or getattr(self.bound, "is_async", False) is True
+        return self.bound.waits
 
     def describe(self) -> str:
         """What ``explain()`` says: where the entries go, and what the key is made of."""

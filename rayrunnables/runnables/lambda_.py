@@ -83,6 +83,11 @@ class RunnableLambda(Runnable[Input, Output]):
         """A LangChain runnable inside (``from_langchain``) reports its own runs, through LangChain."""
         return not getattr(self.func, "reports_runs", False)
 
+    @property
+    def waits(self) -> bool:
+        """An async function waits, by declaration."""
+        return self.is_async
+
     def _call(self, input: Any, ctx: RunContext) -> Any:
         kwargs = {"config": ctx.config} if self.wants_config else {}
         if self.is_async:

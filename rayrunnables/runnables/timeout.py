@@ -89,7 +89,7 @@ class RunnableTimeout(Runnable[Input, Output]):
     @property
     def speculation(self) -> Any:
         """Straggler backups declared on the bound step (``with_options(speculative=...)``) hold for us too."""
-        return getattr(self.bound, "speculation", None)
+        return self.bound.speculation
 
     def error(self, ctx: RunContext) -> TimeoutError:
         return deadline_error(ctx.child(self.label()).path_str, self.seconds)

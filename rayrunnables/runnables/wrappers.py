@@ -245,7 +245,7 @@ class RunnableBinding(Runnable[Input, Output]):
     @property
     def item_timeout(self) -> float | None:
         """A ``with_timeout`` just inside holds for each item of a batch of this binding (scheduler)."""
-        return getattr(self.bound, "item_timeout", None) if self.listeners is None else None
+        return self.bound.item_timeout if self.listeners is None else None
 
     @property
     def speculation(self) -> float | bool | None:
@@ -256,7 +256,7 @@ class RunnableBinding(Runnable[Input, Output]):
             return float(self.options["speculative_after"])
         if "speculative" in self.options:
             return True if self.options["speculative"] else None
-        return getattr(self.bound, "speculation", None)
+        return self.bound.speculation
 
     def _invoke_batch(self, inputs: list[Any], ctx: RunContext) -> list[Any]:
         return self.bound._invoke_batch(inputs, self.enter(ctx))

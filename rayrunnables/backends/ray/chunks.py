@@ -17,7 +17,7 @@ from ...context import RunContext
 from ...engine.inprocess import ChunkResult
 from ...engine.sharing import writable_outcomes
 from ...options import OUR_OPTIONS
-from ...protocols import ContextState, Node
+from ...protocols import ChunkRunner, ContextState, Node
 from . import planner as planning
 from .deadlines import BACKSTOP, Deadlines
 from .failures import ray_failure, translate, translate_outcomes
@@ -35,7 +35,7 @@ def chunk_state(ctx: RunContext) -> ContextState:
     return ctx.state(sendable_config(ctx.config))
 
 
-class RayChunkRunner:
+class RayChunkRunner(ChunkRunner):
     """Chunk primitives for the shared scheduler: one Ray task per chunk, ``ray.wait`` for the window."""
 
     # Ray's per-task cost is ~1 ms of driver and worker time, taken from the workers on a small
@@ -57,14 +57,11 @@ class RayChunkRunner:
         self.options = options
         slots = len(pool.actors) if pool else slots
         # a deadline counts from submission: timed items must not wait in Ray's queue behind their siblings
-        self.default_window = slots if getattr(node, "item_timeout", None) else 2 * slots
+        self.default_window = slots if node.item_timeout else 2 * slots
         self._prepared: dict[int, tuple[Any, Any]] = {}  # per node: its object ref, its remote function
         self._actor_of_handle: dict[Any, int] = {}
 
     deadline_slack = BACKSTOP
-
-    def runs_inline(self, node: Node) -> bool:
-        return False
 
     def submit(self, node: Node, items: list[tuple[int, Any]], ctx: RunContext,
                return_exceptions: bool) -> Any:

@@ -32,7 +32,7 @@ from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
-from .maps import PoolView, run_map_task
+from .maps import PoolView, dead_actors_of, run_map_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
@@ -221,7 +221,7 @@ class Invocation:
         # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
         recipe, refs = flatten(pending)
         pool = self.backend.pool_of(unit.node.bound)
-        view = None if pool is None else PoolView(pool.actors)
+        view = None if pool is None else PoolView(pool.actors, pool.node.key)
         name = "/".join((*unit.path, "map"))
         returns = {"num_returns": 2} if self.log is not None else {}
         ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
@@ -261,7 +261,10 @@ class Invocation:
         """Ours for a Ray failure met getting ``ref`` (None for the user's exceptions), naming the task
         that was lost: found by walking back from ``ref`` through the tasks it waited on, as Ray passes
         a lost argument's failure on to every task downstream. A pool actor dead for good is replaced. (A
-        lost chunk of a ``.map()`` is run again, split, by the scheduler in its map task.)"""
+        lost chunk of a ``.map()`` is run again, split, by the scheduler in its map task, which names the
+        pool members it found dead on its error: they are replaced here.)"""
+        for actor_id in dead_actors_of(err):
+            self.backend.replace_dead(actor_id)
         if ray_failure(err) is None:
             return None
         self.cancel()  # the invocation has failed: what still runs stops now, not after the search below

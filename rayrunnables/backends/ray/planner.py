@@ -161,7 +161,7 @@ def _plan_step(node: Node, path: tuple[str, ...], opts: dict[str, Any], cfg: dic
         return Task([(path, node)], opts, "actor", cfg)
     # io_bound steps and async functions wait in driver threads: no CPU slot or worker held per wait
     waits = opts.get("io_bound") or (isinstance(node, RunnableLambda) and node.is_async) or (
-        "io_bound" not in opts and getattr(node, "waits", False) is True)
+        "io_bound" not in opts and node.waits)
     return Task([(path, node)], opts, "driver" if waits else "worker", cfg)
 
 

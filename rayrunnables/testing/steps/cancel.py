@@ -6,8 +6,8 @@ stop file the test writes when it is over (``stop``, in a ``finally``) ends it. 
 an uncancelled heartbeat returns only when a ``watchdog`` stops it (and the test fails on that), and one
 that returns leaving it running sees it beat on (``stops_beating`` is False).
 
-Module-level, so the subprocess driver of the SIGINT test imports the very same steps (rayrunnables
-ships this module to the workers by value). The input of the branches is the heartbeat file's path.
+Module-level in an installed package, so Ray's and an executor's workers and the subprocess driver of
+the SIGINT test import the very same steps by name. The input of the branches is the heartbeat file's path.
 """
 
 from __future__ import annotations
