@@ -1,0 +1,222 @@
+"""The HTTP routes of LangServe's protocol around one chain, as a FastAPI app (what a Serve replica runs).
+
+Why FastAPI: Ray Serve's ingress takes a FastAPI app, so the same app runs in a replica, in a test, or
+under plain uvicorn. Each request runs the chain through the configured backend (``"ray"`` in a
+replica: heavy steps as tasks and actors in the cluster, waiting steps in the replica's threads). A
+request that leaves early (the client disconnected, Serve cancelled it) cancels its chain's work:
+``ainvoke`` cancels its Ray tasks and a stream closes its producer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import traceback
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from ..errors import step_path_of
+from .schemas import Schemas
+from .wire import RequestError, check_config, decode_value, dumps, metadata_event, sse
+
+__all__ = ["ServeOptions", "build_api", "error_body"]
+
+_FILTERS = ("include_names", "include_types", "include_tags", "exclude_names", "exclude_types", "exclude_tags")
+
+
+@dataclass
+class ServeOptions:
+    """What the server enforces. ``token``: the bearer token every route but the playground page needs
+    (None: no check; the command line requires one for a non-loopback bind). ``max_body_bytes``: larger
+    request bodies get 413. ``debug``: error answers carry the message and traceback (never in
+    production: they may hold secrets). ``backend``: where each request's chain runs."""
+
+    token: str | None = None
+    max_body_bytes: int = 1 << 20
+    debug: bool = False
+    backend: Any = "ray"
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+
+def error_body(exc: BaseException, debug: bool) -> dict[str, Any]:
+    """What a client learns of a failed run: its type and the step that raised it (the message and
+    traceback with ``debug`` only, since a message may carry a key or a user's data)."""
+    step = step_path_of(exc)
+    where = f" at {step}" if step else ""
+    body: dict[str, Any] = {"status_code": 500, "error_type": type(exc).__name__, "step": step,
+                            "message": f"{type(exc).__name__}{where}"}
+    if debug:
+        body["message"] += f": {exc}"
+        body["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return body
+
+
+def _refusal(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"status_code": exc.status, "detail": exc.message, "field": exc.field}, exc.status)
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refused (413) past ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    import json
+
+    try:
+        body = json.loads(b"".join(chunks) or b"{}")
+    except ValueError as exc:
+        raise RequestError(422, f"request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(422, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
+    """A FastAPI app answering LangServe's routes for ``chain`` (a rayrunnables runnable)."""
+    api = FastAPI(title=f"rayrunnables: {chain.label()}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        return _refusal(exc)
+
+    @api.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        if options.token is not None and not request.url.path.endswith("/playground"):
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.token.encode()):
+                return JSONResponse({"status_code": 401, "detail": "missing or wrong bearer token"}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        response: Response = await call_next(request)
+        return response
+
+    def config_of(raw: Any, where: str = "config") -> dict[str, Any]:
+        return {**options.extra_config, **check_config(raw, where), "backend": options.backend,
+                "run_id": uuid.uuid4()}
+
+    def input_of(body: dict[str, Any], key: str = "input") -> Any:
+        if key not in body:
+            raise RequestError(422, f"request body has no {key!r}", key)
+        value = decode_value(body[key])
+        if key == "input":
+            schemas.check(value)
+        return value
+
+    def check_kwargs(body: dict[str, Any]) -> None:
+        if body.get("kwargs"):
+            raise RequestError(422, "kwargs are not supported: put them in the input", "kwargs")
+
+    def failed(exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(exc, options.debug), 500)
+
+    @api.post("/invoke")
+    async def invoke(request: Request) -> Response:
+        body = await _read_json(request, options.max_body_bytes)
+        check_kwargs(body)
+        value, config = input_of(body), config_of(body.get("config"))
+        try:
+            output = await chain.ainvoke(value, config)
+        except Exception as exc:
+            return failed(exc)
+        return _json(output, {"run_id": str(config["run_id"]), "feedback_tokens": []})
+
+    @api.post("/batch")
+    async def batch(request: Request) -> Response:
+        body = await _read_json(request, options.max_body_bytes)
+        check_kwargs(body)
+        raw = body.get("inputs")
+        if not isinstance(raw, list):
+            raise RequestError(422, "request body needs 'inputs', a list", "inputs")
+        inputs = [decode_value(v) for v in raw]
+        for i, value in enumerate(inputs):
+            schemas.check(value, f"inputs[{i}]")
+        given = body.get("config")
+        if isinstance(given, list):
+            if len(given) != len(inputs):
+                raise RequestError(422, f"{len(given)} configs for {len(inputs)} inputs: give one, or one per input",
+                                   "config")
+            configs = [config_of(c, f"config[{i}]") for i, c in enumerate(given)]
+        else:
+            one = check_config(given)
+            configs = [config_of(one) for _ in inputs]
+        if not inputs:
+            return _json([], {"run_ids": [], "responses": []})
+        try:
+            outputs = await chain.abatch(inputs, configs)
+        except Exception as exc:
+            return failed(exc)
+        run_ids = [str(c["run_id"]) for c in configs]
+        return _json(outputs, {"run_ids": run_ids, "responses": [{"run_id": r, "feedback_tokens": []} for r in run_ids]})
+
+    def events_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def _sse(source: AsyncIterator[Any], first: bytes | None) -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+        try:
+            async for item in source:
+                yield sse("data", dumps(item, lenient=True))
+        except Exception as exc:  # a failed run ends its stream with an error event, as LangServe's does
+            yield sse("error", dumps(error_body(exc, options.debug)))
+            return
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
+        yield sse("end")
+
+    @api.post("/stream")
+    async def stream(request: Request) -> Response:
+        body = await _read_json(request, options.max_body_bytes)
+        check_kwargs(body)
+        value, config = input_of(body), config_of(body.get("config"))
+        return events_response(_sse(chain.astream(value, config), metadata_event(str(config["run_id"]))))
+
+    @api.post("/stream_events")
+    async def stream_events(request: Request) -> Response:
+        body = await _read_json(request, options.max_body_bytes)
+        check_kwargs(body)
+        value, config = input_of(body), config_of(body.get("config"))
+        version = body.get("version") or "v2"
+        if version != "v2":
+            raise RequestError(422, f"stream_events: version {version!r} is not served; this server gives "
+                               "LangChain's v2 events (LangServe's client asks for none and reads them)", "version")
+        filters = {k: body[k] for k in _FILTERS if body.get(k) is not None}
+        return events_response(_sse(chain.astream_events(value, config, version="v2", **filters), None))
+
+    @api.get("/input_schema")
+    async def input_schema() -> dict[str, Any]:
+        return schemas.input_json()
+
+    @api.get("/output_schema")
+    async def output_schema() -> dict[str, Any]:
+        return schemas.output_json()
+
+    @api.get("/config_schema")
+    async def config_schema() -> dict[str, Any]:
+        return schemas.config
+
+    @api.get("/playground")
+    async def playground() -> HTMLResponse:
+        page = resources.files(__package__).joinpath("playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'"})
+
+    return api
+
+
+def _json(output: Any, metadata: dict[str, Any]) -> Response:
+    return Response(dumps({"output": output, "metadata": metadata}), media_type="application/json")
