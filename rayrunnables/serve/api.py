@@ -158,7 +158,8 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
         except Exception as exc:
             return failed(exc)
         run_ids = [str(c["run_id"]) for c in configs]
-        return _json(outputs, {"run_ids": run_ids, "responses": [{"run_id": r, "feedback_tokens": []} for r in run_ids]})
+        responses = [{"run_id": r, "feedback_tokens": []} for r in run_ids]
+        return _json(outputs, {"run_ids": run_ids, "responses": responses})
 
     def events_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(chunks, media_type="text/event-stream",
@@ -219,4 +220,9 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
 
 
 def _json(output: Any, metadata: dict[str, Any]) -> Response:
-    return Response(dumps({"output": output, "metadata": metadata}), media_type="application/json")
+    try:
+        text = dumps({"output": output, "metadata": metadata})
+    except (TypeError, ValueError) as exc:  # the chain's output is not JSON: say so, as a failed run
+        return JSONResponse({"status_code": 500, "error_type": type(exc).__name__, "step": "output",
+                             "message": f"the chain's output cannot be sent as JSON: {exc}"}, 500)
+    return Response(text, media_type="application/json")

@@ -75,7 +75,7 @@ def _well_known() -> dict[str, Any]:
         from langchain_core.prompt_values import ChatPromptValueConcrete, StringPromptValue
     except ImportError:
         return {}
-    classes = [m.AIMessage, m.HumanMessage, m.ChatMessage, m.SystemMessage, m.FunctionMessage, m.ToolMessage,
+    classes: list[Any] = [m.AIMessage, m.HumanMessage, m.ChatMessage, m.SystemMessage, m.FunctionMessage, m.ToolMessage,
                m.AIMessageChunk, m.HumanMessageChunk, m.ChatMessageChunk, m.SystemMessageChunk,
                m.FunctionMessageChunk, m.ToolMessageChunk, Document, StringPromptValue, ChatPromptValueConcrete,
                ChatGeneration, Generation, ChatGenerationChunk]
@@ -118,6 +118,7 @@ def check_config(config: Any, where: str = "config") -> dict[str, Any]:
     if not isinstance(config, Mapping):
         raise RequestError(422, f"{where} must be an object, got {type(config).__name__}", where)
     out: dict[str, Any] = {}
+    value: Any
     for key, value in config.items():
         if key in IGNORED_KEYS:
             continue
@@ -127,7 +128,8 @@ def check_config(config: Any, where: str = "config") -> dict[str, Any]:
         if value is None:
             continue
         kind, said = _KEY_TYPES[key]
-        if not isinstance(value, kind) or (key == "tags" and not all(isinstance(t, str) for t in value)):
+        items: Any = value
+        if not isinstance(value, kind) or (key == "tags" and not all(isinstance(t, str) for t in items)):
             raise RequestError(422, f"{where}.{key} must be {said}, got {type(value).__name__}", f"{where}.{key}")
         if key in ("configurable", "metadata", "tags") and not value:
             continue
