@@ -56,3 +56,12 @@ def act(request: dict[str, Any]) -> Any:
 
 def misc() -> Any:
     return rr.RunnableLambda(act)
+
+
+def call_sizes(items: list[Any]) -> list[int]:
+    """Vectorized: each item's output is how many items its call got."""
+    return [len(items)] * len(items)
+
+
+def batched() -> Any:
+    return rr.RunnableLambda(call_sizes, batched=True)

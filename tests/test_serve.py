@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cancel_steps import beats, stop, stops_beating
 from keyed import by_key
-from serve_chains import lc_chain, misc
+from serve_chains import batched, lc_chain, misc
 
 from rayrunnables.serve import ServeOptions, app
 
@@ -52,6 +52,7 @@ def base(ray_session: Any) -> Iterator[str]:
         serve.run(app(misc()), name="misc", route_prefix="/misc")
         serve.run(app(misc(), options=ServeOptions(token="s3cret")), name="guarded", route_prefix="/guarded")
         serve.run(app(misc(), max_ongoing_requests=1, max_queued_requests=1), name="tight", route_prefix="/tight")
+        serve.run(app(batched(), options=ServeOptions(batch_wait_s=0.5)), name="batched", route_prefix="/batched")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -176,3 +177,15 @@ def test_a_client_that_disconnects_cancels_its_work(base: str, tmp_path: Path) -
     finally:
         stop(path)
 
+
+
+def test_concurrent_requests_share_one_call_of_a_vectorized_step(base: str) -> None:
+    def call(i: int) -> int:
+        answer = httpx.post(f"{base}/batched/invoke", json={"input": i}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        size: int = answer.json()["output"]
+        return size
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(call, range(8)))
+    assert max(sizes) > 1, sizes  # some requests were answered by one call for several

@@ -57,3 +57,13 @@ def test_the_command_refuses_a_non_loopback_bind_without_a_token(tmp_path: Path)
     refused = runner.invoke(main, ["serve", "serve_chains:misc", "--host", "0.0.0.0", "--auth-token-file", str(loose)])
     assert refused.exit_code == 2 and "chmod 600" in refused.output
     assert runner.invoke(main, ["serve", "serve_chains:misc", "--replicas", "0"]).exit_code == 2
+
+
+def test_replicas_fixed_or_autoscaled_on_ongoing_requests() -> None:
+    from rayrunnables.serve.deployment import deployment_options
+
+    assert deployment_options(2)["num_replicas"] == 2
+    auto = deployment_options("auto", max_ongoing_requests=8)["autoscaling_config"]
+    assert auto.min_replicas == 1 and auto.max_replicas == 4 and auto.target_ongoing_requests == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        deployment_options(0)
