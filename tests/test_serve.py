@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from cancel_steps import beats, stop, stops_beating
+from headless import chromium, page_html_when
 from keyed import by_key
 from serve_chains import batched, lc_chain, misc
 
@@ -189,3 +191,29 @@ def test_concurrent_requests_share_one_call_of_a_vectorized_step(base: str) -> N
     with ThreadPoolExecutor(8) as pool:
         sizes = list(pool.map(call, range(8)))
     assert max(sizes) > 1, sizes  # some requests were answered by one call for several
+
+
+def test_the_playground_is_one_page_and_the_timeline_says_which_process_ran_each_step(base: str) -> None:
+    page = httpx.get(f"{base}/chain/playground")
+    assert page.status_code == 200 and "<script>" in page.text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # nothing fetched from elsewhere
+    with httpx.stream("POST", f"{base}/chain/stream_events", json={"input": INPUT, "timeline": True},
+                      timeout=120) as answer:
+        text = answer.read().decode()
+    spans = json.loads(text.split("event: timeline\r\ndata: ", 1)[1].split("\r\n", 1)[0])
+    by_name = {s["name"]: s for s in spans}
+    assert {"FakeListChatModel", "shout"} <= set(by_name)
+    assert all(isinstance(s["pid"], int) and s["end_ns"] >= s["start_ns"] for s in spans)
+
+
+def test_the_playground_in_a_headless_browser(base: str) -> None:
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it with apt-get where it can)")
+    url = f"{base}/chain/playground?autorun=1&input={quote(json.dumps(INPUT))}"
+    dom = page_html_when(url, "document.body && document.body.dataset.done", timeout=120)
+    assert 'data-done="1"' in dom, dom[-2000:]
+    assert "one two three" in dom  # invoked
+    chunks = re.search(r'data-chunks="(\d+)"', dom)
+    assert chunks is not None and int(chunks.group(1)) > 1  # streamed in pieces
+    bars = re.findall(r'<div class="bar[^"]*"[^>]*>([^<]*)', dom)
+    assert {"FakeListChatModel", "shout"} <= set(bars) and "data-pid=" in dom  # the timeline, rows per process

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ..errors import step_path_of
 from .batching import RequestBatcher, has_vectorized_step
 from .schemas import Schemas
+from .timeline import TimelineRecorder
 from .wire import RequestError, check_config, decode_value, dumps, metadata_event, sse
 
 __all__ = ["ServeOptions", "build_api", "error_body"]
@@ -176,7 +177,8 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    async def _sse(source: AsyncIterator[Any], first: bytes | None) -> AsyncIterator[bytes]:
+    async def _sse(source: AsyncIterator[Any], first: bytes | None,
+                   timeline: TimelineRecorder | None = None) -> AsyncIterator[bytes]:
         if first is not None:
             yield first
         try:
@@ -189,6 +191,8 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
             close = getattr(source, "aclose", None)
             if close is not None:
                 await close()
+        if timeline is not None:  # the playground's extra event, after the run's own
+            yield sse("timeline", dumps(timeline.snapshot(), lenient=True))
         yield sse("end")
 
     @api.post("/stream")
@@ -208,7 +212,10 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
             raise RequestError(422, f"stream_events: version {version!r} is not served; this server gives "
                                "LangChain's v2 events (LangServe's client asks for none and reads them)", "version")
         filters = {k: body[k] for k in _FILTERS if body.get(k) is not None}
-        return events_response(_sse(chain.astream_events(value, config, version="v2", **filters), None))
+        timeline = TimelineRecorder() if body.get("timeline") is True else None
+        if timeline is not None:
+            config["callbacks"] = [timeline]
+        return events_response(_sse(chain.astream_events(value, config, version="v2", **filters), None, timeline))
 
     @api.get("/input_schema")
     async def input_schema() -> dict[str, Any]:
