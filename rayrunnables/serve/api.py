@@ -9,10 +9,12 @@ request that leaves early (the client disconnected, Serve cancelled it) cancels 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -47,6 +49,9 @@ class ServeOptions:
     # the chain has a vectorized step (None: 10 ms then; 0: never batch)
     batch_wait_s: float | None = None
     batch_max_size: int = 64
+    # threads of the replica's event loop for the chain's blocking parts (``asyncio.to_thread``): Python's
+    # default (CPUs + 4) would make requests wait for each other's Ray waits
+    threads: int = 128
 
 
 def error_body(exc: BaseException, debug: bool) -> dict[str, Any]:
@@ -100,8 +105,13 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         return _refusal(exc)
 
+    threads: list[ThreadPoolExecutor] = []
+
     @api.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
+        if not threads:  # the chain's waits run in threads (to_thread): one per request it may run at once
+            threads.append(ThreadPoolExecutor(options.threads, thread_name_prefix="rayrunnables-serve"))
+            asyncio.get_running_loop().set_default_executor(threads[0])
         if options.token is not None and not request.url.path.endswith("/playground"):
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
