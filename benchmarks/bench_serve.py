@@ -9,8 +9,10 @@ loop for ``--seconds`` (after a warm-up); each request's latency is recorded and
 are the successful answers over the window. Two chains:
 
 - ``light``: a dict of branches (prompt | a fake streaming chat model | parser, and prompt | a lambda |
-  ``.map()``), the tests' done-means chain: serving overhead dominates.
-- ``cpu``: one step of ~20 ms of pure-Python CPU: our server with 2 replicas (the step runs as Ray
+  ``.map()``), the tests' done-means chain: serving overhead dominates. Served twice by us: through the
+  Ray backend (each request's steps as Ray tasks, the default) and with ``ServeOptions(backend="local")``
+  (steps in the replica's process, as LangServe runs them), which separates Serve's cost from the tasks'.
+- ``cpu``: one step of ~100 ms of pure-Python CPU: our server with 2 replicas (the step runs as Ray
   tasks) vs one process, where the GIL runs one request's CPU at a time.
 
 The baseline is LangServe's own ``add_routes`` on FastAPI under uvicorn in one subprocess, langchain-core
@@ -40,7 +42,7 @@ from bench_core import RESULTS_MD, command_line, environment, write_results  # n
 
 HEADING = "Serving a chain (issue 24)"
 CLIENTS = 200
-CPU_MS = 20.0
+CPU_MS = 100.0
 
 
 # ---- the chains (module-level: the replicas and the baseline import this module) ------------------------
@@ -108,11 +110,14 @@ def start_ours(port: int) -> None:
     import ray
     from ray import serve
 
-    from rayrunnables.serve import app
+    from rayrunnables.serve import ServeOptions, app
 
     ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app(light_chain(), name="light"), name="light", route_prefix="/light")
+    # the same chain with its steps in the replica's own process (backend "local"): Serve's part of the cost
+    serve.run(app(light_chain(), name="light-local", options=ServeOptions(backend="local")), name="light-local",
+              route_prefix="/light-local")
     serve.run(app(cpu_chain(), name="cpu", replicas=2), name="cpu", route_prefix="/cpu")
 
 
@@ -204,10 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
         for rnd in range(args.rounds):
             for chain in ("light", "cpu"):
-                for who, port in (("ours", ours_port), ("baseline", base_port)):
+                servers = [("ours", ours_port, chain), ("baseline", base_port, chain)]
+                if chain == "light":
+                    servers.insert(1, ("ours-local", ours_port, "light-local"))
+                for who, port, route in servers:
                     if args.only not in (None, who):
                         continue
-                    url = f"http://127.0.0.1:{port}/{chain}/invoke"
+                    url = f"http://127.0.0.1:{port}/{route}/invoke"
                     got = asyncio.run(load(url, INPUTS[chain], args.seconds, args.warmup, args.clients))
                     results.setdefault((chain, who), []).append(got)
                     print(f"round {rnd + 1} {chain:5s} {who:8s} p50 {got['p50_ms']:7.1f} ms  p99 "
@@ -233,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         "| chain | server | p50 latency | p99 latency | requests/s | failed requests |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    names = {"ours": "rayrunnables.serve on Ray Serve", "baseline": "FastAPI + LangServe + langchain-core, 1 process"}
+    names = {"ours": "rayrunnables.serve on Ray Serve, steps as Ray tasks",
+             "ours-local": "rayrunnables.serve on Ray Serve, steps in the replica (backend local)",
+             "baseline": "FastAPI + LangServe + langchain-core, 1 process"}
     for chain, label in (("light", "light (dict, model, `.map()`)"), ("cpu", f"cpu (~{CPU_MS:g} ms of CPU)")):
-        for who in ("ours", "baseline"):
+        for who in ("ours", "ours-local", "baseline"):
+            if (chain, who) not in med:
+                continue
             m = med[(chain, who)]
             server = names[who] + (", 2 replicas" if (chain, who) == ("cpu", "ours") else "")
             rows.append(f"| {label} | {server} | {m['p50_ms']:.1f} ms | {m['p99_ms']:.1f} ms | {m['rps']:.1f} "

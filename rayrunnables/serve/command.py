@@ -67,10 +67,13 @@ def _replicas(value: str) -> int | str:
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(min=0),
               help="Requests waiting for a replica; past it, 503.")
 @click.option("--address", default=None, help="Ray cluster to serve from (default: start a local Ray).")
+@click.option("--backend", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="Where each request's steps run: ray (tasks and actors in the cluster) or local (the replica's "
+              "own process and threads, as LangServe runs them: less overhead for light chains).")
 @click.option("--debug", is_flag=True, help="Error answers carry the message and traceback (may leak secrets).")
 def serve_command(target: str, route: str, host: str, port: int, replicas: str, auth_token_file: str | None,
                   max_body_bytes: int, max_ongoing_requests: int, max_queued_requests: int, address: str | None,
-                  debug: bool) -> None:
+                  backend: str, debug: bool) -> None:
     """Serve TARGET (MODULE:ATTR, a rayrunnables or LangChain chain) with LangServe's protocol:
     POST ROUTE/invoke, /batch, /stream, /stream_events; GET /input_schema, /output_schema,
     /config_schema, /playground. LangServe's RemoteRunnable(url) is a client."""
@@ -93,7 +96,7 @@ def serve_command(target: str, route: str, host: str, port: int, replicas: str, 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    options = ServeOptions(token=token, max_body_bytes=max_body_bytes, debug=debug)
+    options = ServeOptions(token=token, max_body_bytes=max_body_bytes, debug=debug, backend=backend)
     served: Any = app(chain, options=options, replicas=count, max_ongoing_requests=max_ongoing_requests,
                       max_queued_requests=max_queued_requests)
     serve.run(served, name="rayrunnables", route_prefix=route)
