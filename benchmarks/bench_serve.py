@@ -12,8 +12,9 @@ are the successful answers over the window. Two chains:
   ``.map()``), the tests' done-means chain: serving overhead dominates. Served twice by us: through the
   Ray backend (each request's steps as Ray tasks, the default) and with ``ServeOptions(backend="local")``
   (steps in the replica's process, as LangServe runs them), which separates Serve's cost from the tasks'.
-- ``cpu``: one step of ~100 ms of pure-Python CPU: our server with 2 replicas (the step runs as Ray
-  tasks) vs one process, where the GIL runs one request's CPU at a time.
+- ``cpu``: one step of 200,000 sha256 rounds (a fixed amount of CPU, ~65 ms of one core here): our server
+  with 2 replicas (the step runs as Ray tasks) vs one process, where the GIL runs one request's CPU at a
+  time.
 
 The baseline is LangServe's own ``add_routes`` on FastAPI under uvicorn in one subprocess, langchain-core
 running the chain (the way such a chain was served). Methods are interleaved round by round; the table
@@ -42,7 +43,7 @@ from bench_core import RESULTS_MD, command_line, environment, write_results  # n
 
 HEADING = "Serving a chain (issue 24)"
 CLIENTS = 200
-CPU_MS = 100.0
+ROUNDS = 200_000  # about 65 ms of one core here
 
 
 # ---- the chains (module-level: the replicas and the baseline import this module) ------------------------
@@ -68,12 +69,11 @@ def light_chain() -> Any:
 
 
 def burn(text: str) -> str:
-    """About ``CPU_MS`` of pure-Python CPU (sha256 rounds), holding the GIL."""
+    """A fixed amount of CPU work (``ROUNDS`` sha256 of 32 bytes, holding the GIL): a fixed count, not a
+    time, so a starved process does not do less work per request."""
     digest = text.encode()
-    end = time.perf_counter() + CPU_MS / 1000
-    while time.perf_counter() < end:
-        for _ in range(200):
-            digest = hashlib.sha256(digest).digest()
+    for _ in range(ROUNDS):
+        digest = hashlib.sha256(digest).digest()
     return digest.hex()[:8]
 
 
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("bounded: at most 60 s per run, 5 rounds and 500 clients")
 
     env = environment()
+    start = time.process_time()
+    burn("calibrate")
+    cpu_ms = 1000 * (time.process_time() - start)
     ours_port, base_port = free_port(), free_port()
     baseline = subprocess.Popen([sys.executable, __file__, "--baseline", str(base_port)], cwd=HERE)
     try:
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {"ours": "rayrunnables.serve on Ray Serve, steps as Ray tasks",
              "ours-local": "rayrunnables.serve on Ray Serve, steps in the replica (backend local)",
              "baseline": "FastAPI + LangServe + langchain-core, 1 process"}
-    for chain, label in (("light", "light (dict, model, `.map()`)"), ("cpu", f"cpu (~{CPU_MS:g} ms of CPU)")):
+    cpu_label = f"cpu ({ROUNDS:,} sha256 rounds: {cpu_ms:.0f} ms of CPU alone)"
+    for chain, label in (("light", "light (dict, model, `.map()`)"), ("cpu", cpu_label)):
         for who in ("ours", "ours-local", "baseline"):
             if (chain, who) not in med:
                 continue
