@@ -154,7 +154,7 @@ def test_past_the_queue_bound_a_503(base: str) -> None:
     codes = Counter(a.status_code for a in answers)
     assert codes[200] >= 1 and codes[503] >= 1, codes
     refused = next(a for a in answers if a.status_code == 503)
-    assert refused.text  # a body that says why
+    assert "backpressure" in refused.text and "max_queued_requests=1" in refused.text  # Serve's body says why
 
 
 def test_a_client_that_disconnects_cancels_its_work(base: str, tmp_path: Path) -> None:
