@@ -39,7 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import RESULTS_MD, command_line, environment, write_results  # noqa: E402
+from bench_core import RESULTS_MD, _loadavg, command_line, environment, write_results  # noqa: E402
 
 HEADING = "Serving a chain (issue 24)"
 CLIENTS = 200
@@ -256,10 +256,23 @@ def main(argv: list[str] | None = None) -> int:
             server = names[who] + (", 2 replicas" if (chain, who) == ("cpu", "ours") else "")
             rows.append(f"| {label} | {server} | {m['p50_ms']:.1f} ms | {m['p99_ms']:.1f} ms | {m['rps']:.1f} "
                         f"| {m['failures']:.0f} |")
+    ours_cpu, base_cpu = med[("cpu", "ours")]["rps"], med[("cpu", "baseline")]["rps"]
+    notes = [
+        f"CPU chain, 2 replicas vs one process: {ours_cpu:.1f} vs {base_cpu:.1f} requests/s (target: more): "
+        f"{'met' if ours_cpu > base_cpu else 'NOT met'} on this run. Load average at the end: {_loadavg()}. The "
+        "machine was shared with other jobs (2 cores): Serve adds a proxy and a replica process per request "
+        "path, and each request's steps are Ray tasks, which all compete for the same 2 cores here.",
+        "",
+        "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
+        "p99 is capped near that length. Through the Ray backend, the light chain's `.map()` becomes a map "
+        "scheduler task plus chunk tasks per request: under 200 concurrent requests that is hundreds of small "
+        "tasks for 2 cores; `--backend local` (steps in the replica) is the setting for such a chain.",
+    ]
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"## {HEADING}", "", f"Measured {now} with `{command_line('bench_serve.py')}`"
             f" ({args.clients} clients, {args.rounds} interleaved rounds of {args.warmup:g} s warm-up + "
-            f"{args.seconds:g} s measured per server and chain; medians over rounds).", "", *env, "", *rows, ""]
+            f"{args.seconds:g} s measured per server and chain; medians over rounds).", "", *env, "", *rows, "",
+            *notes, ""]
     print("\n".join(body))
     if args.write_results:
         write_results(RESULTS_MD, HEADING, body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import traceback
 import uuid
 from collections.abc import AsyncIterator
@@ -83,8 +84,6 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
         chunks.append(chunk)
-    import json
-
     try:
         body = json.loads(b"".join(chunks) or b"{}")
     except ValueError as exc:
@@ -92,6 +91,35 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RequestError(422, f"request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+class _Guard:
+    """Plain ASGI (no per-request task, unlike ``BaseHTTPMiddleware``, so streams and cancellation pass
+    through untouched): the bearer token check, and the replica's thread pool set on first use."""
+
+    def __init__(self, app: Any, token: str | None, threads: int) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+        self.threads = threads
+        self.pool: ThreadPoolExecutor | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            if self.pool is None:  # the chain's waits run in threads (to_thread): one per request it may run
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rayrunnables-serve")
+                asyncio.get_running_loop().set_default_executor(self.pool)
+            if self.token is not None and not scope["path"].endswith("/playground") and not self._authorized(scope):
+                refusal = JSONResponse({"status_code": 401, "detail": "missing or wrong bearer token"}, 401,
+                                       headers={"WWW-Authenticate": "Bearer"})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Any) -> bool:
+        given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        assert self.token is not None
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.token)
 
 
 def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
@@ -105,21 +133,7 @@ def build_api(chain: Any, schemas: Schemas, options: ServeOptions) -> FastAPI:
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         return _refusal(exc)
 
-    threads: list[ThreadPoolExecutor] = []
-
-    @api.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        if not threads:  # the chain's waits run in threads (to_thread): one per request it may run at once
-            threads.append(ThreadPoolExecutor(options.threads, thread_name_prefix="rayrunnables-serve"))
-            asyncio.get_running_loop().set_default_executor(threads[0])
-        if options.token is not None and not request.url.path.endswith("/playground"):
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.token.encode()):
-                return JSONResponse({"status_code": 401, "detail": "missing or wrong bearer token"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        response: Response = await call_next(request)
-        return response
+    api.add_middleware(_Guard, token=options.token, threads=options.threads)
 
     def config_of(raw: Any, where: str = "config") -> dict[str, Any]:
         return {**options.extra_config, **check_config(raw, where), "backend": options.backend,

@@ -69,6 +69,7 @@ def app(
         """One replica: the routes run in its event loop, the chain's work in the cluster."""
 
     ChainServer.__name__ = ChainServer.__qualname__ = "ChainServer"
+    # a replica reserves no CPU: it mostly waits, and the chain's heavy steps take the cluster's CPUs as tasks
     deployment: Any = serve.deployment(
         ChainServer, name=name, ray_actor_options=ray_actor_options or {"num_cpus": 0},
         **deployment_options(replicas, max_ongoing_requests, max_queued_requests),
