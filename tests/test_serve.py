@@ -157,11 +157,13 @@ def test_past_the_queue_bound_a_503(base: str) -> None:
     assert "backpressure" in refused.text and "max_queued_requests=1" in refused.text  # Serve's body says why
 
 
-def test_a_client_that_disconnects_cancels_its_work(base: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["invoke", "stream", "batch"])
+def test_a_client_that_disconnects_cancels_its_work(base: str, tmp_path: Path, route: str) -> None:
     path = str(tmp_path / "beat")
-    body = json.dumps({"input": {"do": "beat", "arg": path}}).encode()
+    action = {"do": "beat", "arg": path}
+    body = json.dumps({"inputs": [action]} if route == "batch" else {"input": action}).encode()
     host, port = base.removeprefix("http://").split(":")
-    request = (f"POST /misc/invoke HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    request = (f"POST /misc/{route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     try:
         with socket.create_connection((host, int(port)), timeout=60) as client:
