@@ -8,7 +8,6 @@ budget exceeded (``--max-failures``: more items failed; what finished is recorde
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import traceback
@@ -25,7 +24,8 @@ from .errors import BackendError, ConfigError, FailureBudgetExceeded, Unpicklabl
 from .jsonl import BadLine, IndexSet, LineWriter, ResumeError, count_lines, dumps_line, read_lines, scan_done
 from .progress import Progress
 from .records import error_record, output_record
-from .runnables.base import Runnable, coerce_to_runnable
+from .runnables.base import Runnable
+from .targets import load_target
 from .usage import ItemUsageCounter, UsageCounter, reports_model_calls, zero_usage
 
 
@@ -33,29 +33,6 @@ class SetupError(click.ClickException):
     """A failure before any item could run (a file, the backend): exit status 2, like a usage error."""
 
     exit_code = 2
-
-
-def load_target(spec: str) -> Runnable[Any, Any]:
-    """``package.module:attr`` -> the runnable (a callable or dict is coerced)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise click.UsageError(f"expected MODULE:ATTR, got {spec!r}")
-    if "." not in sys.path:
-        sys.path.insert(0, ".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    except Exception as exc:  # the module itself fails while importing
-        raise click.UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    try:
-        target = getattr(module, attr)
-    except AttributeError:
-        raise click.UsageError(f"{module_name!r} has no attribute {attr!r}") from None
-    try:
-        return coerce_to_runnable(target)
-    except TypeError as exc:
-        raise click.UsageError(f"{spec}: {exc}") from None
 
 
 @click.group()
@@ -360,6 +337,15 @@ class _Job:
     def counts(self) -> str:
         malformed = f" ({self.malformed:,} malformed lines)" if self.malformed else ""
         return f"{self.ok:,} ok, {self.failed:,} failed{malformed}"
+
+
+def _add_serve() -> None:
+    from .serve.command import serve_command  # click only: FastAPI and Ray Serve load when it runs
+
+    main.add_command(serve_command)
+
+
+_add_serve()
 
 
 if __name__ == "__main__":
