@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cancel_steps import heartbeat
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -19,6 +18,7 @@ from langchain_core.runnables import RunnableLambda as LCLambda
 from langchain_core.runnables import RunnableParallel as LCParallel
 
 import rayrunnables as rr
+from rayrunnables.testing.steps.cancel import heartbeat
 
 PROMPT = ChatPromptTemplate.from_messages([("human", "say {topic}")])
 

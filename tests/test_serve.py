@@ -22,12 +22,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from cancel_steps import beats, stop, stops_beating
 from headless import chromium, page_html_when
 from keyed import by_key
 from serve_chains import batched, lc_chain, misc
 
 from rayrunnables.serve import ServeOptions, app
+from rayrunnables.testing.steps.cancel import beats, stop, stops_beating
 
 pytestmark = pytest.mark.slow
 INPUT = {"topic": "ray serve chains"}
@@ -42,11 +42,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def base(ray_session: Any) -> Iterator[str]:
-    import cancel_steps
-    import ray.cloudpickle
     from ray import serve
 
-    ray.cloudpickle.register_pickle_by_value(cancel_steps)  # serve_chains' steps call it in the workers
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
