@@ -345,7 +345,7 @@ def test_data_engine_reads_runs_and_writes_on_every_node(cluster: dict[str, Any]
         for i in range(25_000):
             if i % 10_000 == 3:
                 lines.append("{not json")
-                bad.add(f"{path}:{i + 1}")
+                bad.add(f"d{f}.jsonl:{i + 1}")  # FILE relative to the input root
             else:
                 lines.append(json.dumps({"doc_id": f"{f}-{i}", "i": i}))
                 (bad if i % 1000 == 5 else good).add(f"{f}-{i}")
