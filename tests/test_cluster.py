@@ -353,7 +353,8 @@ def test_data_engine_reads_runs_and_writes_on_every_node(cluster: dict[str, Any]
     proc = subprocess.run(
         cli("run", f"{name}:chain", "--input", "docs", "--output", "out", "--errors", "errors", "--id-field", "doc_id",
             "--address", cluster["address"], "--chunk-size", "2500", "--no-progress"),
-        cwd=tmp_path, env=driver_env(cluster, RAY_ADDRESS=None, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=driver_env(cluster, RAY_ADDRESS=None, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=240,
     )
     assert proc.returncode == 1, proc.stderr[-4000:]
     outputs = [json.loads(line) for p in sorted((tmp_path / "out").glob("part-*.jsonl"))
