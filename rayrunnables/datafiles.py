@@ -158,6 +158,27 @@ class ChainFiles(FileBasedDatasource):
         self.fs, self.root, self.log = inputs.fs, inputs.root, log
         self.id_field, self.resume, self.rows_per_block = id_field, resume, rows_per_block
 
+    def estimate_rows(self) -> int | None:
+        """About how many items the inputs hold: their bytes over the bytes per item of the first file's first
+        MiB (its footer for Parquet); ``None`` for compressed files or when it cannot tell."""
+        try:
+            total, first = self.estimate_inmemory_data_size(), self._paths()[0]
+            size = self.fs.get_file_info(first).size
+            if not total or not size:
+                return None
+            if first.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                with self.fs.open_input_file(first) as f:
+                    return int(total * pq.ParquetFile(f).metadata.num_rows / size)
+            if not first.endswith((".jsonl", ".json")):
+                return None
+            with self.fs.open_input_stream(first) as f:
+                head = f.read(1 << 20)
+            return int(total * max(head.count(b"\n"), 1) / len(head)) if head else None
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
         if path.endswith(".parquet"):  # Parquet reads its footer first: it needs a seekable file
             return filesystem.open_input_file(path)

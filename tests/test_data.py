@@ -293,3 +293,20 @@ def test_a_vectorized_step_inside_a_sequence_gets_the_whole_batch() -> None:
             assert isinstance(g, ValueError) and step_path_of(g) == step_path_of(e) == "step 1 > lambda 'prep'"
         else:
             assert g == e
+
+
+def test_a_small_run_gets_about_4_batches_per_cpu(tmp_path: Path, ray_session: Any) -> None:
+    """Without --chunk-size: 10,000 rows per batch, or fewer so that a small run keeps every CPU busy."""
+    import pyarrow.fs as pafs
+
+    from rayrunnables.data_cli import default_batch
+    from rayrunnables.datafiles import ChainFiles, resolve_inputs
+    from rayrunnables.shardlog import CommitLog
+
+    assert default_batch(20_000, 2) == 2_500  # 8 files of 2,500 documents on 2 CPUs: 8 batches, not 2
+    assert default_batch(100_000_000, 64) == 10_000 and default_batch(None, 2) == 10_000
+    assert default_batch(50, 8) == 100
+    write_corpus(tmp_path / "docs", files=2, per_file=3000)
+    source = ChainFiles(resolve_inputs([str(tmp_path / "docs")]), CommitLog(pafs.LocalFileSystem(), str(tmp_path)))
+    estimate = source.estimate_rows()
+    assert estimate is not None and 5_000 < estimate < 7_000

@@ -85,7 +85,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("backends", ["backends"]),
     # what a person runs or imports: the public API (the package itself), the command line and its
     # files, the Ray Data engine, the demo, LangChain/OpenTelemetry interop, usage counting, test helpers
-    ("apps", ["", "cli", "data", "data_cli", "datafiles", "shardlog", "jsonl", "records", "demo", "interop", "usage", "testing"]),
+    ("apps", ["", "cli", "data", "data_cli", "datafiles", "shardlog", "jsonl", "records", "demo", "interop", "usage",
+              "testing"]),
 ]
 
 
