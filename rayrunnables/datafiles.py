@@ -202,8 +202,8 @@ class ChainFiles(FileBasedDatasource):
         if not state.count:
             return [False] * len(numbers)
         if self.id_field is None:
-            return [n in state.lines for n in numbers]
-        return [id_key(item_id(rel, n, v, self.id_field)) in state.ids for n, v in zip(numbers, values, strict=True)]
+            return [state.done(n, None) for n in numbers]
+        return [state.done(n, id_key(item_id(rel, n, v, self.id_field))) for n, v in zip(numbers, values, strict=True)]
 
     def _read_parquet(self, f: Any, rel: str, state: FileState) -> Generator[pa.Table, None, int]:
         import pyarrow.parquet as pq

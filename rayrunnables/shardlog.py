@@ -93,9 +93,13 @@ class FileState:
     lines: IndexSet = field(default_factory=IndexSet)
     ids: set[str] = field(default_factory=set)
     count: int = 0
+    untagged: IndexSet = field(default_factory=IndexSet)  # lines of markers without ids (a run without --id-field)
 
     def done(self, number: int, item_id: str | None) -> bool:
-        return number in self.lines if item_id is None else item_id in self.ids
+        """By id when the run has ``--id-field`` (and by line for what an earlier run without it committed)."""
+        if item_id is None:
+            return number in self.lines
+        return item_id in self.ids or number in self.untagged
 
 
 @dataclass
@@ -152,7 +156,11 @@ class CommitLog:
         return [i for i in infos if i.type == pafs.FileType.File]
 
     def exists(self) -> bool:
-        return bool(self._names(self.log, recursive=True))
+        """Whether any file has entries (one listing of the log's top folder, however big the run was)."""
+        try:
+            return bool(self.fs.get_file_info(pafs.FileSelector(self.log, allow_not_found=True)))
+        except FileNotFoundError:
+            return False
 
     def commit(self, rel: str, piece: str, attempt: str, part: str | None, errors: str | None,
                numbers: list[int], ids: list[str] | None) -> None:
@@ -185,6 +193,8 @@ class CommitLog:
             for first, last in body["lines"]:
                 for n in range(first, last + 1):
                     state.lines.add(n)
+                    if with_ids and "ids" not in body:
+                        state.untagged.add(n)
             if with_ids and "ids" in body:
                 state.ids.update(body["ids"])
         return state
