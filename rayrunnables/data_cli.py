@@ -61,6 +61,9 @@ def run_data(
         if (existing or log.exists()) and not resume:
             raise setup_error(f"{output}: already holds shards ({len(existing)}): add --resume to finish that "
                               "run, or give an empty folder")
+        if resume and existing and not log.exists():  # never delete shards this version did not commit
+            raise setup_error(f"{output}: holds shards but no commit log ({log.log}): written by an older "
+                              "rayrunnables, so --resume cannot tell which are whole; give an empty folder")
         if resume:
             done = tidy(log, out, errs)
     except (OSError, ValueError) as exc:

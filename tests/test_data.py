@@ -248,6 +248,7 @@ def test_usage_errors_exit_2_before_ray_starts(workdir: Path) -> None:
     (workdir / "out" / "part-x.jsonl").write_text("")
     cases = [
         (["--input", "docs", "--output", "out"], "already holds shards"),
+        (["--input", "docs", "--output", "out", "--resume"], "no commit log"),  # shards of an older version: kept
         (["--input", "docs/docs0.jsonl", "--input", "docs/docs0.jsonl", "--engine", "driver", "--output", "o.jsonl"],
          "driver engine reads one file"),
         (["--input", "nothing-here/*.jsonl", "--output", "o2"], "no file matches"),
