@@ -136,7 +136,10 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--pause", type=float, default=3.0)
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 round of 8 files of 500 documents")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.per_file = 1, 500
     loops = calibrate()
     work = Path(tempfile.mkdtemp(prefix="rr_cpu_chain_"))
     import ray

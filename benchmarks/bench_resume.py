@@ -172,7 +172,10 @@ def main() -> None:
     parser.add_argument("--done", default="100000,1000000", help="comma-separated counts done before resuming")
     parser.add_argument("--data-dir", default="/tmp/rayrunnables_bench_resume")
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="200k documents, 10k and 100k done")
     args = parser.parse_args()
+    if args.quick:
+        args.docs, args.done = 200_000, "10000,100000"
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     results = [measure(args.docs, int(n), data_dir) for n in args.done.split(",")]
