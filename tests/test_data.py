@@ -185,6 +185,7 @@ def check_exactly_once(out: Path, errs: Path, good: set[str], bad: set[str]) -> 
     return outputs
 
 
+@pytest.mark.slow
 def test_folder_killed_at_40_percent_and_resumed_is_exactly_once(workdir: Path, address: str) -> None:
     good, bad = write_corpus(workdir / "docs", files=4, per_file=25_000)
     out, errs = workdir / "out", workdir / "errs"
@@ -223,6 +224,7 @@ def test_folder_killed_at_40_percent_and_resumed_is_exactly_once(workdir: Path, 
     assert broken["index"] == 17 and broken["step"] == "input" and broken["error_type"] == "JSONDecodeError"
 
 
+@pytest.mark.slow
 def test_parquet_in_and_out(workdir: Path, address: str) -> None:
     (workdir / "pq").mkdir()
     for f in range(2):
@@ -242,6 +244,7 @@ def test_parquet_in_and_out(workdir: Path, address: str) -> None:
     assert sorted(e["index"] for e in errors) == sorted([i for i in range(300) if i % 50 == 7] * 2)
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2_before_ray_starts(workdir: Path) -> None:
     write_corpus(workdir / "docs", files=1, per_file=10)
     (workdir / "out").mkdir()
