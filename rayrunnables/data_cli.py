@@ -73,10 +73,11 @@ def run_data(
     from .backends import get_backend
     from .errors import BackendError, UnpicklableStepError
 
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     try:
         get_backend("ray", address=address).ensure_started()  # type: ignore[attr-defined]
         rr_data.prepare(chain)
-        source = ChainFiles(inputs, log, id_field, resume)
+        source = ChainFiles(inputs, log, id_field, resume, run_id=run_id)
     except (BackendError, UnpicklableStepError) as exc:
         raise setup_error(f"{type(exc).__name__}: {exc}") from None
     except (OSError, ValueError) as exc:
@@ -86,7 +87,6 @@ def run_data(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
     job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache)
     if chunk_size is None:

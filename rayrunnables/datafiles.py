@@ -153,10 +153,11 @@ class ChainFiles(FileBasedDatasource):
     file's item count and size, which is how the next ``--resume`` knows a file is all done."""
 
     def __init__(self, inputs: Inputs, log: CommitLog, id_field: str | None = None, resume: bool = False,
-                 rows_per_block: int = 10_000) -> None:
+                 rows_per_block: int = 10_000, run_id: str | None = None) -> None:
         super().__init__(inputs.paths, filesystem=inputs.fs, file_extensions=EXTENSIONS)
         self.fs, self.root, self.log = inputs.fs, inputs.root, log
         self.id_field, self.resume, self.rows_per_block = id_field, resume, rows_per_block
+        self.run_id = run_id  # this run's own markers never change what a read yields (``CommitLog.file_state``)
 
     def estimate_rows(self) -> int | None:
         """About how many items the inputs hold: their bytes over the bytes per item of the first file's first
@@ -187,7 +188,7 @@ class ChainFiles(FileBasedDatasource):
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
         rel = relative(path, self.root)
         size = self.fs.get_file_info(path).size
-        state = self.log.file_state(rel, size, self.id_field is not None) if self.resume else FileState()
+        state = self.log.file_state(rel, size, self.id_field is not None, self.run_id) if self.resume else FileState()
         if state.complete:
             return
         if path.endswith(".parquet"):

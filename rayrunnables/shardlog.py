@@ -176,10 +176,15 @@ class CommitLog:
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
             write_whole(self.fs, path, b"")
 
-    def file_state(self, rel: str, size: int | None, with_ids: bool) -> FileState:
-        """What is done of ``rel`` (read by the worker that reads the file; nothing of other files)."""
+    def file_state(self, rel: str, size: int | None, with_ids: bool, run_id: str | None = None) -> FileState:
+        """What is done of ``rel`` (read by the worker that reads the file; nothing of other files).
+
+        ``run_id``: the markers of that run (the one reading) are left out, so what a read yields does not
+        depend on when it runs: Ray may run a read again (its blocks were lost with a node) while the run's
+        own batches commit, and the blocks it rebuilds must hold the rows the first read gave."""
         infos = self._names(self.folder(rel))
-        best, _ = _trusted(i.base_name for i in infos)
+        own = f"{run_id}-" if run_id else None
+        best, _ = _trusted(i.base_name for i in infos if own is None or not i.base_name.startswith(own))
         state = FileState(count=sum(n for _, n, _ in best.values()))
         if not best:
             return state

@@ -203,6 +203,8 @@ def test_commit_log_trusts_one_attempt_per_piece_and_knows_a_finished_file(tmp_p
     assert log.file_state("d.jsonl", 50, with_ids=True).complete
     assert not log.file_state("d.jsonl", 51, with_ids=True).complete  # the file changed: read it again
     assert log.file_state("other.jsonl", 50, with_ids=True).count == 0
+    # a read Ray runs again in the middle of a run yields what it first did: that run's own markers do not count
+    assert log.file_state("d.jsonl", 50, with_ids=True, run_id="run").count == 0
     log.commit("e.jsonl", "run-e-000-cc", "d4", "part-w", None, [0, 1], None)  # committed without --id-field
     mixed = log.file_state("e.jsonl", None, with_ids=True)  # resumed with it: those lines are still done
     assert mixed.done(1, "any id") and not mixed.done(2, "any id") and not state.done(3, "i3")
