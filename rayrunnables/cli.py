@@ -82,7 +82,8 @@ def explain(target: str, backend: str) -> None:
 @click.option("--resume", is_flag=True, help="Skip items already in the output or errors file; append.")
 @click.option("--unordered", is_flag=True, help="Write outputs as they finish instead of in input order.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Items per task (default: adaptive; data engine: items per batch and shard, 10,000).")
+              help="Items per task (default: adaptive; data engine: items per batch and shard, 10,000, fewer for a "
+              "small run).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None, help="Chunks running at once.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
 @click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",

@@ -1,9 +1,10 @@
 """``rayrunnables run`` on Ray Data: the driver plans, the cluster reads, runs and writes.
 
 The driver never holds a document: it lists the input files, starts one Ray Data pipeline (read ->
-the chain in ``map_batches`` -> shards written by the workers), and sums the per-batch counts the
-workers send back. Its memory therefore does not grow with the number of documents (with
-``--resume`` it holds the set of ids already done, which the workers share from the object store).
+the chain in ``map_batches`` -> shards written and committed by the workers), and sums the per-batch
+counts the workers send back. Its memory therefore does not grow with the number of documents; with
+``--resume`` neither: the readers skip what each file's markers hold, and the driver lists names only
+(``shardlog``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def wants_data_engine(inputs: tuple[str, ...]) -> bool:
 
 
 def run_data(
-    chain: Runnable[Any, Any], inputs: tuple[str, ...], output: str, errors: str | None, address: str | None,
+    chain: Runnable[Any, Any], inputs_given: tuple[str, ...], output: str, errors: str | None, address: str | None,
     id_field: str | None, resume: bool, chunk_size: int | None, output_format: str, concurrency: int | None,
     progress: bool, setup_error: type[click.ClickException], counter: UsageCounter | None = None,
     cache: str | None = None,
@@ -45,25 +46,26 @@ def run_data(
     ``counter``: the workers count their batches' model tokens (each item's too, for an ``ItemUsageCounter``)
     and the driver adds them into it; the totals are printed at the end. ``cache``: the store of the cached
     steps that have none of their own (``--cache``)."""
-    from .datafiles import USAGE_COLUMN, ChainFiles, ShardJob, Shards, expand_inputs
+    from .datafiles import USAGE_COLUMN, ChainFiles, ShardJob, Shards, resolve_inputs
+    from .shardlog import CommitLog
 
     out, errs = Shards(output), Shards(errors or output)
     out_prefix, err_prefix = ("part-",), ("errors-",)
-    done: set[str] = set()
+    log = CommitLog(out.fs, out.root)
+    done = 0
     try:  # everything that can be refused is refused before Ray starts
-        paths = expand_inputs(inputs)
+        inputs = resolve_inputs(inputs_given)
         for shards in (out, errs):
             shards.make()
         existing = out.files(out_prefix) + errs.files(err_prefix)
-        if existing and not resume:
+        if (existing or log.exists()) and not resume:
             raise setup_error(f"{output}: already holds shards ({len(existing)}): add --resume to finish that "
                               "run, or give an empty folder")
+        if resume and existing and not log.exists():  # never delete shards this version did not commit
+            raise setup_error(f"{output}: holds shards but no commit log ({log.log}): written by an older "
+                              "rayrunnables, so --resume cannot tell which are whole; give an empty folder")
         if resume:
-            for shards in (out, errs):
-                for path in shards.leftovers():  # temporary files of a killed run: never a complete shard
-                    shards.fs.delete_file(path)
-            out.ids(out_prefix, done)
-            errs.ids(err_prefix, done)
+            done = tidy(log, out, errs)
     except (OSError, ValueError) as exc:
         raise setup_error(str(exc)) from None
 
@@ -71,10 +73,11 @@ def run_data(
     from .backends import get_backend
     from .errors import BackendError, UnpicklableStepError
 
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     try:
         get_backend("ray", address=address).ensure_started()  # type: ignore[attr-defined]
         rr_data.prepare(chain)
-        source = ChainFiles(paths)
+        source = ChainFiles(inputs, log, id_field, resume, run_id=run_id)
     except (BackendError, UnpicklableStepError) as exc:
         raise setup_error(f"{type(exc).__name__}: {exc}") from None
     except (OSError, ValueError) as exc:
@@ -84,13 +87,14 @@ def run_data(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
-    done_ref = ray.put(frozenset(done)) if done else None
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
-    job = ShardJob(chain, id_field, out, errs, output_format, run_id, done_ref, usage, cache)
-    args = rr_data.map_batches_args(chain, job, concurrency, chunk_size or 10_000)
+    job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache)
+    if chunk_size is None:
+        chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
+        source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
+    args = rr_data.map_batches_args(chain, job, concurrency, chunk_size)
     dataset = ray.data.read_datasource(source).map_batches(**args)
-    counts = dict.fromkeys(("ok", "failed", "malformed", "skipped"), 0)
+    counts = dict.fromkeys(("ok", "failed", "malformed"), 0)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for key in counts:
@@ -106,9 +110,30 @@ def run_data(
         echo_usage(counter)
         raise click.ClickException(f"run stopped ({type(exc).__name__}: {exc}); {_counts(counts)}; "
                                    "finish with --resume") from None
+    tidy(log, out, errs)  # a retried batch may have left an attempt that lost, or one that never committed
     echo_usage(counter)
-    click.echo(_counts(counts) + (f"; {len(done):,} already done" if resume else ""), err=True)
+    click.echo(_counts(counts) + (f"; {done:,} already done" if resume else ""), err=True)
     return 1 if counts["failed"] else 0
+
+
+def default_batch(rows: int | None, cpus: float, most: int = 10_000, least: int = 100) -> int:
+    """Rows per batch (and shard) when ``--chunk-size`` is not given: 10,000, or fewer when the run is small, so
+    that every CPU gets about 4 batches. With one batch per CPU or fewer, a core waits as soon as the batches
+    are uneven or one starts late (8 files of 2,500 documents were 2 batches of 10,000 on 2 CPUs)."""
+    if not rows:
+        return most
+    return max(least, min(most, -(-rows // max(1, int(cpus) * 4))))
+
+
+def tidy(log: Any, out: Any, errs: Any) -> int:
+    """Delete what no trusted marker names (shards of writers that died before committing, attempts that lost,
+    a killed local writer's temporary files); return how many items the trusted markers hold."""
+    scan = log.scan()
+    for path in scan.superseded:
+        log.fs.delete_file(path)
+    out.tidy(("part-",), scan.trusted)
+    errs.tidy(("errors-",), scan.trusted)
+    return int(scan.done)
 
 
 def echo_usage(counter: UsageCounter | None) -> None:

@@ -345,7 +345,7 @@ def test_data_engine_reads_runs_and_writes_on_every_node(cluster: dict[str, Any]
         for i in range(25_000):
             if i % 10_000 == 3:
                 lines.append("{not json")
-                bad.add(f"{path}:{i + 1}")
+                bad.add(f"d{f}.jsonl:{i + 1}")  # FILE relative to the input root
             else:
                 lines.append(json.dumps({"doc_id": f"{f}-{i}", "i": i}))
                 (bad if i % 1000 == 5 else good).add(f"{f}-{i}")
@@ -353,7 +353,8 @@ def test_data_engine_reads_runs_and_writes_on_every_node(cluster: dict[str, Any]
     proc = subprocess.run(
         cli("run", f"{name}:chain", "--input", "docs", "--output", "out", "--errors", "errors", "--id-field", "doc_id",
             "--address", cluster["address"], "--chunk-size", "2500", "--no-progress"),
-        cwd=tmp_path, env=driver_env(cluster, RAY_ADDRESS=None), capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=driver_env(cluster, RAY_ADDRESS=None, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=240,
     )
     assert proc.returncode == 1, proc.stderr[-4000:]
     outputs = [json.loads(line) for p in sorted((tmp_path / "out").glob("part-*.jsonl"))
@@ -418,6 +419,96 @@ def test_worker_node_killed_mid_run_loses_nothing(cluster: dict[str, Any], tmp_p
     assert set(executions) == set(range(n_items))  # items of the lost chunk ran again elsewhere
     rerun = sorted(x for x, count in executions.items() if count > 1)
     print(f"{api}: node killed after {done_before}/{n_items} executions; items run again elsewhere: {rerun}")
+
+
+PACED_DATA_CHAIN = """
+import os, time
+from rayrunnables import RunnableLambda
+
+LOG = {log!r}
+
+def paced(doc):
+    if doc["i"] % 100 == 0:  # now and then: which node's worker runs items (its raylet's pid)
+        with open(LOG, "a") as f:
+            f.write(f"{{doc['i']}} {{os.getppid()}}\\n")
+    time.sleep(0.004)
+    if doc["i"] % 1000 == 5:
+        raise ValueError(f"cannot take {{doc['i']}}")
+    return doc["i"]
+
+chain = RunnableLambda(paced, name="paced")
+"""
+
+
+def _committed(out: Path) -> int:
+    """Items the markers in ``out`` hold (names only)."""
+    import pyarrow.fs
+
+    from rayrunnables.shardlog import CommitLog
+
+    return CommitLog(pyarrow.fs.LocalFileSystem(), str(out)).scan().done
+
+
+@pytest.mark.slow
+def test_data_engine_node_lost_then_driver_killed_then_resumed_is_exactly_once(
+    cluster: dict[str, Any], tmp_path: Path,
+) -> None:
+    """A worker node dies mid-run (Ray Data runs its batches again elsewhere), then the driver is killed; the
+    resumed run ends with every good id, and every error record, exactly once across the committed shards."""
+    victim = local_cluster.add_node(cluster["state_dir"], cpus=1, timeout=120)
+    name, log = f"paced_{uuid.uuid4().hex[:8]}", tmp_path / "runs.log"
+    (tmp_path / f"{name}.py").write_text(PACED_DATA_CHAIN.format(log=str(log)))
+    (tmp_path / "docs").mkdir()
+    good, bad = set(), set()
+    for f in range(4):
+        lines = [json.dumps({"doc_id": f"{f}-{i}", "i": i}) for i in range(5000)]
+        lines[9] = "{not json"
+        (tmp_path / "docs" / f"d{f}.jsonl").write_text("\n".join(lines) + "\n")
+        for i in range(5000):
+            (bad if i % 1000 == 5 or i == 9 else good).add(f"{f}-{i}" if i != 9 else f"d{f}.jsonl:10")
+    out, errors = tmp_path / "out", tmp_path / "errors"
+    args = cli("run", f"{name}:chain", "--input", "docs", "--output", "out", "--errors", "errors", "--id-field",
+               "doc_id", "--address", cluster["address"], "--chunk-size", "250", "--no-progress")
+    env = driver_env(cluster, RAY_ADDRESS=None, PYTHONPATH=str(ROOT))  # this checkout, as its nodes
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    total = len(good | bad)
+    try:
+        victim_pids = set(local_cluster._node_processes(victim))
+        deadline, ran = time.monotonic() + 120, False
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = log.read_text().splitlines() if log.exists() else []
+            ran = any(int(line.split()[1]) in victim_pids for line in lines)
+            # the victim dies once it runs items (or, if its workers start late on a loaded machine, at 30%)
+            if ran or _committed(out) >= 0.3 * total:
+                local_cluster.kill_node(victim["index"], cluster["state_dir"])
+                break
+            time.sleep(0.05)
+        at_node_loss = _committed(out)
+        assert at_node_loss < 0.5 * total, "the node must die mid-run"
+        while time.monotonic() < deadline and proc.poll() is None and _committed(out) < at_node_loss + 0.1 * total:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before the driver could be killed: " + (
+            proc.stderr.read().decode()[-3000:] if proc.stderr else "")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    settled = -1  # the dead driver's workers are ended by Ray; a task running then may still finish
+    while settled != (settled := len(list(out.rglob("*")) + list(errors.glob("*")))):
+        time.sleep(3)
+    before = _committed(out)
+    assert at_node_loss < before < total, (at_node_loss, before, total)
+    resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 1, resumed.stderr[-4000:]  # some documents fail
+    assert f"{before:,} already done" in resumed.stderr
+    outputs = Counter(json.loads(line)["id"] for p in out.glob("part-*.jsonl") for line in p.read_text().splitlines())
+    failed = Counter(json.loads(line)["id"] for p in errors.glob("errors-*.jsonl")
+                     for line in p.read_text().splitlines())
+    assert set(outputs) == good and max(outputs.values()) == 1
+    assert set(failed) == bad and max(failed.values()) == 1
+    print(f"node lost at {at_node_loss}/{total} committed (it had run items: {ran}), driver killed at {before}/{total}")
 
 
 # ---- manifests that cannot run here: parsed and checked -----------------------------------------------------------

@@ -86,8 +86,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     # what a person runs or imports: the public API (the package itself), the command line and its
     # files, the Ray Data engine, the demo, LangChain/OpenTelemetry interop, usage counting, test helpers
     # ``serve`` is the HTTP server (Ray Serve, FastAPI), ``targets`` loads MODULE:ATTR for the commands
-    ("apps", ["", "cli", "data", "data_cli", "datafiles", "jsonl", "records", "demo", "interop", "usage", "testing",
-              "serve", "targets"]),
+    ("apps", ["", "cli", "data", "data_cli", "datafiles", "shardlog", "jsonl", "records", "demo", "interop", "usage",
+              "testing", "serve", "targets"]),
 ]
 
 
