@@ -1,7 +1,9 @@
 """One scheduler: a ``.map()`` inside a chain on Ray is scheduled as ``batch`` is (issue 21, item 2).
 
-Every test runs the map two ways: over a list the caller gives (``step.map().invoke(items)``) and over
-a list an earlier task computed (``RunnableLambda(make_list) | step.map()``). Timeouts, their hard stop,
+Every test runs the map three ways: over a list the caller gives (``step.map().invoke(items)``), over
+a list an earlier task computed (``RunnableLambda(make_list) | step.map()``), both in a map task, and
+that chain with every map-task slot taken, so the same scheduler runs in the driver's thread (what a
+server with many requests in flight does). Timeouts, their hard stop,
 straggler backups, the first failure stopping the map, and adaptive chunk sizes are the same as in
 ``tests/test_timeouts.py`` for ``batch``. Tests assert behaviour, never times.
 
@@ -17,13 +19,13 @@ from typing import Any
 import pytest
 from timeout_steps import fail_every_fifth, maybe_hang, maybe_hang_marked, straggle_once
 
-from rayrunnables import RunnableLambda, item_index_of, step_path_of
+from rayrunnables import RunnableLambda, get_backend, item_index_of, step_path_of
 from rayrunnables.testing.steps.cancel import fail_once_beating, heartbeat, stop, stops_beating, stubborn_heartbeat
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("ray_session")]
 
 RAY = {"backend": "ray"}
-FORMS = ["given", "computed"]
+FORMS = ["given", "computed", "driver"]
 
 
 def make_list(items: list[Any]) -> list[Any]:
@@ -55,6 +57,13 @@ def mapped(step: Any, items: list[Any], form: str) -> Any:
     """``step.map()`` over ``items``: given by the caller, or computed by an earlier task."""
     if form == "given":
         return step.map().invoke(items, RAY)
+    if form == "driver":
+        slots = get_backend("ray").map_slots  # type: ignore[attr-defined]
+        slots.limit, limit = 0, slots.limit
+        try:
+            return (RunnableLambda(make_list) | step.map()).invoke(items, RAY)
+        finally:
+            slots.limit = limit
     return (RunnableLambda(make_list) | step.map()).invoke(items, RAY)
 
 
