@@ -249,8 +249,8 @@ class Invocation:
         """The map's list fetched here and the same scheduler (``run_map``) run in this thread: chunk tasks
         as a map task submits them, no process of its own. Chosen when every map-task slot is taken: a map
         task holds no CPU, so Ray starts a worker process per concurrent one (a server with 64 requests in
-        flight would start 64, and start them again as idle ones are reaped). Stopped by ``cancel`` as each
-        item ends; pool members found dead are replaced here, at once."""
+        flight would start 64, and start them again as idle ones are reaped). Stopped by ``cancel`` (the
+        invocation's token, looked at while it waits); pool members found dead are replaced here, at once."""
         items = unit.node.check_input(self.materialize(pending, barrier=True), RunContext(path=unit.path))
         try:
             outputs, _ = run_map(unit.node, items, state, options, self.backend.parallelism(), view, self.ctx.cancel)

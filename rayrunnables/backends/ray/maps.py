@@ -113,13 +113,14 @@ def run_map(
     """``each`` (a ``RunnableEach``) over ``items`` through the one scheduler, from this process: the
     outputs in order, and the run events recorded (none when nobody records). The first item failure is
     raised, carrying the events recorded so far. ``cancel``: for a map run in the driver's thread (a map
-    task is stopped by ``ray.cancel`` instead), looked at as each item ends; once set, what runs is
-    cancelled by the scheduler and ``Cancelled`` raised."""
+    task is stopped by ``ray.cancel`` instead), looked at while it waits (``RayChunkRunner.wait``) and as
+    each item ends; once set, what runs is cancelled by the scheduler and ``Cancelled`` raised."""
     node = each.bound
     ctx = RunContext.from_state(state._replace(path=(*state.path, "map")), WORKER_SERVICES)
     name = "/".join((*state.path, "map", node.label()))
     replace = None if pool is None else pool.replace
     runner = RayChunkRunner(node, pool, parallelism, options=options, replace=replace, name=name)
+    runner.stop_token = cancel
     out: list[Any] = [None] * len(items)
     try:
         for index, value in iter_batch(runner, node, items, ctx, return_exceptions=False, ordered=False):
