@@ -264,9 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         "path, and each request's steps are Ray tasks, which all compete for the same 2 cores here.",
         "",
         "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
-        "p99 is capped near that length. Through the Ray backend, the light chain's `.map()` becomes a map "
-        "scheduler task plus chunk tasks per request: under 200 concurrent requests that is hundreds of small "
-        "tasks for 2 cores; `--backend local` (steps in the replica) is the setting for such a chain.",
+        "p99 is capped near that length. Through the Ray backend each light request is still three or more "
+        "small tasks (the two fused branches, the `.map()`'s chunks); its `.map()` runs its scheduler in a "
+        "map task only while this replica has fewer than the cluster's CPUs of them running, else in the "
+        "replica's thread (`MapSlots`): a map task holds no CPU, so Ray started a worker process per "
+        "concurrent one, which was most of the CPU here (1-2 req/s before). `--backend local` (steps in the "
+        "replica) remains the setting for a chain of only cheap steps.",
     ]
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"## {HEADING}", "", f"Measured {now} with `{command_line('bench_serve.py')}`"

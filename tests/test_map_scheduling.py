@@ -1,7 +1,9 @@
 """One scheduler: a ``.map()`` inside a chain on Ray is scheduled as ``batch`` is (issue 21, item 2).
 
-Every test runs the map two ways: over a list the caller gives (``step.map().invoke(items)``) and over
-a list an earlier task computed (``RunnableLambda(make_list) | step.map()``). Timeouts, their hard stop,
+Every test runs the map three ways: over a list the caller gives (``step.map().invoke(items)``), over
+a list an earlier task computed (``RunnableLambda(make_list) | step.map()``), both in a map task, and
+that chain with every map-task slot taken, so the same scheduler runs in the driver's thread (what a
+server with many requests in flight does). Timeouts, their hard stop,
 straggler backups, the first failure stopping the map, and adaptive chunk sizes are the same as in
 ``tests/test_timeouts.py`` for ``batch``. Tests assert behaviour, never times.
 
@@ -10,20 +12,29 @@ Step functions live at module level (this module is shipped to Ray's workers by 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from timeout_steps import fail_every_fifth, maybe_hang, maybe_hang_marked, straggle_once
 
-from rayrunnables import RunnableLambda, item_index_of, step_path_of
-from rayrunnables.testing.steps.cancel import fail_once_beating, heartbeat, stop, stops_beating, stubborn_heartbeat
+from rayrunnables import RunnableLambda, get_backend, item_index_of, step_path_of
+from rayrunnables.testing.steps.cancel import (
+    beats,
+    fail_once_beating,
+    heartbeat,
+    stop,
+    stops_beating,
+    stubborn_heartbeat,
+)
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("ray_session")]
 
 RAY = {"backend": "ray"}
-FORMS = ["given", "computed"]
+FORMS = ["given", "computed", "driver"]
 
 
 def make_list(items: list[Any]) -> list[Any]:
@@ -55,6 +66,13 @@ def mapped(step: Any, items: list[Any], form: str) -> Any:
     """``step.map()`` over ``items``: given by the caller, or computed by an earlier task."""
     if form == "given":
         return step.map().invoke(items, RAY)
+    if form == "driver":
+        slots = get_backend("ray").map_slots  # type: ignore[attr-defined]
+        slots.limit, limit = 0, slots.limit
+        try:
+            return (RunnableLambda(make_list) | step.map()).invoke(items, RAY)
+        finally:
+            slots.limit = limit
     return (RunnableLambda(make_list) | step.map()).invoke(items, RAY)
 
 
@@ -149,3 +167,31 @@ def test_chunks_of_a_cheap_step_start_small_and_grow(form: str, tmp_path: Path) 
     assert len(sizes) < 200, f"{len(sizes)} chunk tasks for {n} cheap items"  # not one task per item
     assert sizes[0] == 1  # slow start: the cost per item is not known yet (not a fixed split)
     assert max(sizes) >= 64, sizes  # then chunks grow to amortise the per-task cost
+
+
+# ---- a map run in the driver's thread (every map-task slot taken) stops with its request -------------------
+@pytest.mark.slow
+def test_a_map_in_the_driver_stops_when_its_ainvoke_is_cancelled(tmp_path: Path) -> None:
+    """A server cancels a request whose client left (``ainvoke`` cancelled): a map whose scheduler runs in
+    a driver thread has no task for ``ray.cancel`` to interrupt, so it stops on the invocation's token."""
+    path = str(tmp_path / "beat")
+    slots = get_backend("ray").map_slots  # type: ignore[attr-defined]
+    chain = RunnableLambda(make_list) | RunnableLambda(heartbeat).map()
+
+    async def leave_while_it_beats() -> None:
+        run = asyncio.ensure_future(chain.ainvoke([path, path], RAY))
+        deadline = time.monotonic() + 60
+        while beats(path) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert beats(path) > 0
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    slots.limit, limit = 0, slots.limit
+    try:
+        asyncio.run(leave_while_it_beats())
+        assert stops_beating(path), "the map's items went on after its request was cancelled"
+    finally:
+        slots.limit = limit
+        stop(path)

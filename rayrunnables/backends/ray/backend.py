@@ -39,7 +39,7 @@ from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import check_sendable, walk
 from .tasks import RecordedEvents, raise_converted, stream_task
 
-__all__ = ["RayBackend", "RunStats", "STREAM_BUFFER"]
+__all__ = ["MapSlots", "RayBackend", "RunStats", "STREAM_BUFFER"]
 
 #: chunks a streaming task may run ahead of a slow reader (Ray's generator backpressure)
 STREAM_BUFFER = 16
@@ -62,6 +62,9 @@ class RayBackend(Backend):
         self._limiters: dict[str, Any] = {}
         self._cpus: tuple[float, int] = (0.0, 1)
         self._warned = False
+        #: map tasks this process may have running at once (``Invocation.submit_map``); past them a map's
+        #: scheduler runs in the submitting thread (bounded: a map task holds no CPU, each is a process)
+        self.map_slots = MapSlots(self.parallelism)
 
     # ---- start-up --------------------------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -179,6 +182,8 @@ class RayBackend(Backend):
             return await run.amaterialize(pending)
         except BaseException as exc:
             error = exc
+            if isinstance(exc, asyncio.CancelledError):  # left while submitting: a map in a driver thread stops
+                run.cancel()
             raise
         finally:
             run.close()
@@ -235,6 +240,33 @@ class RayBackend(Backend):
 
     def explain(self, node: Node) -> str:
         return planning.explain(node)
+
+
+class MapSlots:
+    """How many map tasks of this process run now, against a bound (the cluster's CPUs by default).
+
+    Why: a map task holds no CPU (it only schedules chunk tasks, and holding one could starve them), so
+    Ray's scheduler does not bound them: every concurrent one is a worker process of its own. One invoke
+    has a map or two in flight; a server has one per request in flight (tens), and Ray starts (and
+    later reaps) that many processes, whose start-up costs more than the maps' work. ``limit``: a
+    number, or a function giving it (read when a slot is taken)."""
+
+    def __init__(self, limit: int | Any) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        bound = self.limit() if callable(self.limit) else self.limit
+        with self.lock:
+            if self.taken >= bound:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.taken = max(0, self.taken - 1)
 
 
 def _on_lasting_thread(start: Any) -> Any:

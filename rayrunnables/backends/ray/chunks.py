@@ -6,6 +6,7 @@ failure is translated here (``failures``), a pool actor that died for good repla
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayTaskError
 
 from ...config import sendable_config
-from ...context import RunContext
+from ...context import Cancelled, CancelToken, RunContext
 from ...engine.inprocess import ChunkResult
 from ...engine.sharing import writable_outcomes
 from ...options import OUR_OPTIONS
@@ -23,6 +24,9 @@ from .deadlines import BACKSTOP, Deadlines
 from .failures import ray_failure, translate, translate_outcomes
 from .services import ActorPool
 from .tasks import cancel_pending, pack, raise_converted, run_chunk_task
+
+#: how often a map run in a driver thread looks at its invocation's cancel token while it waits
+CANCEL_POLL_SECONDS = 0.2
 
 if TYPE_CHECKING:
     from .maps import PoolView
@@ -80,9 +84,23 @@ class RayChunkRunner(ChunkRunner):
             return handle
         return remote.remote(node_ref, pack(items), chunk_state(ctx), return_exceptions)
 
+    #: set for a map run in a driver thread (``maps.run_map``): ``wait`` looks at it every
+    #: ``CANCEL_POLL_SECONDS`` and raises ``Cancelled``, so the scheduler cancels what runs (a map task is
+    #: interrupted by ``ray.cancel`` instead, and waits in one call)
+    stop_token: CancelToken | None = None
+
     def wait(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
-        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
-        return list(ready)
+        if self.stop_token is None:
+            ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+            return list(ready)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = CANCEL_POLL_SECONDS if end is None else min(CANCEL_POLL_SECONDS, max(0.0, end - time.monotonic()))
+            ready, _ = ray.wait(handles, num_returns=1, timeout=left)
+            if ready or (end is not None and time.monotonic() >= end):
+                return list(ready)
+            if self.stop_token.is_set():
+                raise Cancelled(self.name or "map")
 
     def result(self, handle: Any) -> ChunkResult:
         """The chunk's outcomes; a Ray failure is raised as ours (``failures``): a lost process as

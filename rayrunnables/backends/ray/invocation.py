@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from ...config import merge_configs
-from ...context import RunContext, ThreadLimiter
+from ...context import Cancelled, RunContext, ThreadLimiter
 from ...engine.events import Buffer, RunSink
 from ...engine.process_state import STATE
 from ...engine.sharing import writable
@@ -32,7 +32,7 @@ from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
 from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
-from .maps import PoolView, dead_actors_of, run_map_task
+from .maps import PoolView, dead_actors_of, run_map, run_map_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
@@ -181,7 +181,14 @@ class Invocation:
             if any(_has_barrier(branch) for branch in unit.branches):
                 # a branch that waits in the driver must not hold back its siblings' submission
                 futures = [STATE.threads.submit(self.submit, branch, pending, parent) for branch in unit.branches]
-                outs = [future.result() for future in futures]
+                outs, errors = [], []
+                for future in futures:
+                    try:
+                        outs.append(future.result())
+                    except BaseException as exc:
+                        errors.append(exc)
+                if errors:  # the failure itself, not a sibling's map stopped because of it (``Cancelled``)
+                    raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
             else:
                 outs = [self.submit(branch, pending, parent) for branch in unit.branches]
             return Apply(_build_dict, (tuple(unit.keys), *outs))
@@ -218,16 +225,39 @@ class Invocation:
         base = unmarked(pending)
         if isinstance(base, Const):  # a list given by the caller: bad input named before anything is submitted
             unit.node.check_input(base.value, RunContext(path=unit.path))
-        # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
-        recipe, refs = flatten(pending)
         pool = self.backend.pool_of(unit.node.bound)
         view = None if pool is None else PoolView(pool.actors, pool.node.key)
+        if self.log is None and not self.backend.map_slots.take():
+            return self.run_map_here(unit, pending, state, options, view)
+        # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
+        recipe, refs = flatten(pending)
         name = "/".join((*unit.path, "map"))
         returns = {"num_returns": 2} if self.log is not None else {}
-        ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
-            unit.node, state, options, self.backend.parallelism(), view, recipe, *refs
-        )
+        try:
+            ref = run_map_task.options(name=name, num_cpus=0, **returns).remote(
+                unit.node, state, options, self.backend.parallelism(), view, recipe, *refs
+            )
+        except BaseException:
+            self.backend.map_slots.give_back()
+            raise
+        if self.log is None:  # its slot is free again once the map task ends, however it ends
+            ref.future().add_done_callback(lambda _: self.backend.map_slots.give_back())
         return self.submitted_ref(ref, name, " > ".join((*unit.path, "map")), refs)
+
+    def run_map_here(self, unit: planning.Map, pending: Pending, state: ContextState, options: dict[str, Any],
+                     view: PoolView | None) -> Pending:
+        """The map's list fetched here and the same scheduler (``run_map``) run in this thread: chunk tasks
+        as a map task submits them, no process of its own. Chosen when every map-task slot is taken: a map
+        task holds no CPU, so Ray starts a worker process per concurrent one (a server with 64 requests in
+        flight would start 64, and start them again as idle ones are reaped). Stopped by ``cancel`` (the
+        invocation's token, looked at while it waits); pool members found dead are replaced here, at once."""
+        items = unit.node.check_input(self.materialize(pending, barrier=True), RunContext(path=unit.path))
+        try:
+            outputs, _ = run_map(unit.node, items, state, options, self.backend.parallelism(), view, self.ctx.cancel)
+        finally:
+            for actor_id in [] if view is None else view.dead_ids():
+                self.backend.replace_dead(actor_id)
+        return Const(outputs)
 
     def finish(self, error: BaseException | None) -> None:
         """Replay what was recorded (nothing without a log), once the invocation is over."""
@@ -326,6 +356,7 @@ class Invocation:
                 fut.cancel()
 
     def cancel(self) -> None:
+        self.ctx.cancel.cancel()  # a map run in a driver thread stops as its next item ends
         cancel_pending(self.submitted)
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from ...context import RunContext
+from ...context import Cancelled, CancelToken, RunContext
 from ...engine.events import Buffer
 from ...engine.scheduler import iter_batch
 from ...protocols import ContextState
@@ -108,20 +108,25 @@ def dead_actors_of(err: BaseException) -> list[str]:
 
 def run_map(
     each: Any, items: list[Any], state: ContextState, options: dict[str, Any], parallelism: int,
-    pool: PoolView | None = None,
+    pool: PoolView | None = None, cancel: CancelToken | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """``each`` (a ``RunnableEach``) over ``items`` through the one scheduler, from this process: the
     outputs in order, and the run events recorded (none when nobody records). The first item failure is
-    raised, carrying the events recorded so far."""
+    raised, carrying the events recorded so far. ``cancel``: for a map run in the driver's thread (a map
+    task is stopped by ``ray.cancel`` instead), looked at while it waits (``RayChunkRunner.wait``) and as
+    each item ends; once set, what runs is cancelled by the scheduler and ``Cancelled`` raised."""
     node = each.bound
     ctx = RunContext.from_state(state._replace(path=(*state.path, "map")), WORKER_SERVICES)
     name = "/".join((*state.path, "map", node.label()))
     replace = None if pool is None else pool.replace
     runner = RayChunkRunner(node, pool, parallelism, options=options, replace=replace, name=name)
+    runner.stop_token = cancel
     out: list[Any] = [None] * len(items)
     try:
         for index, value in iter_batch(runner, node, items, ctx, return_exceptions=False, ordered=False):
             out[index] = value
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(name)
     except BaseException as exc:
         if isinstance(ctx.events, Buffer):  # they travel with the error (``recording``)
             attach_events(exc, ctx.events.take())
