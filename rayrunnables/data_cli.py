@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .runnables.base import Runnable
 from .usage import ItemUsageCounter, UsageCounter
+
+if TYPE_CHECKING:
+    from .datafiles import ChainFiles
 
 __all__ = ["run_data", "wants_data_engine", "echo_usage"]
 
@@ -91,9 +94,9 @@ def run_data(
     job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache)
     if chunk_size is None:
         chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
-        source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
-    args = rr_data.map_batches_args(chain, job, concurrency, chunk_size)
-    dataset = ray.data.read_datasource(source).map_batches(**args)
+    source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
+    dataset = read_and_map(source, rr_data.map_batches_args(chain, job, concurrency, None),
+                           ray.cluster_resources().get("CPU", 1))
     counts = dict.fromkeys(("ok", "failed", "malformed"), 0)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -146,3 +149,20 @@ def echo_usage(counter: UsageCounter | None) -> None:
 def _counts(counts: dict[str, int]) -> str:
     malformed = f" ({counts['malformed']:,} malformed lines)" if counts["malformed"] else ""
     return f"{counts['ok']:,} ok, {counts['failed']:,} failed{malformed}"
+
+
+def read_and_map(source: ChainFiles, args: dict[str, Any], cpus: float) -> Any:
+    """The read and the chain as one Ray Data stage where the files allow it: each task then reads its file,
+    runs the chain on each block (one block, one batch: no ``batch_size`` is given, the reader cuts blocks of
+    the batch's size) and writes the shards, with no block going through the object store between them.
+
+    Ray Data fuses a read with the map after it only when the map asks for no batch size and no read task's
+    output is split further, and it splits outputs when there are fewer read tasks than twice the CPUs. So
+    with at least that many files, one read task per file; with fewer, Ray Data's split (two stages, the
+    chain's tasks fed with the split blocks) keeps every CPU busy instead."""
+    import ray.data
+
+    files = len(source._paths())
+    if files >= 2 * cpus:
+        return ray.data.read_datasource(source, override_num_blocks=files).map_batches(**args)
+    return ray.data.read_datasource(source).map_batches(**{**args, "batch_size": source.rows_per_block})
