@@ -63,7 +63,8 @@ def note_task(item: tuple[str, int]) -> int:
 
 
 def mapped(step: Any, items: list[Any], form: str) -> Any:
-    """``step.map()`` over ``items``: given by the caller, or computed by an earlier task."""
+    """``step.map()`` over ``items``: given by the caller (the whole call: its scheduler runs in the driver), computed
+    by an earlier task (a map task), or computed with every map-task slot taken (in the driver again)."""
     if form == "given":
         return step.map().invoke(items, RAY)
     if form == "driver":
