@@ -434,6 +434,25 @@ def test_runs_carry_langchains_position_tags(cfg: dict[str, Any]) -> None:
     assert Counter(seen["rr"]) == Counter(seen["lc"])
 
 
+def test_position_tags_name_odd_branch_keys_as_langchain_does() -> None:
+    """Branch keys with quotes, escapes and non-Latin characters come back whole in ``map:key:`` tags
+    (read from the step path without ``ast``, whose parser is not thread-safe on CPython 3.11)."""
+    keys = ["it's", 'say "hi"', "tab\there", "back\\slash", "漢字", "😀", "é"]
+    seen: dict[str, set[tuple[str, ...]]] = {"lc": set(), "rr": set()}
+
+    def tagger(side: str) -> Any:
+        class Tags(BaseCallbackHandler):
+            def on_chain_start(self, serialized: Any, inputs: Any, **kw: Any) -> None:
+                seen[side].add(tuple(kw["tags"]))
+
+        return Tags()
+
+    for m, side in ((lc, "lc"), (rr, "rr")):
+        m.RunnableParallel({k: m.RunnableLambda(inc) for k in keys}).invoke(1, {"callbacks": [tagger(side)]})
+    assert seen["rr"] == seen["lc"]
+    assert {f"map:key:{k}" for k in keys} <= {t for tags in seen["rr"] for t in tags}
+
+
 @pytest.mark.parametrize("bad", ["a string", print, {"on_chain_start": 1}, 42])
 def test_what_is_not_a_handler_is_a_clear_error_at_the_call(bad: Any) -> None:
     chain = rr.RunnableLambda(inc) | rr.RunnableLambda(double)

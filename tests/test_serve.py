@@ -42,8 +42,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def base(ray_session: Any) -> Iterator[str]:
-    from ray import serve
+    import threading
 
+    from ray import cloudpickle, serve
+
+    # serve.ingress registers a process-wide cloudpickle reducer that ships a threading lock as a new lock:
+    # taken back at the end, so the tests after these still see a lock refused as unpicklable
+    locks = [t for t in (type(threading.Lock()), type(threading.RLock())) if t not in cloudpickle.CloudPickler.dispatch]
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -55,6 +60,8 @@ def base(ray_session: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
+        for lock_type in locks:
+            cloudpickle.CloudPickler.dispatch.pop(lock_type, None)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ someone records (``rayrunnables.engine.events`` has the records, their transport
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 import uuid
@@ -36,13 +35,20 @@ def position_tags(segments: tuple[str, ...]) -> list[str]:
     if step:
         return [f"seq:step:{step}"]
     if key:
-        try:
-            return [f"map:key:{ast.literal_eval(key)}"]
-        except (ValueError, SyntaxError):
-            return []
+        return [f"map:key:{_unrepr(key)}"]
     if default:
         return ["branch:default"]
     return [f"{'condition' if condition else 'branch'}:{int(branch) + 1}"]
+
+
+def _unrepr(text: str) -> str:
+    """The string whose ``repr`` is ``text`` (a branch key). Not ``ast.literal_eval``: CPython 3.11's AST
+    constructor keeps its recursion depth per interpreter, so two threads parsing at once can fail with
+    ``SystemError: AST constructor recursion depth mismatch`` (gh-106905), and branches run in threads."""
+    if len(text) < 2 or text[0] not in "'\"" or text[-1] != text[0]:
+        return text
+    # non-Latin-1 characters stand literally in a repr: escape them so unicode_escape reads them back
+    return text[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def _start(

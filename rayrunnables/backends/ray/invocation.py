@@ -99,9 +99,11 @@ class Invocation:
         self.submitted: list[Any] = []
         self.origins: dict[Any, _Origin] = {}  # by ref: for a Ray failure, the step path of the task lost
         self.log = RunLog(ctx.events) if ctx.events is not None else None
+        self.root: planning.Unit | None = None  # the plan of the whole call, once planned
 
     def plan(self, node: Node) -> planning.Unit:
-        return planning.plan(node, recording=self.log is not None)
+        self.root = planning.plan(node, recording=self.log is not None)
+        return self.root
 
     def state(self, path: tuple[str, ...], overlay: dict[str, Any] | None = None,
               parent: UUID | None = None) -> ContextState:
@@ -227,7 +229,7 @@ class Invocation:
             unit.node.check_input(base.value, RunContext(path=unit.path))
         pool = self.backend.pool_of(unit.node.bound)
         view = None if pool is None else PoolView(pool.actors, pool.node.key)
-        if self.log is None and not self.backend.map_slots.take():
+        if self.log is None and (unit is self.root or not self.backend.map_slots.take()):
             return self.run_map_here(unit, pending, state, options, view)
         # the one scheduler runs the map beside its list, in a map task: the driver fetches nothing
         recipe, refs = flatten(pending)
@@ -247,7 +249,9 @@ class Invocation:
     def run_map_here(self, unit: planning.Map, pending: Pending, state: ContextState, options: dict[str, Any],
                      view: PoolView | None) -> Pending:
         """The map's list fetched here and the same scheduler (``run_map``) run in this thread: chunk tasks
-        as a map task submits them, no process of its own. Chosen when every map-task slot is taken: a map
+        as a map task submits them, no process of its own. Chosen when the map is the whole call (its list is
+        the caller's and nothing runs beside it, as with ``batch``: a map task there only added a process and
+        a hop, 1.45x against batch's 1.86x on 64 CPU items), and when every map-task slot is taken: a map
         task holds no CPU, so Ray starts a worker process per concurrent one (a server with 64 requests in
         flight would start 64, and start them again as idle ones are reaped). Stopped by ``cancel`` (the
         invocation's token, looked at while it waits); pool members found dead are replaced here, at once."""

@@ -27,7 +27,7 @@ from ...protocols import ContextState
 from ..portable import raise_portable
 from .chunks import RayChunkRunner
 from .pending import rebuild
-from .services import PROXY_LOOKUP_SECONDS, WORKER_SERVICES, actor_hex, pool_name
+from .services import PROXY_LOOKUP_SECONDS, WORKER_SERVICES, actor_hex, replacement_of
 from .tasks import make_context
 from .worker import attach_events, interruptible
 
@@ -80,13 +80,8 @@ class PoolView:
 
     def _renewed(self, index: int) -> bool:
         """Whether the driver has put a new actor in the place of member ``index`` (now in this view)."""
-        if self.key is None:
-            return False
-        try:
-            fresh = ray.get_actor(pool_name(self.key, index))
-        except ValueError:  # not there (yet)
-            return False
-        if actor_hex(fresh) == actor_hex(self.actors[index]):
+        fresh = None if self.key is None else replacement_of(self.key, index, self.actors[index])
+        if fresh is None:
             return False
         self.actors[index] = fresh
         self.dead.discard(index)

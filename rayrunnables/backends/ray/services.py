@@ -48,6 +48,16 @@ def pool_name(key: str, i: int) -> str:
     return f"rayrunnables-actor-{key}-{i}"
 
 
+def replacement_of(key: str, index: int, current: Any) -> Any | None:
+    """The actor the driver has named in the place of pool member ``index`` if it is not ``current``
+    (a replacement of a member dead past its restarts); ``None`` while there is none yet."""
+    try:
+        fresh = ray.get_actor(pool_name(key, index))
+    except ValueError:  # not there (yet)
+        return None
+    return None if actor_hex(fresh) == actor_hex(current) else fresh
+
+
 def limiter_name(key: str) -> str:
     return f"rayrunnables-limit-{key}"
 
@@ -102,11 +112,8 @@ class _PoolProxy:
 
     def _renewed(self, index: int) -> bool:
         """Whether the driver has put a new actor in the place of member ``index`` (now ours)."""
-        try:
-            fresh = ray.get_actor(pool_name(self.key, index))
-        except ValueError:  # not there (yet)
-            return False
-        if actor_hex(fresh) == actor_hex(self.handles[index]):
+        fresh = replacement_of(self.key, index, self.handles[index])
+        if fresh is None:
             return False
         self.handles[index] = fresh
         self.dead.discard(index)
