@@ -101,11 +101,13 @@ def _run_by_step(chain: RunnableSequence[Any, Any], values: list[Any], config: d
 
 
 def map_batches_args(
-    chain: Runnable[Any, Any], job: Any, concurrency: int | None = None, batch_size: int | None = None
+    chain: Runnable[Any, Any], job: Any, concurrency: int | None = None, batch_size: int | None = None,
+    tasks_queued: int | None = None,
 ) -> dict[str, Any]:
     """``map_batches`` arguments that run ``job`` (a callable taking a batch): tasks for plain chains, an
     actor pool of up to the largest ``pool_size`` when the chain holds ``RunnableActor`` steps, and the
-    most of every step's ``num_cpus``/``num_gpus``/``memory``/``resources``."""
+    most of every step's ``num_cpus``/``num_gpus``/``memory``/``resources``. ``tasks_queued``: the most tasks
+    in flight when ``concurrency`` is not given (tasks only)."""
     from .backends.ray.planner import plan, task_options
 
     resources = {k: v for k, v in task_options(plan(chain)).items() if k in _RESOURCE_KEYS}
@@ -116,7 +118,7 @@ def map_batches_args(
         # for the reads that feed it, and Ray Data would wait forever
         args.update(fn=_PoolActor, fn_constructor_kwargs={"job": job}, concurrency=concurrency or (1, max(pools)))
     else:
-        args.update(fn=job, concurrency=concurrency)
+        args.update(fn=job, concurrency=concurrency or tasks_queued)
     return args
 
 
@@ -138,6 +140,46 @@ def prepare(chain: Runnable[Any, Any]) -> None:
 
     check_sendable(chain)
     start_limiters(chain)
+
+
+def warm_workers(most: int = 64) -> None:
+    """Start this job's worker processes now, one per CPU (up to ``most``), without waiting for them.
+
+    Workers belong to a job, so every ``rayrunnables run`` starts its own, and Ray starts one only when a
+    task is waiting for it: the first batches would wait for a process start (1-2 s each here) after the
+    driver's planning, and one CPU would sit idle until its worker came. Empty tasks submitted right after
+    connecting start them while the driver imports Ray Data, lists the files and plans; the batches then
+    find them idle."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    for _ in range(min(cpus, most)):
+        _nothing.remote()
+
+
+def _nothing_impl() -> None:
+    return None
+
+
+def _make_nothing() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=1, max_retries=0)(_nothing_impl).options(name="rayrunnables: start a worker")
+
+
+class _Lazy:
+    """The remote function, made on first use (``import ray`` stays out of this module's import)."""
+
+    def __init__(self) -> None:
+        self.fn: Any = None
+
+    def remote(self) -> Any:
+        if self.fn is None:
+            self.fn = _make_nothing()
+        return self.fn.remote()
+
+
+_nothing = _Lazy()
 
 
 def _share_pacers() -> None:

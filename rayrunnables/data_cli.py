@@ -79,6 +79,7 @@ def run_data(
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     try:
         get_backend("ray", address=address).ensure_started()  # type: ignore[attr-defined]
+        rr_data.warm_workers()
         rr_data.prepare(chain)
         source = ChainFiles(inputs, log, id_field, resume, run_id=run_id)
     except (BackendError, UnpicklableStepError) as exc:
@@ -95,8 +96,18 @@ def run_data(
     if chunk_size is None:
         chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
     source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
-    dataset = read_and_map(source, rr_data.map_batches_args(chain, job, concurrency, None),
-                           ray.cluster_resources().get("CPU", 1))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    fused = fuses(source, cpus)
+    if fused:
+        # The fused stage sends the driver counts only (the workers write the shards), so there is nothing in
+        # the object store for Ray Data's per-operator reservation to protect, and that reservation held the
+        # second CPU idle: it dispatched a task only when one ended (the second ~2 s after the first, then
+        # ~0.1 s of idle CPU after every task). Without it, at most ``tasks_queued`` tasks wait in Ray's queue
+        # and a CPU that finishes one starts the next at once.
+        context.op_resource_reservation_enabled = False
+    args = rr_data.map_batches_args(chain, job, concurrency, None,
+                                    tasks_queued=tasks_queued(cpus) if fused else None)
+    dataset = read_and_map(source, args, fused)
     counts = dict.fromkeys(("ok", "failed", "malformed"), 0)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -151,10 +162,22 @@ def _counts(counts: dict[str, int]) -> str:
     return f"{counts['ok']:,} ok, {counts['failed']:,} failed{malformed}"
 
 
-def read_and_map(source: ChainFiles, args: dict[str, Any], cpus: float) -> Any:
-    """The read and the chain as one Ray Data stage where the files allow it: each task then reads its file,
-    runs the chain on each block (one block, one batch: no ``batch_size`` is given, the reader cuts blocks of
-    the batch's size) and writes the shards, with no block going through the object store between them.
+def fuses(source: ChainFiles, cpus: float) -> bool:
+    """Whether the read and the chain can be one Ray Data stage (``read_and_map``)."""
+    return len(source._paths()) >= 2 * cpus
+
+
+def tasks_queued(cpus: float) -> int:
+    """How many fused tasks may be submitted at once: two per CPU, so a CPU that ends a task finds the next
+    already queued, and Ray's queue stays short however many files there are."""
+    return max(2, 2 * int(cpus))
+
+
+def read_and_map(source: ChainFiles, args: dict[str, Any], fused: bool) -> Any:
+    """The read and the chain as one Ray Data stage where the files allow it (``fused``): each task then reads
+    its file, runs the chain on each block (one block, one batch: no ``batch_size`` is given, the reader cuts
+    blocks of the batch's size) and writes the shards, with no block going through the object store between
+    them.
 
     Ray Data fuses a read with the map after it only when the map asks for no batch size and no read task's
     output is split further, and it splits outputs when there are fewer read tasks than twice the CPUs. So
@@ -162,7 +185,8 @@ def read_and_map(source: ChainFiles, args: dict[str, Any], cpus: float) -> Any:
     chain's tasks fed with the split blocks) keeps every CPU busy instead."""
     import ray.data
 
-    files = len(source._paths())
-    if files >= 2 * cpus:
-        return ray.data.read_datasource(source, override_num_blocks=files).map_batches(**args)
+    if fused:
+        # a map's task cap fuses with a read only when the read has the same cap
+        return ray.data.read_datasource(source, override_num_blocks=len(source._paths()),
+                                        concurrency=args.get("concurrency")).map_batches(**args)
     return ray.data.read_datasource(source).map_batches(**{**args, "batch_size": source.rows_per_block})
