@@ -147,39 +147,15 @@ def warm_workers(most: int = 64) -> None:
 
     Workers belong to a job, so every ``rayrunnables run`` starts its own, and Ray starts one only when a
     task is waiting for it: the first batches would wait for a process start (1-2 s each here) after the
-    driver's planning, and one CPU would sit idle until its worker came. Empty tasks submitted right after
-    connecting start them while the driver imports Ray Data, lists the files and plans; the batches then
-    find them idle."""
+    driver's planning. Empty tasks submitted right after connecting start them while the driver imports Ray
+    Data, lists the files and plans; the batches then find them idle. The function is a lambda, sent by
+    value: a worker need not import anything to run it."""
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 0))
+    nothing = ray.remote(num_cpus=1, max_retries=0)(lambda: None).options(name="rayrunnables: start a worker")
     for _ in range(min(cpus, most)):
-        _nothing.remote()
-
-
-def _nothing_impl() -> None:
-    return None
-
-
-def _make_nothing() -> Any:
-    import ray
-
-    return ray.remote(num_cpus=1, max_retries=0)(_nothing_impl).options(name="rayrunnables: start a worker")
-
-
-class _Lazy:
-    """The remote function, made on first use (``import ray`` stays out of this module's import)."""
-
-    def __init__(self) -> None:
-        self.fn: Any = None
-
-    def remote(self) -> Any:
-        if self.fn is None:
-            self.fn = _make_nothing()
-        return self.fn.remote()
-
-
-_nothing = _Lazy()
+        nothing.remote()
 
 
 def _share_pacers() -> None:

@@ -92,9 +92,9 @@ def run_data(
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
-    job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache)
     if chunk_size is None:
         chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
+    job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache, batch_rows=chunk_size)
     source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
     cpus = ray.cluster_resources().get("CPU", 1)
     fused = fuses(source, cpus)
@@ -186,7 +186,9 @@ def read_and_map(source: ChainFiles, args: dict[str, Any], fused: bool) -> Any:
     import ray.data
 
     if fused:
-        # a map's task cap fuses with a read only when the read has the same cap
+        # a map's task cap fuses with a read only when the read has the same cap (an actor pool's is its size)
+        cap = args.get("concurrency")
         return ray.data.read_datasource(source, override_num_blocks=len(source._paths()),
-                                        concurrency=args.get("concurrency")).map_batches(**args)
+                                        concurrency=cap if isinstance(cap, int) and "fn_constructor_kwargs" not in
+                                        args else None).map_batches(**args)
     return ray.data.read_datasource(source).map_batches(**{**args, "batch_size": source.rows_per_block})

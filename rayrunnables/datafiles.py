@@ -332,13 +332,28 @@ class ShardJob:
     ``"totals"``, or ``"items"``: each record carries its item's own too)."""
 
     def __init__(self, chain: Runnable[Any, Any], id_field: str | None, out: Shards, errs: Shards,
-                 output_format: str, run_id: str, usage: str | None = None, cache: Any = None) -> None:
+                 output_format: str, run_id: str, usage: str | None = None, cache: Any = None,
+                 batch_rows: int | None = None) -> None:
         self.chain, self.id_field, self.out, self.errs = chain, id_field, out, errs
         self.output_format, self.run_id = output_format, run_id
-        self.usage, self.cache = usage, cache
+        self.usage, self.cache, self.batch_rows = usage, cache, batch_rows
         self.log = CommitLog(out.fs, out.root)
 
     def __call__(self, batch: pa.Table) -> dict[str, list[Any]]:
+        """A block bigger than ``batch_rows`` runs and commits in slices of that many rows: where the read and
+        the chain are one stage, Ray Data joins the reader's blocks up to its block size (128 MiB), so a block
+        can be a whole file, and ``--chunk-size`` (the chain's batch, a shard, a kill's loss) must still hold."""
+        size = self.batch_rows
+        if not size or batch.num_rows <= size:
+            return self._one_batch(batch)
+        counts = [self._one_batch(batch.slice(start, size)) for start in range(0, batch.num_rows, size)]
+        usage = UsageCounter()
+        for c in counts:
+            usage.merge(json.loads(c[USAGE_COLUMN][0]))
+        return {**{key: [sum(c[key][0] for c in counts)] for key in ("ok", "failed", "malformed")},
+                USAGE_COLUMN: [json.dumps(usage.by_model)]}
+
+    def _one_batch(self, batch: pa.Table) -> dict[str, list[Any]]:
         paths = batch.column(PATH).to_pylist()
         numbers = batch.column(LINE).to_pylist()
         if TEXT in batch.column_names:

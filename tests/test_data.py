@@ -314,3 +314,32 @@ def test_a_small_run_gets_about_4_batches_per_cpu(tmp_path: Path, ray_session: A
     source = ChainFiles(resolve_inputs([str(tmp_path / "docs")]), CommitLog(pafs.LocalFileSystem(), str(tmp_path)))
     estimate = source.estimate_rows()
     assert estimate is not None and 5_000 < estimate < 7_000
+
+
+def test_a_block_bigger_than_the_batch_runs_and_commits_in_batches(tmp_path: Path) -> None:
+    """Where the read and the chain are one Ray Data stage, a block can be a whole file: the job still calls the
+    chain with ``--chunk-size`` items at a time and commits each batch as its own shard and marker, so a kill
+    loses at most the batches in flight and a vectorized step never gets a whole file at once."""
+    from rayrunnables import RunnableLambda
+    from rayrunnables.datafiles import ShardJob, Shards, _lines_table
+    from rayrunnables.shardlog import CommitLog
+
+    sizes: list[int] = []
+
+    def double_all(docs: list[dict[str, Any]]) -> list[int]:
+        sizes.append(len(docs))
+        return [2 * d["i"] for d in docs]
+
+    chain = RunnableLambda(double_all, batched=True)
+    out = Shards(str(tmp_path / "out"))
+    out.make()
+    lines = [json.dumps({"i": i}).encode() for i in range(25)]
+    job = ShardJob(chain, None, out, out, "jsonl", "run1", batch_rows=10)
+    counts = job(_lines_table("docs.jsonl", list(range(25)), lines))
+    assert (counts["ok"], counts["failed"], counts["malformed"]) == ([25], [0], [0])
+    assert sorted(sizes) == [5, 10, 10]
+    assert len(out.files(("part-",))) == 3
+    scan = CommitLog(out.fs, out.root).scan()
+    assert scan.done == 25 and len(scan.trusted) == 3
+    outputs = shard_records(tmp_path / "out", "part")
+    assert sorted(r["output"] for r in outputs) == [2 * i for i in range(25)]
