@@ -246,6 +246,9 @@ def _run_data_engine(
         chain = chain.with_timeout(timeout)
     status = run_data(chain, inputs, output_path, errors_path, address, id_field, resume,
                       chunk_size, output_format, concurrency, progress, SetupError, counter, cache)
+    import ray
+
+    ray.shutdown()  # now: Ray's own exit hook took 0.3-0.8 s longer here, after the run had ended
     if status:
         sys.exit(status)
 

@@ -143,19 +143,28 @@ def prepare(chain: Runnable[Any, Any]) -> None:
 
 
 def warm_workers(most: int = 64) -> None:
-    """Start this job's worker processes now, one per CPU (up to ``most``), without waiting for them.
+    """Start this job's worker processes now, one per CPU (up to ``most``), without waiting for them, and have
+    each import what a batch needs (Ray Data, pyarrow, this package).
 
     Workers belong to a job, so every ``rayrunnables run`` starts its own, and Ray starts one only when a
-    task is waiting for it: the first batches would wait for a process start (1-2 s each here) after the
-    driver's planning. Empty tasks submitted right after connecting start them while the driver imports Ray
-    Data, lists the files and plans; the batches then find them idle. The function is a lambda, sent by
-    value: a worker need not import anything to run it."""
+    task is waiting for it: the first batches would wait for a process start and those imports (together
+    1-2 s here) after the driver's planning. Started right after connecting, they happen while the driver
+    imports Ray Data, lists the files and plans. The function is defined here, so it is sent by value: a
+    worker that cannot import this package still runs it (and the batch then reports why)."""
     import ray
 
+    def start() -> None:
+        import importlib
+
+        try:
+            importlib.import_module("rayrunnables.datafiles")
+        except ImportError:
+            pass
+
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    nothing = ray.remote(num_cpus=1, max_retries=0)(lambda: None).options(name="rayrunnables: start a worker")
+    starter = ray.remote(num_cpus=1, max_retries=0)(start).options(name="rayrunnables: start a worker")
     for _ in range(min(cpus, most)):
-        nothing.remote()
+        starter.remote()
 
 
 def _share_pacers() -> None:
