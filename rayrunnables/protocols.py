@@ -22,6 +22,7 @@ the contract from here and no import cycle can form through it.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -35,10 +36,26 @@ __all__ = [
     "Node", "Backend", "ChunkRunner", "Services", "Limiter", "RateLimiter", "ContextState", "DEADLINE_SLACK",
 ]
 
+def deadline_slack(default: float) -> float:
+    """``RAYRUNNABLES_DEADLINE_SLACK`` (seconds), else ``default``: how long after an item's deadline the
+    scheduler's backstop acts. Read when a process imports this package (set it before Ray starts, so
+    Ray's workers have it too)."""
+    raw = os.environ.get("RAYRUNNABLES_DEADLINE_SLACK")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"RAYRUNNABLES_DEADLINE_SLACK={raw!r}: expected seconds, e.g. 10") from None
+    if not value > 0:
+        raise ValueError(f"RAYRUNNABLES_DEADLINE_SLACK={raw!r}: expected a positive number of seconds")
+    return value
+
+
 #: where a step's own timer enforces ``item_timeout`` (in-process, an executor's worker), the scheduler's
 #: deadline is a backstop this much later: it catches a worker whose timer cannot run (a C call holding
 #: the GIL). ``ChunkRunner.deadline_slack``'s default.
-DEADLINE_SLACK = 5.0
+DEADLINE_SLACK = deadline_slack(5.0)
 
 
 class Node(Protocol):

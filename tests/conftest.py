@@ -10,10 +10,15 @@ once per session, and only when a test on the "ray" backend actually runs.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# the deadline backstop (10 s on Ray, 5 s elsewhere) made every forced-cancel test wait it out; 5 s here, set
+# before this package is imported and before Ray starts, so the workers (and the CLI subprocesses) have it too
+os.environ.setdefault("RAYRUNNABLES_DEADLINE_SLACK", "5")
 
 from rayrunnables.testing.plugin import backend, cfg, pytest_configure  # noqa: F401 - the suite's fixtures
 

@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from ...protocols import deadline_slack
+
 if TYPE_CHECKING:
     from .chunks import RayChunkRunner
 
 __all__ = ["Deadlines", "BACKSTOP", "GRACE"]
 
 #: seconds after an item's deadline (counted from its submission) before its task is stopped from here
-BACKSTOP = 10.0
+#: (``RAYRUNNABLES_DEADLINE_SLACK`` sets it)
+BACKSTOP = deadline_slack(10.0)
 #: seconds a cancelled task may take to stop before it is force-cancelled
 GRACE = 2.0
 
