@@ -62,8 +62,8 @@ def _replicas(value: str) -> int | str:
               help="File holding the bearer token clients must send (Authorization: Bearer ...).")
 @click.option("--max-body-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1),
               help="Larger request bodies get 413.")
-@click.option("--max-ongoing-requests", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Requests one replica runs at once.")
+@click.option("--max-ongoing-requests", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Requests one replica runs at once (the proxy queues the rest).")
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(min=0),
               help="Requests waiting for a replica; past it, 503.")
 @click.option("--address", default=None, help="Ray cluster to serve from (default: start a local Ray).")
