@@ -13,8 +13,11 @@ are the successful answers over the window. Two chains:
   Ray backend (each request's steps as Ray tasks, the default) and with ``ServeOptions(backend="local")``
   (steps in the replica's process, as LangServe runs them), which separates Serve's cost from the tasks'.
 - ``cpu``: one step of 200,000 sha256 rounds (a fixed amount of CPU, ~65 ms of one core here): our server
-  with 2 replicas (the step runs as Ray tasks) vs one process, where the GIL runs one request's CPU at a
-  time.
+  with 2 replicas (the step as Ray tasks, and with ``backend="local"`` in the replicas' own processes) vs
+  one process, where the GIL runs one request's CPU at a time.
+
+For the CPU chain, the CPU seconds each process of the server used (``/proc``, over the server's process
+tree, warm-up included) are divided by the requests answered in those runs: where a request's time goes.
 
 The baseline is LangServe's own ``add_routes`` on FastAPI under uvicorn in one subprocess, langchain-core
 running the chain (the way such a chain was served). Methods are interleaved round by round; the table
@@ -119,6 +122,8 @@ def start_ours(port: int) -> None:
     serve.run(app(light_chain(), name="light-local", options=ServeOptions(backend="local")), name="light-local",
               route_prefix="/light-local")
     serve.run(app(cpu_chain(), name="cpu", replicas=2), name="cpu", route_prefix="/cpu")
+    serve.run(app(cpu_chain(), name="cpu-local", replicas=2, options=ServeOptions(backend="local")),
+              name="cpu-local", route_prefix="/cpu-local")
 
 
 def wait_ready(url: str, timeout: float = 120) -> None:
@@ -135,6 +140,75 @@ def wait_ready(url: str, timeout: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:g} s")
 
 
+# ---- CPU seconds per process (Linux /proc; no dependency) -------------------------------------------------
+def process_tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """``pid -> (name, CPU seconds so far)`` for ``root`` and every process below it (Ray's workers are
+    the raylet's children, which this process started). Empty where ``/proc`` is missing."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid ... utime stime
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    out: dict[int, tuple[str, float]] = {}
+    for pid in cpu:
+        up = pid
+        while up not in (root, 0, 1) and up in parents:
+            up = parents[up]
+        if up == root:
+            out[pid] = (_process_name(pid, root), cpu[pid])
+    return out
+
+
+def _process_name(pid: int, root: int) -> str:
+    """A role, not an instance: Ray's process titles less the method running now (``ray::ProxyActor``,
+    ``ray::ServeReplica:cpu:cpu``, ``ray::lambda 'burn'``), else the program's name."""
+    if pid == root:
+        return "this process (load generator, Ray driver)"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    title = argv[0].decode(errors="replace").strip()
+    if title.startswith("ray::"):
+        head, _, method = title.partition(".")
+        return head if method and " " not in method else title
+    if "--baseline" in [a.decode(errors="replace") for a in argv]:
+        return "baseline process (uvicorn)"
+    names = [Path(a.decode(errors="replace")).name for a in argv[:3]]
+    return next((n for n in names if n not in ("python", "python3", "-u", "-m") and n), names[0])
+
+
+def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role between two ``process_tree_cpu`` snapshots (a process started in between
+    counts from zero: a new Ray worker's start-up is part of the cost)."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
+    return used
+
+
+def wait_quiet(root: int, busy_cores: float = 0.3, limit_s: float = 90.0) -> float:
+    """Wait until the process tree under ``root`` uses under ``busy_cores`` of CPU over half a second (at
+    most ``limit_s``); the seconds waited. Why: the requests still in flight when a run's clients stop
+    are abandoned, and a server that runs them to their end (steps in a replica's threads cannot be
+    interrupted) would otherwise take CPU from the next server measured."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = sum(seconds for _, seconds in process_tree_cpu(root).values())
+        time.sleep(0.5)
+        if sum(seconds for _, seconds in process_tree_cpu(root).values()) - before < 0.5 * busy_cores:
+            break
+    return time.monotonic() - start
+
+
 # ---- load --------------------------------------------------------------------------------------------------
 async def load(url: str, payload: Any, seconds: float, warmup: float, clients: int) -> dict[str, float]:
     """``clients`` loops posting ``payload`` for ``warmup + seconds``: the latencies of the requests that
@@ -143,13 +217,13 @@ async def load(url: str, payload: Any, seconds: float, warmup: float, clients: i
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     latencies: list[float] = []
-    failures = 0
+    failures = answered = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
 
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         async def one_client() -> None:
-            nonlocal failures
+            nonlocal failures, answered
             while True:
                 sent = time.perf_counter()
                 try:
@@ -160,6 +234,7 @@ async def load(url: str, payload: Any, seconds: float, warmup: float, clients: i
                 done = time.perf_counter()
                 if done > stop_at:
                     return
+                answered += ok
                 if done >= measure_from:  # what completes in the window counts, whenever it was sent
                     if ok:
                         latencies.append(done - sent)
@@ -173,14 +248,40 @@ async def load(url: str, payload: Any, seconds: float, warmup: float, clients: i
         await asyncio.gather(*tasks, return_exceptions=True)
     latencies.sort()
     if not latencies:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "failures": float(failures)}
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "failures": float(failures),
+                "answered": float(answered)}
     return {"p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "rps": len(latencies) / seconds, "failures": float(failures)}
+            "rps": len(latencies) / seconds, "failures": float(failures),
+            "answered": float(answered)}  # warm-up included: what the CPU seconds are divided by
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def cpu_table(cpu_by_role: dict[str, dict[str, float]], alone_ms: float) -> list[str]:
+    """Where a CPU-chain request's time went: CPU ms per request of each process role, per server."""
+    names = {"ours": "Ray tasks, 2 replicas", "ours-local": "backend local, 2 replicas", "baseline": "one process"}
+    servers = [who for who in ("ours", "ours-local", "baseline") if who in cpu_by_role]
+    roles: dict[str, None] = {}
+    for who in servers:
+        roles.update((role, None) for role, used in sorted(cpu_by_role[who].items(), key=lambda kv: -kv[1])
+                     if role != "answered")
+    rows = [f"CPU ms per answered request of the CPU chain ({alone_ms:.0f} ms of CPU alone), by process, all "
+            "rounds, warm-up included:", "",
+            "| process | " + " | ".join(names[w] for w in servers) + " |", "|---|" + "---:|" * len(servers)]
+    total = dict.fromkeys(servers, 0.0)
+    for role in roles:
+        cells = []
+        for who in servers:
+            per = 1000 * cpu_by_role[who].get(role, 0.0) / max(1.0, cpu_by_role[who]["answered"])
+            total[who] += per
+            cells.append(f"{per:.1f}" if per >= 0.05 else "")
+        if any(cells):
+            rows.append(f"| {role.replace('|', '/')} | " + " | ".join(cells) + " |")
+    rows.append("| **all** | " + " | ".join(f"**{total[w]:.1f}**" for w in servers) + " |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,20 +311,28 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(f"http://127.0.0.1:{ours_port}/light/input_schema")
         wait_ready(f"http://127.0.0.1:{base_port}/light/input_schema")
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
+        cpu_by_role: dict[str, dict[str, float]] = {}  # server -> role -> CPU seconds, CPU chain, all rounds
+        wait_quiet(os.getpid())  # the servers' start-up (replicas importing) is over
         for rnd in range(args.rounds):
             for chain in ("light", "cpu"):
-                servers = [("ours", ours_port, chain), ("baseline", base_port, chain)]
-                if chain == "light":
-                    servers.insert(1, ("ours-local", ours_port, "light-local"))
+                servers = [("ours", ours_port, chain), ("ours-local", ours_port, f"{chain}-local"),
+                           ("baseline", base_port, chain)]
                 for who, port, route in servers:
-                    if args.only not in (None, who):
+                    if args.only not in (None, who.partition("-")[0]):
                         continue
                     url = f"http://127.0.0.1:{port}/{route}/invoke"
+                    before = process_tree_cpu(os.getpid())
                     got = asyncio.run(load(url, INPUTS[chain], args.seconds, args.warmup, args.clients))
+                    if chain == "cpu":
+                        roles = cpu_by_role.setdefault(who, {"answered": 0.0})
+                        roles["answered"] += got["answered"]
+                        for role, used in cpu_used(before, process_tree_cpu(os.getpid())).items():
+                            roles[role] = roles.get(role, 0.0) + used
                     results.setdefault((chain, who), []).append(got)
+                    got["drain_s"] = wait_quiet(os.getpid())
                     print(f"round {rnd + 1} {chain:5s} {who:8s} p50 {got['p50_ms']:7.1f} ms  p99 "
-                          f"{got['p99_ms']:7.1f} ms  {got['rps']:7.1f} req/s  failures {got['failures']:.0f}",
-                          flush=True)
+                          f"{got['p99_ms']:7.1f} ms  {got['rps']:7.1f} req/s  failures {got['failures']:.0f}  "
+                          f"quiet after {got['drain_s']:.1f} s", flush=True)
     finally:
         baseline.send_signal(signal.SIGINT)
         try:
@@ -253,15 +362,18 @@ def main(argv: list[str] | None = None) -> int:
             if (chain, who) not in med:
                 continue
             m = med[(chain, who)]
-            server = names[who] + (", 2 replicas" if (chain, who) == ("cpu", "ours") else "")
+            server = names[who] + (", 2 replicas" if chain == "cpu" and who != "baseline" else "")
             rows.append(f"| {label} | {server} | {m['p50_ms']:.1f} ms | {m['p99_ms']:.1f} ms | {m['rps']:.1f} "
                         f"| {m['failures']:.0f} |")
     ours_cpu, base_cpu = med[("cpu", "ours")]["rps"], med[("cpu", "baseline")]["rps"]
+    local_cpu = med[("cpu", "ours-local")]["rps"]
     notes = [
-        f"CPU chain, 2 replicas vs one process: {ours_cpu:.1f} vs {base_cpu:.1f} requests/s (target: more): "
-        f"{'met' if ours_cpu > base_cpu else 'NOT met'} on this run. Load average at the end: {_loadavg()}. The "
-        "machine was shared with other jobs (2 cores): Serve adds a proxy and a replica process per request "
-        "path, and each request's steps are Ray tasks, which all compete for the same 2 cores here.",
+        f"CPU chain, 2 replicas vs one process: {ours_cpu:.1f} (steps as Ray tasks) and {local_cpu:.1f} (steps in "
+        f"the replicas) vs {base_cpu:.1f} requests/s (target: more): "
+        f"{'met' if min(ours_cpu, local_cpu) > base_cpu else 'NOT met'} on this run. Load average at the end: "
+        f"{_loadavg()}. The load generator shares the 2 cores with every server.",
+        "",
+        *cpu_table(cpu_by_role, cpu_ms),
         "",
         "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
         "p99 is capped near that length. Through the Ray backend each light request is still three or more "
