@@ -69,6 +69,17 @@ def test_replicas_fixed_or_autoscaled_on_ongoing_requests() -> None:
         deployment_options(0)
 
 
+def test_the_proxy_queues_only_past_overload_and_looks_again_soon() -> None:
+    """Serve's router gives a queued request to a full replica by polling, at most 2 pollers per replica,
+    with a backoff that grew to 0.5 s and stayed there: 4 requests/s for a replica that answers in
+    milliseconds. A replica takes many requests at once, and the router looks again within 50 ms."""
+    from rayrunnables.serve.deployment import deployment_options
+
+    opts = deployment_options(1)
+    assert opts["max_ongoing_requests"] >= 200  # the benchmark's 200 clients fit in one replica
+    assert opts["request_router_config"].max_backoff_s <= 0.05
+
+
 def test_in_the_replica_a_computing_chain_runs_one_request_at_a_time() -> None:
     """With ``backend="local"`` the GIL runs one computing request at a time anyway: once the chain is
     known to compute, concurrent requests take turns (in order) instead of time-slicing each other."""

@@ -41,7 +41,8 @@ def deployment_options(replicas: int | str = 1, max_ongoing_requests: int = MAX_
     """Serve's options: a fixed number of replicas, or ``"auto"`` (1 to 4, on ongoing requests per replica)."""
     opts: dict[str, Any] = {
         "max_ongoing_requests": max_ongoing_requests, "max_queued_requests": max_queued_requests,
-        "request_router_config": RequestRouterConfig(max_backoff_s=ROUTER_MAX_BACKOFF_S),
+        # validated from a dict: Ray's pydantic fields read as another signature to mypy
+        "request_router_config": RequestRouterConfig.model_validate({"max_backoff_s": ROUTER_MAX_BACKOFF_S}),
     }
     if replicas == "auto":
         opts["autoscaling_config"] = AutoscalingConfig(
