@@ -368,20 +368,39 @@ def main(argv: list[str] | None = None) -> int:
     ours_cpu, base_cpu = med[("cpu", "ours")]["rps"], med[("cpu", "baseline")]["rps"]
     local_cpu = med[("cpu", "ours-local")]["rps"]
     notes = [
-        f"CPU chain, 2 replicas vs one process: {ours_cpu:.1f} (steps as Ray tasks) and {local_cpu:.1f} (steps in "
-        f"the replicas) vs {base_cpu:.1f} requests/s (target: more): "
-        f"{'met' if min(ours_cpu, local_cpu) > base_cpu else 'NOT met'} on this run. Load average at the end: "
-        f"{_loadavg()}. The load generator shares the 2 cores with every server.",
+        f"CPU chain, 2 replicas vs one process (target: more requests/s): steps as Ray tasks {ours_cpu:.1f} vs "
+        f"{base_cpu:.1f} ({'met' if ours_cpu > base_cpu else 'NOT met'}), steps in the replicas (backend local) "
+        f"{local_cpu:.1f} vs {base_cpu:.1f} ({'met' if local_cpu > base_cpu else 'NOT met'}) on this run. Load "
+        f"average at the end: {_loadavg()} (our own servers' threads count in it). The load generator shares "
+        "the 2 cores with every server.",
         "",
         *cpu_table(cpu_by_role, cpu_ms),
         "",
+        "How to read the CPU table: a request's cost is the sum of its column, spread over 2 cores that the "
+        "load generator shares; the single process can use only one core for the chain (the GIL), so it "
+        "answers at most about 1000 / (its uvicorn row) requests/s, and 2 replicas at most about 2000 / (the "
+        "sum of their column). `this process` is the load generator (httpx: its pool scans every connection "
+        "for each request) and the Ray driver. Ray's own processes (controller, GCS, log monitor, dashboard "
+        "agent) use CPU whatever the load; divided by the requests, they look larger when fewer are answered. "
+        "`ray::IDLE` is Ray starting new worker processes.",
+        "",
+        "The fixed 4.0 req/s of earlier runs was Ray Serve's router, not the chain: with every replica full (200 "
+        "clients, 64 requests per replica then), the proxy queues requests and at most 2 routing tasks per "
+        "replica hand them out, polling full replicas with a backoff that grows to 0.5 s and is not reset "
+        "when a slot frees (the slot goes to the oldest queued request, not the polling task's own): 2 requests "
+        "per 0.5 s per replica, whatever the replica could do. Reproduced with a FastAPI app that only answers; "
+        "8 req/s with Serve's `RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S=0.25`, none with 0.05. Replicas now take "
+        "256 requests at once (`--max-ongoing-requests`), so the proxy queues only past that, and the router "
+        "looks again within 50 ms (`request_router_config.max_backoff_s`). The same stall had held the CPU "
+        "chain through Ray tasks at 4 routing tasks per 0.5 s (8 req/s, ~9.7 measured), and Ray reaped and "
+        "restarted the idle task workers in between.",
+        "",
         "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
-        "p99 is capped near that length. Through the Ray backend each light request is still three or more "
-        "small tasks (the two fused branches, the `.map()`'s chunks); its `.map()` runs its scheduler in a "
-        "map task only while this replica has fewer than the cluster's CPUs of them running, else in the "
-        "replica's thread (`MapSlots`): a map task holds no CPU, so Ray started a worker process per "
-        "concurrent one, which was most of the CPU here (1-2 req/s before). `--backend local` (steps in the "
-        "replica) remains the setting for a chain of only cheap steps.",
+        "p99 is capped near that length. Each run starts once the servers are quiet again: requests abandoned "
+        "at a run's end are run to their end by steps in a replica's threads (no Ray task to cancel). With "
+        "`backend=\"local\"`, requests of a chain known to compute take turns in a replica "
+        "(`ServeOptions.computing_slots`); through the Ray backend each light request is still three or more "
+        "small tasks (the two fused branches, the `.map()`'s chunks).",
     ]
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"## {HEADING}", "", f"Measured {now} with `{command_line('bench_serve.py')}`"
