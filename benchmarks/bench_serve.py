@@ -395,6 +395,21 @@ def main(argv: list[str] | None = None) -> int:
         "chain through Ray tasks at 4 routing tasks per 0.5 s (8 req/s, ~9.7 measured), and Ray reaped and "
         "restarted the idle task workers in between.",
         "",
+        'Steps as Ray tasks, the CPU chain, varies from run to run (8.6 and 15.8 req/s in the two rounds of '
+        "2026-12-05 06:03 UTC, 19.8 in a 1-round run at 05:46). Ray's worker pool is the variable: while more"
+        ' workers exist than CPUs (every Serve replica and the proxy is one), a task worker idle for a second'
+        " is stopped, so the workers left idle during the other servers' runs, or while one replica's queue "
+        "is empty, are stopped and new ones started (that run's Ray session started 39 worker processes and "
+        '21 exited as idle, by its raylet and worker logs). A new worker costs about a second of CPU '
+        '(`ray::IDLE`), and the CPU of a worker that exited is missing from the table (why `ray::lambda '
+        "'burn'` shows less than the step's own CPU per request). Beside that, a request through Ray tasks "
+        'cost about 15 ms of CPU in its replica (planning, submitting and awaiting the task), 11 ms in the '
+        'proxy and 3 ms in the raylet, against 8 ms in the proxy and nothing beyond the step in a replica '
+        'with `backend="local"`. On 2 cores shared with the load generator that overhead eats what the second'
+        ' replica gains: a chain whose request fits one core is served best with `--backend local`; the Ray '
+        'backend (the default) is for steps that need the cluster (actor pools, GPUs, a `.map()` over many '
+        'items) and for stopping a running step when its client leaves.',
+        "",
         "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
         "p99 is capped near that length. Each run starts once the servers are quiet again: requests abandoned "
         "at a run's end are run to their end by steps in a replica's threads (no Ray task to cancel). With "
