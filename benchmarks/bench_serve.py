@@ -114,8 +114,11 @@ def start_ours(port: int) -> None:
     from ray import serve
 
     from rayrunnables.serve import ServeOptions, app
+    from rayrunnables.serve.command import SERVER_RAY_CONFIG
 
-    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    # the local Ray ``rayrunnables serve`` starts, with its settings
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
+             _system_config=SERVER_RAY_CONFIG)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app(light_chain(), name="light"), name="light", route_prefix="/light")
     # the same chain with its steps in the replica's own process (backend "local"): Serve's part of the cost
@@ -395,20 +398,18 @@ def main(argv: list[str] | None = None) -> int:
         "chain through Ray tasks at 4 routing tasks per 0.5 s (8 req/s, ~9.7 measured), and Ray reaped and "
         "restarted the idle task workers in between.",
         "",
-        'Steps as Ray tasks, the CPU chain, varies from run to run (8.6 and 15.8 req/s in the two rounds of '
-        "2026-12-05 06:03 UTC, 19.8 in a 1-round run at 05:46). Ray's worker pool is the variable: while more"
-        ' workers exist than CPUs (every Serve replica and the proxy is one), a task worker idle for a second'
-        " is stopped, so the workers left idle during the other servers' runs, or while one replica's queue "
-        "is empty, are stopped and new ones started (that run's Ray session started 39 worker processes and "
-        '21 exited as idle, by its raylet and worker logs). A new worker costs about a second of CPU '
-        '(`ray::IDLE`), and the CPU of a worker that exited is missing from the table (why `ray::lambda '
-        "'burn'` shows less than the step's own CPU per request). Beside that, a request through Ray tasks "
-        'cost about 15 ms of CPU in its replica (planning, submitting and awaiting the task), 11 ms in the '
-        'proxy and 3 ms in the raylet, against 8 ms in the proxy and nothing beyond the step in a replica '
-        'with `backend="local"`. On 2 cores shared with the load generator that overhead eats what the second'
-        ' replica gains: a chain whose request fits one core is served best with `--backend local`; the Ray '
-        'backend (the default) is for steps that need the cluster (actor pools, GPUs, a `.map()` over many '
-        'items) and for stopping a running step when its client leaves.',
+        'Steps as Ray tasks: while more workers exist than CPUs (every Serve replica and the proxy is one), '
+        'Ray stops a task worker idle for a second, and a new one costs about a second of CPU (`ray::IDLE`). '
+        "The local Ray that `rayrunnables serve` starts, and this benchmark's, keep idle workers 60 s "
+        "(`SERVER_RAY_CONFIG`): with Ray's 1 s the CPU chain through Ray tasks did 8.6 and 15.8 req/s "
+        '(2026-12-05 06:03 UTC; its Ray session started 39 worker processes and 21 exited as idle, by the '
+        'raylet and worker logs), with 60 s 19.4 and 18.7 (06:21, `--only ours`; 17 and 5). The CPU of a '
+        'worker that exited is missing from the table. Beside that, a request through Ray tasks costs CPU in '
+        'its replica (planning, submitting and awaiting the task), the proxy and the raylet that a replica '
+        'with `backend="local"` does not spend: the Ray backend (the default) is for steps that need the '
+        'cluster (actor pools, GPUs, a `.map()` over many items) and for stopping a running step when its '
+        'client leaves; a chain whose request fits one core is served with least overhead by `--backend '
+        'local`.',
         "",
         "A latency longer than warm-up + window (the request still in flight at the end) is not counted, so "
         "p99 is capped near that length. Each run starts once the servers are quiet again: requests abandoned "
