@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "sum of their column). `this process` is the load generator (httpx: its pool scans every connection "
         "for each request) and the Ray driver. Ray's own processes (controller, GCS, log monitor, dashboard "
         "agent) use CPU whatever the load; divided by the requests, they look larger when fewer are answered. "
-        "`ray::IDLE` is Ray starting new worker processes.",
+        "Names are read at the end of a run, so `ray::IDLE` is a Ray worker that was between tasks then (or "
+        "had just started): its CPU is the step's work and the worker's own, to add to the step's row.",
         "",
         "The fixed 4.0 req/s of earlier runs was Ray Serve's router, not the chain: with every replica full (200 "
         "clients, 64 requests per replica then), the proxy queues requests and at most 2 routing tasks per "
