@@ -67,3 +67,53 @@ def test_replicas_fixed_or_autoscaled_on_ongoing_requests() -> None:
     assert auto.min_replicas == 1 and auto.max_replicas == 4 and auto.target_ongoing_requests == 2
     with pytest.raises(ValueError, match="at least 1"):
         deployment_options(0)
+
+
+def test_the_proxy_queues_only_past_overload_and_looks_again_soon() -> None:
+    """Serve's router gives a queued request to a full replica by polling, at most 2 pollers per replica,
+    with a backoff that grew to 0.5 s and stayed there: 4 requests/s for a replica that answers in
+    milliseconds. A replica takes many requests at once, and the router looks again within 50 ms."""
+    from rayrunnables.serve.deployment import deployment_options
+
+    opts = deployment_options(1)
+    assert opts["max_ongoing_requests"] >= 200  # the benchmark's 200 clients fit in one replica
+    assert opts["request_router_config"].max_backoff_s <= 0.05
+
+
+def test_in_the_replica_a_computing_chain_runs_one_request_at_a_time() -> None:
+    """With ``backend="local"`` the GIL runs one computing request at a time anyway: once the chain is
+    known to compute, concurrent requests take turns (in order) instead of time-slicing each other."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    import rayrunnables as rr
+    from rayrunnables.serve import ServeOptions, build_api, schemas_for
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def compute(n: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        total = sum(i * i for i in range(1_000_000))  # pure Python: it holds the GIL
+        with lock:
+            running[0] -= 1
+        return n + total % 2
+
+    chain = rr.RunnableLambda(compute)
+    api = build_api(chain, schemas_for(chain, None, None), ServeOptions(backend="local"))
+
+    async def post_all(count: int) -> list[int]:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            answers = await asyncio.gather(*(client.post("/invoke", json={"input": i}) for i in range(count)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [a.json()["output"] for a in answers]
+
+    for _ in range(3):  # its first calls teach this process that the step computes
+        assert asyncio.run(post_all(1)) == [0]
+    most[0] = 0
+    assert asyncio.run(post_all(8)) == list(range(8))
+    assert most[0] == 1
