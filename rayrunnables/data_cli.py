@@ -9,9 +9,11 @@ counts the workers send back. Its memory therefore does not grow with the number
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -88,9 +90,6 @@ def run_data(
         raise setup_error(str(exc)) from None
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
-    context.print_on_execution_start = progress
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
     if chunk_size is None:
         chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
@@ -98,24 +97,25 @@ def run_data(
     source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
     cpus = ray.cluster_resources().get("CPU", 1)
     fused = fuses(source, cpus)
+    # The fused stage sends the driver counts only (the workers write the shards), so there is nothing in the
+    # object store for Ray Data's per-operator reservation to protect, and that reservation held the second
+    # CPU idle: it dispatched a task only when one ended (the second ~2 s after the first, then ~0.1 s of idle
+    # CPU after every task). Without it, at most ``tasks_queued`` tasks wait in Ray's queue and a CPU that
+    # finishes one starts the next at once.
+    settings: dict[str, Any] = {"enable_progress_bars": progress, "print_on_execution_start": progress}
     if fused:
-        # The fused stage sends the driver counts only (the workers write the shards), so there is nothing in
-        # the object store for Ray Data's per-operator reservation to protect, and that reservation held the
-        # second CPU idle: it dispatched a task only when one ended (the second ~2 s after the first, then
-        # ~0.1 s of idle CPU after every task). Without it, at most ``tasks_queued`` tasks wait in Ray's queue
-        # and a CPU that finishes one starts the next at once.
-        context.op_resource_reservation_enabled = False
+        settings["op_resource_reservation_enabled"] = False
     args = rr_data.map_batches_args(chain, job, concurrency, None,
                                     tasks_queued=tasks_queued(cpus) if fused else None)
-    dataset = read_and_map(source, args, fused)
     counts = dict.fromkeys(("ok", "failed", "malformed"), 0)
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for key in counts:
-                counts[key] += sum(batch.column(key).to_pylist())
-            if counter is not None:
-                for by_model in batch.column(USAGE_COLUMN).to_pylist():
-                    counter.merge(json.loads(by_model))
+        with data_context(**settings):
+            for batch in read_and_map(source, args, fused).iter_batches(batch_size=None, batch_format="pyarrow"):
+                for key in counts:
+                    counts[key] += sum(batch.column(key).to_pylist())
+                if counter is not None:
+                    for by_model in batch.column(USAGE_COLUMN).to_pylist():
+                        counter.merge(json.loads(by_model))
     except KeyboardInterrupt:
         echo_usage(counter)
         click.echo(f"interrupted: {_counts(counts)}; finish with --resume", err=True)
@@ -128,6 +128,23 @@ def run_data(
     echo_usage(counter)
     click.echo(_counts(counts) + (f"; {done:,} already done" if resume else ""), err=True)
     return 1 if counts["failed"] else 0
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[None]:
+    """Ray Data's settings for this run only: the process's ``DataContext`` is shared (a library caller's, a
+    test session's), so what the run changes is put back when it ends."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(context, name, value)
 
 
 def default_batch(rows: int | None, cpus: float, most: int = 10_000, least: int = 100) -> int:

@@ -143,6 +143,10 @@ def test_folder_on_s3_killed_at_40_percent_and_resumed_is_exactly_once(
                       "doc_id" if kind == "jsonl" else None, True, 500, kind, None, False, click.ClickException)
     assert status == 1  # some documents fail
     assert re.search(rf"{before:,} already done", capsys.readouterr().err)
+    import ray.data
+
+    # the run (4 files on 2 CPUs: one fused stage) turned Ray Data's reservation off for itself only
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled
     outputs = shard_ids(fs, f"data/{kind}/out", "part-")
     errors = shard_ids(fs, f"data/{kind}/{'errors' if errs else 'out'}", "errors-")
     assert set(outputs) == good and max(outputs.values()) == 1  # every good id exactly once
