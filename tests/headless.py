@@ -21,7 +21,8 @@ def page_html_when(url: str, condition: str, timeout: float = 120.0) -> str:
     """The HTML of ``url`` once ``condition`` (a JavaScript expression) is true, or when ``timeout`` passes."""
     browser = chromium()
     assert browser is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes can still write to the profile while it is removed: never an error here
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
@@ -44,8 +45,7 @@ async def _drive(port: int, url: str, condition: str, timeout: float) -> str:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/json/list") as answer:
-            pages = [p for p in await answer.json() if p.get("type") == "page"]
+        pages = await _pages(session, port)
         async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             ids = iter(range(1, 1_000_000))
 
@@ -67,3 +67,21 @@ async def _drive(port: int, url: str, condition: str, timeout: float) -> str:
                 await asyncio.sleep(0.2)
             html: str = await evaluate("document.documentElement.outerHTML")
             return html
+
+
+async def _pages(session: Any, port: int, within: float = 60.0) -> list[dict[str, Any]]:
+    """The browser's pages; asked again while it refuses (a loaded machine: the port file can come before the
+    DevTools server answers, or before its first page exists)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as answer:
+                pages = [p for p in await answer.json() if p.get("type") == "page"]
+            if pages:
+                return pages
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError("chromium has no page to drive")
+        await asyncio.sleep(0.2)
