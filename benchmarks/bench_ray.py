@@ -4,7 +4,8 @@
     python benchmarks/bench_ray.py --quick           # one round per method, fewer latency samples
     python benchmarks/bench_ray.py --write-results   # also replace the "## Ray backend" section of RESULTS.md
 
-Ray is started once, by this script, with ``ray.init(address="local", num_cpus=2, include_dashboard=False)``
+Ray is started once, by this script, with ``ray.init(address="local", num_cpus=2, include_dashboard=False)`` and the
+settings of a local Ray that rayrunnables starts itself (``LOCAL_RAY_CONFIG``: idle task workers kept 60 s)
 and shut down at the end; every number is taken after Ray is up and warm. Three workloads:
 
 - **cpu**: 64 items of a ~50 ms pure-Python step (an arithmetic loop calibrated at start-up): a sequential
@@ -50,8 +51,11 @@ from bench_core import (  # noqa: E402
     write_results,
 )
 
+from rayrunnables.backends.ray.local_config import LOCAL_RAY_CONFIG  # noqa: E402
+
 HEADING = "Ray backend"
-RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False}
+# the settings of a local Ray that rayrunnables starts itself (idle task workers kept 60 s: ``LOCAL_RAY_CONFIG``)
+RAY_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False, "_system_config": LOCAL_RAY_CONFIG}
 
 CPU_ITEMS = 64
 PROCESS_POOL = "`ProcessPoolExecutor(2).map`"
@@ -318,7 +322,8 @@ def render(rows: list[Row], command: str, env: list[str], quick: bool, seconds: 
         f"## {HEADING}",
         "",
         f"Measured {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{command}` "
-        f"(`ray.init(address=\"local\", num_cpus=2, include_dashboard=False)`; run took {seconds:.0f} s).",
+        f"(`ray.init(address=\"local\", num_cpus=2, include_dashboard=False, _system_config=LOCAL_RAY_CONFIG)`, the "
+        f"settings of a Ray that rayrunnables starts: idle task workers kept 60 s; run took {seconds:.0f} s).",
         "",
         *env,
         f"- load average at end (this run's own processes included): {_loadavg()}",

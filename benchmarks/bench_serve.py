@@ -113,12 +113,12 @@ def start_ours(port: int) -> None:
     import ray
     from ray import serve
 
+    from rayrunnables.backends.ray.local_config import LOCAL_RAY_CONFIG
     from rayrunnables.serve import ServeOptions, app
-    from rayrunnables.serve.command import SERVER_RAY_CONFIG
 
     # the local Ray ``rayrunnables serve`` starts, with its settings
     ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
-             _system_config=SERVER_RAY_CONFIG)
+             _system_config=LOCAL_RAY_CONFIG)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app(light_chain(), name="light"), name="light", route_prefix="/light")
     # the same chain with its steps in the replica's own process (backend "local"): Serve's part of the cost
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         'Steps as Ray tasks: while more workers exist than CPUs (every Serve replica and the proxy is one), '
         'Ray stops a task worker idle for a second, and a new one costs about a second of CPU (`ray::IDLE`). '
         "The local Ray that `rayrunnables serve` starts, and this benchmark's, keep idle workers 60 s "
-        "(`SERVER_RAY_CONFIG`): with Ray's 1 s the CPU chain through Ray tasks did 8.6 and 15.8 req/s "
+        "(`LOCAL_RAY_CONFIG`): with Ray's 1 s the CPU chain through Ray tasks did 8.6 and 15.8 req/s "
         '(2026-12-05 06:03 UTC; its Ray session started 39 worker processes and 21 exited as idle, by the '
         'raylet and worker logs), with 60 s 19.4 and 18.7 (06:21, `--only ours`; 17 and 5). The CPU of a '
         'worker that exited is missing from the table. Beside that, a request through Ray tasks costs CPU in '

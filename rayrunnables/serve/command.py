@@ -14,14 +14,8 @@ from typing import Any
 
 import click
 
-__all__ = ["serve_command", "is_loopback", "read_token", "SERVER_RAY_CONFIG"]
+__all__ = ["serve_command", "is_loopback", "read_token"]
 
-#: Ray settings for a local Ray this command starts. A task worker idle for 1 s (Ray's default) is stopped
-#: while more workers than CPUs exist, and a server's replicas and proxy are workers too: between two
-#: requests' tasks the workers were stopped and new ones started, a second of CPU each (bench_serve, the CPU
-#: chain through Ray tasks: 39 workers started and 21 stopped as idle in one run, 8.6 and 15.8 req/s; kept
-#: 60 s, 17 and 5, 19.4 and 18.7 req/s).
-SERVER_RAY_CONFIG: dict[str, Any] = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
 def is_loopback(host: str) -> bool:
@@ -104,8 +98,10 @@ def serve_command(target: str, route: str, host: str, port: int, replicas: str, 
         address = address or os.environ.get("RAY_ADDRESS")
         if address:  # a cluster keeps its own settings
             ray.init(address=address, include_dashboard=False)
-        else:
-            ray.init(address="local", include_dashboard=False, _system_config=SERVER_RAY_CONFIG)
+        else:  # idle task workers kept 60 s: a server's replicas and proxy are workers beyond the CPUs too
+            from ..backends.ray.local_config import LOCAL_RAY_CONFIG
+
+            ray.init(address="local", include_dashboard=False, _system_config=LOCAL_RAY_CONFIG)
     serve.start(http_options={"host": host, "port": port})
     options = ServeOptions(token=token, max_body_bytes=max_body_bytes, debug=debug, backend=backend)
     served: Any = app(chain, options=options, replicas=count, max_ongoing_requests=max_ongoing_requests,

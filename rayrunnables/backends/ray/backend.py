@@ -34,6 +34,7 @@ from . import planner as planning
 from .chunks import RayChunkRunner, chunk_state
 from .failures import ray_failure, translate
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
+from .local_config import LOCAL_RAY_CONFIG
 from .pending import Const, Share
 from .services import WORKER_SERVICES, ActorPool, create_limiter
 from .shipping import check_sendable, walk
@@ -43,6 +44,7 @@ __all__ = ["MapSlots", "RayBackend", "RunStats", "STREAM_BUFFER"]
 
 #: chunks a streaming task may run ahead of a slow reader (Ray's generator backpressure)
 STREAM_BUFFER = 16
+
 
 
 class RayBackend(Backend):
@@ -83,6 +85,8 @@ class RayBackend(Backend):
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or "local"
         kwargs: dict[str, Any] = {"include_dashboard": False, **self.init_kwargs}
+        if address == "local":
+            kwargs["_system_config"] = {**LOCAL_RAY_CONFIG, **(kwargs.get("_system_config") or {})}
         from .connect import check_cluster, init_failure_hint
 
         if address != "local":
