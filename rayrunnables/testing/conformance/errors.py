@@ -74,7 +74,13 @@ def fail_first_else_mark(d: dict[str, Any]) -> int:
 def beat_until_released(d: dict[str, Any]) -> dict[str, Any]:
     """A first step that runs (appending a byte to ``beats`` every 0.05 s) until the test releases it:
     still running when its sibling fails, whatever the machine's load."""
-    Path(d["started"]).write_text(str(os.getpid()))
+    # whole or absent (a rename): the sibling fails as soon as the file exists, and the test reads the pid
+    # in it right after; read while half written, it was '' and the test waited 20 s for a cancel that
+    # cannot come in-process
+    started = Path(d["started"])
+    partial = started.with_name(f".{started.name}.{os.getpid()}")
+    partial.write_text(str(os.getpid()))
+    partial.replace(started)
     deadline = time.monotonic() + 60
     while not Path(d["release"]).exists() and time.monotonic() < deadline:
         with open(d["beats"], "a") as f:
