@@ -51,7 +51,7 @@ from bench_core import (  # noqa: E402
     write_results,
 )
 
-from rayrunnables.backends.ray.local_config import LOCAL_RAY_CONFIG  # noqa: E402
+from rayrunnables.backends.ray.backend import LOCAL_RAY_CONFIG  # noqa: E402
 
 HEADING = "Ray backend"
 # the settings of a local Ray that rayrunnables starts itself (idle task workers kept 60 s: ``LOCAL_RAY_CONFIG``)

@@ -113,7 +113,7 @@ def start_ours(port: int) -> None:
     import ray
     from ray import serve
 
-    from rayrunnables.backends.ray.local_config import LOCAL_RAY_CONFIG
+    from rayrunnables.backends.ray.backend import LOCAL_RAY_CONFIG
     from rayrunnables.serve import ServeOptions, app
 
     # the local Ray ``rayrunnables serve`` starts, with its settings

@@ -142,7 +142,7 @@ def prepare(chain: Runnable[Any, Any]) -> None:
     start_limiters(chain)
 
 
-def warm_workers(most: int = 64) -> None:
+def warm_workers(cpus: int, most: int = 64) -> None:
     """Start this job's worker processes now, one per CPU (up to ``most``), without waiting for them, and have
     each import what a batch needs (Ray Data, pyarrow, this package).
 
@@ -161,7 +161,6 @@ def warm_workers(most: int = 64) -> None:
         except ImportError:
             pass
 
-    cpus = int(ray.cluster_resources().get("CPU", 0))
     starter = ray.remote(num_cpus=1, max_retries=0)(start).options(name="rayrunnables: start a worker")
     for _ in range(min(cpus, most)):
         starter.remote()

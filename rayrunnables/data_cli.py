@@ -81,21 +81,21 @@ def run_data(
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     try:
         get_backend("ray", address=address).ensure_started()  # type: ignore[attr-defined]
-        rr_data.warm_workers()
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 1)
+        rr_data.warm_workers(int(cpus))
         rr_data.prepare(chain)
         source = ChainFiles(inputs, log, id_field, resume, run_id=run_id)
     except (BackendError, UnpicklableStepError) as exc:
         raise setup_error(f"{type(exc).__name__}: {exc}") from None
     except (OSError, ValueError) as exc:
         raise setup_error(str(exc)) from None
-    import ray.data
-
     usage = None if counter is None else "items" if isinstance(counter, ItemUsageCounter) else "totals"
     if chunk_size is None:
-        chunk_size = default_batch(source.estimate_rows(), ray.cluster_resources().get("CPU", 1))
+        chunk_size = default_batch(source.estimate_rows(), cpus)
     job = ShardJob(chain, id_field, out, errs, output_format, run_id, usage, cache, batch_rows=chunk_size)
     source.rows_per_block = chunk_size  # a block is never bigger than a batch: each can go to another task
-    cpus = ray.cluster_resources().get("CPU", 1)
     fused = fuses(source, cpus)
     # The fused stage sends the driver counts only (the workers write the shards), so there is nothing in the
     # object store for Ray Data's per-operator reservation to protect, and that reservation held the second
@@ -203,9 +203,9 @@ def read_and_map(source: ChainFiles, args: dict[str, Any], fused: bool) -> Any:
     import ray.data
 
     if fused:
-        # a map's task cap fuses with a read only when the read has the same cap (an actor pool's is its size)
-        cap = args.get("concurrency")
+        # a map's task cap fuses with a read only when the read has the same cap; an actor pool's concurrency
+        # is its size, which fuses with an uncapped read
+        cap = None if "fn_constructor_kwargs" in args else args.get("concurrency")
         return ray.data.read_datasource(source, override_num_blocks=len(source._paths()),
-                                        concurrency=cap if isinstance(cap, int) and "fn_constructor_kwargs" not in
-                                        args else None).map_batches(**args)
+                                        concurrency=cap).map_batches(**args)
     return ray.data.read_datasource(source).map_batches(**{**args, "batch_size": source.rows_per_block})

@@ -37,7 +37,7 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     started = False
     if not ray.is_initialized():
-        from rayrunnables.backends.ray.local_config import LOCAL_RAY_CONFIG
+        from rayrunnables.backends.ray.backend import LOCAL_RAY_CONFIG
 
         # the settings a local Ray that the backend starts has (idle task workers kept 60 s), as users get them
         ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config=LOCAL_RAY_CONFIG)

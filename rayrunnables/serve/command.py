@@ -17,7 +17,6 @@ import click
 __all__ = ["serve_command", "is_loopback", "read_token"]
 
 
-
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the server to this machine."""
     if host == "localhost":
@@ -99,7 +98,7 @@ def serve_command(target: str, route: str, host: str, port: int, replicas: str, 
         if address:  # a cluster keeps its own settings
             ray.init(address=address, include_dashboard=False)
         else:  # idle task workers kept 60 s: a server's replicas and proxy are workers beyond the CPUs too
-            from ..backends.ray.local_config import LOCAL_RAY_CONFIG
+            from ..backends.ray.backend import LOCAL_RAY_CONFIG
 
             ray.init(address="local", include_dashboard=False, _system_config=LOCAL_RAY_CONFIG)
     serve.start(http_options={"host": host, "port": port})
