@@ -100,8 +100,10 @@ def test_failure_budget_stops_the_batch(cfg: dict[str, Any]) -> None:
     with pytest.raises(FailureBudgetExceeded):
         for value in step.imap(range(100), cfg, return_exceptions=True, max_failures=2):
             seen.append(value)
-    assert seen[:5] == [seen[0], 1, 2, 3, 4] and isinstance(seen[0], ValueError)
-    assert len([v for v in seen if isinstance(v, Exception)]) <= 2
+    # failures count in the order results are yielded: the stream stops at item 10, its third failure,
+    # on every backend, however the chunks happened to finish
+    assert [v if not isinstance(v, ValueError) else "failed" for v in seen] == [
+        "failed", 1, 2, 3, 4, "failed", 6, 7, 8, 9]
     assert step.batch(list(range(10)), cfg, return_exceptions=True, max_failures=2)[1:5] == [1, 2, 3, 4]
 
 

@@ -280,25 +280,36 @@ class Batch:
                 if not ok:
                     self.item_failed(index, value, tb)
                 if self.ordered:
-                    self.pending[index] = value
+                    self.pending[index] = (ok, value)
                 else:
+                    self.count_against_budget(ok, value)
                     self.yielded += 1
                     yield index, value
             if self.ordered:
                 while self.next_index in self.pending:
+                    ok, value = self.pending.pop(self.next_index)
+                    self.count_against_budget(ok, value)
                     self.yielded += 1
-                    yield self.next_index, self.pending.pop(self.next_index)
+                    yield self.next_index, value
                     self.next_index += 1
                 while self.open_ends and self.open_ends[0] <= self.next_index:
                     self.open_ends.popleft()
 
     def item_failed(self, index: int, error: Any, tb: str | None) -> None:
-        """An item's error: raised (the first failure in time), or counted against the failure budget."""
+        """An item's error, named: raised at once (the first failure in time) unless it is returned."""
         if tb is not None:
             error.__cause__ = RemoteTraceback(tb)
         attach_step(error, self.node.label(), index)
         if not self.return_exceptions:
             raise error
+
+    def count_against_budget(self, ok: bool, error: Any) -> None:
+        """Failures are counted in the order results are yielded, not the order they end: an ordered
+        stream then stops at the same item on every backend, after every result before it was yielded
+        (counting in time order would stop wherever the chunks happened to finish, and drop finished
+        results held behind a slower one)."""
+        if ok:
+            return
         self.failed += 1
         if self.max_failures is not None and self.failed > self.max_failures:
             raise FailureBudgetExceeded(
