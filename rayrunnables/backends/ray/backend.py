@@ -31,6 +31,7 @@ from ...protocols import Backend, ChunkRunner, ContextState, Node
 from ...runnables.actor import RunnableActor
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
+from .cancelling import stop_stream
 from .chunks import RayChunkRunner, chunk_state
 from .failures import ray_failure, translate
 from .invocation import ActorLimiter, Invocation, RunStats, actor_of, kill_limiters, waits_on_io
@@ -291,11 +292,3 @@ def _on_lasting_thread(start: Any) -> Any:
     return STATE.lasting.submit(start).result()
 
 
-def stop_stream(chunks: Any) -> None:
-    """Cancel a generator task the reader left before its end (never a finished one: ray-project/ray#54846)."""
-    try:
-        ready, _ = ray.wait([chunks.completed()], num_returns=1, timeout=0, fetch_local=False)
-        if not ready:
-            ray.cancel(chunks)
-    except Exception:  # gone already: nothing to stop
-        pass

@@ -20,10 +20,11 @@ from ...engine.sharing import writable_outcomes
 from ...options import OUR_OPTIONS
 from ...protocols import ChunkRunner, ContextState, Node
 from . import planner as planning
+from .cancelling import cancel_running
 from .deadlines import BACKSTOP, Deadlines
 from .failures import ray_failure, translate, translate_outcomes
 from .services import ActorPool
-from .tasks import cancel_pending, pack, raise_converted, run_chunk_task
+from .tasks import pack, raise_converted, run_chunk_task
 
 #: how often a map run in a driver thread looks at its invocation's cancel token while it waits
 CANCEL_POLL_SECONDS = 0.2
@@ -130,7 +131,7 @@ class RayChunkRunner(ChunkRunner):
             self.replace(actor_id)
 
     def cancel(self, handles: list[Any]) -> None:
-        cancel_pending(handles)
+        cancel_running(handles)
 
     def abandon(self, handles: list[Any]) -> None:
         self.deadlines.stop(handles)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from ...protocols import deadline_slack
+from .cancelling import SETTLE, cancel_running, still_running
 
 if TYPE_CHECKING:
     from .chunks import RayChunkRunner
@@ -34,14 +35,6 @@ BACKSTOP = deadline_slack(10.0)
 GRACE = 2.0
 
 
-def _running(ref: Any) -> bool:
-    try:
-        ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
-    except Exception:  # gone already
-        return False
-    return not ready
-
-
 class Deadlines:
     """Stops abandoned attempts of one chunk runner: cancel now, force (or kill the actor) after ``GRACE``."""
 
@@ -50,20 +43,14 @@ class Deadlines:
         self.forced = 0  # attempts that needed the hard stop (for tests and explain)
 
     def stop(self, handles: list[Any]) -> None:
-        for ref in handles:
-            actor = self.runner.release(ref)
-            if not _running(ref):
-                continue
-            try:
-                ray.cancel(ref, recursive=True)
-            except Exception:  # finished meanwhile
-                continue
-            timer = threading.Timer(GRACE, self._force, (ref, actor))
+        actors = {ref: self.runner.release(ref) for ref in handles}
+        for ref in cancel_running(handles):
+            timer = threading.Timer(GRACE, self._force, (ref, actors[ref]))
             timer.daemon = True
             timer.start()
 
     def _force(self, ref: Any, actor: int | None) -> None:
-        if not _running(ref):
+        if not still_running([ref], SETTLE):
             return
         self.forced += 1
         try:

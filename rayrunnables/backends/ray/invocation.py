@@ -31,17 +31,14 @@ from ...runnables.passthrough import require_dict
 from ...runnables.timeout import RunnableTimeout
 from ...runnables.wrappers import RunnableBinding, RunnableRateLimited
 from . import planner as planning
+from .cancelling import cancel_running
 from .failures import LOST_ARGUMENT, failed_with, ray_failure, translate
 from .maps import PoolView, dead_actors_of, run_map, run_map_task
 from .pending import Apply, Const, Pending, Ref, flatten, owned, rebuild, shared, unmarked
 from .recording import RunLog
 from .services import WORKER_SERVICES
 from .shipping import walk
-from .tasks import (
-    cancel_pending,
-    raise_converted,
-    run_task,
-)
+from .tasks import raise_converted, run_task
 
 if TYPE_CHECKING:
     from .backend import RayBackend
@@ -361,7 +358,7 @@ class Invocation:
 
     def cancel(self) -> None:
         self.ctx.cancel.cancel()  # a map run in a driver thread stops as its next item ends
-        cancel_pending(self.submitted)
+        cancel_running(self.submitted)
 
     def close(self) -> None:
         kill_limiters(self.ctx)

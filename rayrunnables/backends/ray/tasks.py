@@ -25,7 +25,6 @@ from .services import WORKER_SERVICES
 from .worker import chunk_here, interruptible, steps_here
 
 __all__ = [
-    "cancel_pending",
     "convert",
     "pack",
     "raise_converted",
@@ -55,18 +54,6 @@ def raise_converted(err: BaseException) -> None:
     """Raise the user's exception from a Ray error, keeping the remote traceback as ``__cause__``."""
     exc = convert(err)
     raise exc from exc.__cause__
-
-
-def cancel_pending(refs: list[Any]) -> None:
-    """``ray.cancel`` only what has not finished: Ray 2.60 aborts the caller when asked to cancel a
-    finished task (ray-project/ray#54846), so each ref's readiness is checked right before."""
-    for ref in refs:
-        try:
-            ready, _ = ray.wait([ref], num_returns=1, timeout=0, fetch_local=False)
-            if not ready:
-                ray.cancel(ref, recursive=True)
-        except Exception:  # gone already: nothing to cancel
-            pass
 
 
 @ray.remote
