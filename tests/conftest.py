@@ -4,7 +4,8 @@ started lazily.
 ``conformance_backend`` is parametrized over the backend names; ``rayrunnables.testing.plugin`` makes
 ``backend`` and ``cfg`` of it, so every semantic test (the suite's and this folder's own) runs once per
 name, as a backend written elsewhere runs the suite with its own ``conformance_backend``. Ray is started
-once per session, and only when a test on the "ray" backend actually runs.
+once per session, and only when a test on the "ray" backend actually runs: under pytest-xdist (the README's
+``-n 2``) each of the two workers is a session of its own, with its own local Ray.
 """
 
 from __future__ import annotations
@@ -21,6 +22,37 @@ import pytest
 os.environ.setdefault("RAYRUNNABLES_DEADLINE_SLACK", "5")
 
 from rayrunnables.testing.plugin import backend, cfg, pytest_configure  # noqa: F401 - the suite's fixtures
+
+
+def _forked_children_let_go_of_the_xdist_channel() -> None:
+    """Under pytest-xdist a worker talks to the controller over two pipes, open before this file is read.
+    A process forked without exec (the fork pool's workers) inherits them and outlives a worker that dies
+    (Ray's driver aborts with ``_exit``): the controller then never reads EOF and waits forever instead of
+    reporting the crash. The pipes open now are that channel; a forked child closes its copies."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not os.path.isdir("/proc/self/fd"):
+        return
+    import stat
+
+    channel = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode):
+                channel.append(fd)
+        except OSError:
+            continue
+
+    def close_channel() -> None:
+        for fd in channel:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    os.register_at_fork(after_in_child=close_channel)
+
+
+_forked_children_let_go_of_the_xdist_channel()
 
 BACKENDS = ["local", "ray", "executor"]
 

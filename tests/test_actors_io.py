@@ -78,6 +78,7 @@ def expected_instances(backend: str, pool_size: int) -> range:
     return range(1, EXECUTOR_WORKERS + 1) if backend == "executor" else range(1, 2)
 
 
+@pytest.mark.slow
 def test_constructor_runs_once_per_actor_for_1000_items(cfg: dict[str, Any], backend: str) -> None:
     step = RunnableActor(Tagger, "t", pool_size=2)
     out = step.map().invoke(list(range(1000)), config=cfg)
@@ -135,6 +136,7 @@ def test_bad_actor_arguments_fail_at_construction() -> None:
         RunnableActor(Tagger("x"))  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_rate_limit_holds_across_four_actors(cfg: dict[str, Any]) -> None:
     rate = 100
@@ -142,9 +144,12 @@ def test_rate_limit_holds_across_four_actors(cfg: dict[str, Any]) -> None:
     out = step.batch(list(range(200)), config=cfg)
     stamps = sorted(o[1] for o in out)
     assert [o[0] for o in out] == list(range(200))
-    # in any one-second window, at most rate calls (+1 for the burst); measured from the calls' own stamps
+    # in any one-second window, at most rate calls (+1 for the burst), measured from the calls' own stamps;
+    # a stamp is taken a little after its grant, in another process, so a window may also hold what was
+    # granted up to JITTER seconds before it (a pace per actor, 4x the rate, would put all 200 in ~0.5 s)
+    jitter = 0.1
     worst = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
-    assert worst <= rate + 1, worst
+    assert worst <= rate * (1 + jitter) + 1, worst
     # and the whole run is paced: 200 calls at 100/s span at least ~1.9 s of call stamps
     assert stamps[-1] - stamps[0] >= (200 - 1) / rate * 0.95
 

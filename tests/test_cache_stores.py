@@ -300,6 +300,7 @@ def test_importing_the_package_imports_no_store_library() -> None:
 
 
 # ---- one store, every process ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["redis", "s3"])
 def test_workers_share_a_server_store_with_the_driver(where: str, cfg: dict[str, Any], counts: str,
                                                       request: pytest.FixtureRequest, tmp_path: Path) -> None:

@@ -139,6 +139,7 @@ def check_records(found: list[dict[str, Any]], server: OpenAIServer) -> None:
 
 
 # ---- the command -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_local_totals_and_records_equal_what_the_server_served(workdir: Path, server: OpenAIServer) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--output", "out.jsonl",
                "--errors", "err.jsonl", "--usage", "--unordered")
@@ -151,6 +152,7 @@ def test_local_totals_and_records_equal_what_the_server_served(workdir: Path, se
     check_records(records(workdir / "out.jsonl", workdir / "err.jsonl"), server)
 
 
+@pytest.mark.slow
 def test_totals_without_usage_records_and_none_without_model_calls(workdir: Path, server: OpenAIServer) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--output", "out.jsonl", "--errors", "err.jsonl")
     assert proc.returncode == 1, proc.stderr
@@ -177,6 +179,7 @@ def session_address() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
+@pytest.mark.slow
 def test_ray_backend_counts_every_worker_call(workdir: Path, server: OpenAIServer, ray_session: Any) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--output", "out.jsonl",
                "--errors", "err.jsonl", "--usage", "--backend", "ray", "--no-progress", "--chunk-size", "3",
@@ -186,6 +189,7 @@ def test_ray_backend_counts_every_worker_call(workdir: Path, server: OpenAIServe
     check_records(records(workdir / "out.jsonl", workdir / "err.jsonl"), server)
 
 
+@pytest.mark.slow
 def test_data_engine_counts_in_the_workers(workdir: Path, server: OpenAIServer, ray_session: Any) -> None:
     proc = cli(workdir, server, "chains:chain", "--input", "in.jsonl", "--engine", "data", "--output", "out",
                "--usage", "--no-progress", "--chunk-size", "8", "--address", session_address())

@@ -99,6 +99,7 @@ def test_the_other_items_finish_around_a_hung_one(form: str) -> None:
     assert out == [-1 if x % 40 == 7 else 2 * x for x in range(50)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 def test_the_hung_work_of_a_map_really_stops(form: str, tmp_path: Path) -> None:
     path = str(tmp_path / "beat")
@@ -147,6 +148,7 @@ def test_the_first_failure_stops_the_map(form: str) -> None:
     assert step_path_of(info.value) == where(form, "lambda 'fail_every_fifth'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 def test_the_first_failure_cancels_the_items_in_flight(form: str, tmp_path: Path) -> None:
     path = str(tmp_path / "beat")

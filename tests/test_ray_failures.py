@@ -159,6 +159,7 @@ def ray_backend(ray_session: Any) -> Any:
     return rr.get_backend("ray")
 
 
+@pytest.mark.slow
 def test_a_crash_in_a_batch_of_200_costs_only_its_item(ray_backend: Any) -> None:
     ray = pytest.importorskip("ray")
     out = CRASHING.batch(list(range(200)), RAY, return_exceptions=True)
@@ -175,6 +176,7 @@ def test_a_crash_in_a_batch_of_200_costs_only_its_item(ray_backend: Any) -> None
     assert rr.item_index_of(caught.value) == CRASH
 
 
+@pytest.mark.slow
 def test_a_crash_inside_a_map_inside_a_chain(ray_backend: Any) -> None:
     chain = RunnableLambda(listing) | CRASHING.map() | RunnableLambda(total)
     # invoke: the list is computed by a task, split beside it; the lost chunk is run again, split

@@ -25,6 +25,7 @@ from rayrunnables.testing.steps.cancel import beats, heartbeat, stop, stops_beat
 pytestmark = pytest.mark.timeout(240)
 
 
+@pytest.mark.slow
 def test_200_items_5_hang_give_195_values_and_5_timeouts(cfg: dict[str, Any], tmp_path: Path) -> None:
     step = RunnableLambda(maybe_hang_marked, name="maybe_hang").with_timeout(2)
     out = step.batch([(str(tmp_path), x) for x in range(200)], cfg, return_exceptions=True)
@@ -112,6 +113,7 @@ def test_bad_failure_budget() -> None:
         RunnableLambda(fail_every_fifth).batch([1], return_exceptions=True, max_failures=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.ray_only
 def test_on_ray_the_hung_work_really_stops(backend: str, tmp_path: Path) -> None:
     """The item beats until cancelled (or stopped when the test ends): a batch that waited for it would
@@ -128,6 +130,7 @@ def test_on_ray_the_hung_work_really_stops(backend: str, tmp_path: Path) -> None
         stop(path)
 
 
+@pytest.mark.slow
 @pytest.mark.ray_only
 def test_on_ray_work_that_ignores_the_interrupt_is_force_cancelled(backend: str, tmp_path: Path) -> None:
     """Reported at deadline + backstop; cancelled, then forced after a grace: its worker is killed (the
