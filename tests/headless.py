@@ -72,16 +72,15 @@ async def _drive(port: int, url: str, condition: str, timeout: float) -> str:
 async def _pages(session: Any, port: int, within: float = 60.0) -> list[dict[str, Any]]:
     """The browser's pages; asked again while it refuses (a loaded machine: the port file can come before the
     DevTools server answers, or before its first page exists)."""
-    deadline = time.monotonic() + within
+    deadline, refused = time.monotonic() + within, None
     while True:
         try:
             async with session.get(f"http://127.0.0.1:{port}/json/list") as answer:
                 pages = [p for p in await answer.json() if p.get("type") == "page"]
             if pages:
                 return pages
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
+        except OSError as exc:
+            refused = exc
         if time.monotonic() > deadline:
-            raise TimeoutError("chromium has no page to drive")
+            raise TimeoutError("chromium has no page to drive") from refused
         await asyncio.sleep(0.2)

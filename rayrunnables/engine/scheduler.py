@@ -282,13 +282,15 @@ class Batch:
                 if self.ordered:
                     self.pending[index] = (ok, value)
                 else:
-                    self.count_against_budget(ok, value)
+                    if not ok:
+                        self.count_failure(value)
                     self.yielded += 1
                     yield index, value
             if self.ordered:
                 while self.next_index in self.pending:
                     ok, value = self.pending.pop(self.next_index)
-                    self.count_against_budget(ok, value)
+                    if not ok:
+                        self.count_failure(value)
                     self.yielded += 1
                     yield self.next_index, value
                     self.next_index += 1
@@ -303,13 +305,11 @@ class Batch:
         if not self.return_exceptions:
             raise error
 
-    def count_against_budget(self, ok: bool, error: Any) -> None:
+    def count_failure(self, error: Any) -> None:
         """Failures are counted in the order results are yielded, not the order they end: an ordered
         stream then stops at the same item on every backend, after every result before it was yielded
         (counting in time order would stop wherever the chunks happened to finish, and drop finished
         results held behind a slower one)."""
-        if ok:
-            return
         self.failed += 1
         if self.max_failures is not None and self.failed > self.max_failures:
             raise FailureBudgetExceeded(

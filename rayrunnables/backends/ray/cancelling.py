@@ -41,7 +41,7 @@ def still_running(refs: list[Any], settle: float = 0.0) -> list[Any]:
                     running.append(ref)
             except Exception:  # gone already: nothing runs
                 pass
-    return list(running)
+    return running
 
 
 def cancel_running(refs: list[Any], *, force: bool = False, settle: float = SETTLE) -> list[Any]:
